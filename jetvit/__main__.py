@@ -1,0 +1,5 @@
+import sys
+
+from jetvit.cli import main
+
+sys.exit(main())

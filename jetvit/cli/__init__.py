@@ -1,0 +1,56 @@
+"""The `jetvit` command line: one module per subcommand, imported only when that subcommand runs.
+
+Each module in `COMMANDS` defines `add_arguments(parser)` and `run(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("jetvit.cli.info", "describe a teacher or a saved hybrid: family, size, arch, parameters, FLOPs"),
+    "convert": ("jetvit.cli.convert", "convert a teacher into a hybrid with a given architecture string"),
+    "search": ("jetvit.cli.search", "Post-Training Attention Search: supernets, beam search, fine-tuning"),
+    "distill": ("jetvit.cli.distill", "fine-tune a fixed architecture by feature distillation"),
+    "probe": ("jetvit.cli.probe", "train a linear segmentation probe on a teacher's features"),
+    "eval": ("jetvit.cli.eval", "evaluate teacher and hybrid side by side on segmentation or depth"),
+    "bench": ("jetvit.cli.bench", "benchmark teacher against hybrid: latency, throughput, memory"),
+    "export": ("jetvit.cli.export", "export a hybrid to ONNX and check it against PyTorch"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jetvit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue  # subcommand not built in this checkout
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
+        # User mistakes: one clear line, no traceback.
+        print(f"jetvit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
