@@ -1,0 +1,268 @@
+"""Heads that the teachers ship or that the evaluations train on frozen features.
+
+- `DPTHead`: the Depth-Anything-V2 DPT depth head. Its parameter names are the official DAv2 ones
+  (`projects.i`, `resize_layers.i`, `scratch.layerK_rn`, `scratch.refinenetK...`, `scratch.output_conv*`), so an
+  official checkpoint's `depth_head.*` tensors load by identity; `dpt_hf_to_official_keys()` is the explicit table
+  for Hugging Face `DepthAnythingForDepthEstimation` checkpoints (`neck.*`, `head.*`).
+- `LinearSegHead`: DINOv3's linear segmentation probe on the normed last-block patch features.
+
+Feature notation in this file: B batch, D backbone width, (h, w) patch grid, P prefix tokens (CLS + registers),
+C channels of a DPT level, F the DPT fusion width, (H, W) output image size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# Each intermediate feature: the patch map (B, D, h, w) and the prefix tokens (B, P, D), both after the final norm.
+Features = list[tuple[Tensor, Tensor]]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# DPT depth head (Depth-Anything-V2)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DPTConfig:
+    """Shape of a DAv2 DPT head.
+
+    in_dim: backbone width D. features: fusion width F (vits 64, vitb 128, vitl 256, vitg 384).
+    out_channels: the four reassemble widths (vits [48, 96, 192, 384] ...). layers: the four 0-based backbone blocks
+    whose normed outputs the head reads (vits/vitb [2, 5, 8, 11], vitl [4, 11, 17, 23]).
+    use_clstoken: concatenate the CLS token to every patch token and project back (no released DAv2 model does).
+    metric: end in sigmoid * max_depth (metric depth in metres) instead of ReLU (relative, disparity-like values).
+    """
+
+    in_dim: int
+    features: int
+    out_channels: list[int]
+    layers: list[int]
+    use_clstoken: bool = False
+    metric: bool = False
+    max_depth: float = 20.0
+    head_hidden: int = 32  # width of the last 3x3 conv; 32 in every released DAv2 model
+
+    def __post_init__(self) -> None:
+        if len(self.out_channels) != 4:
+            raise ValueError(f"DPTConfig.out_channels must have 4 entries (one per level), got {self.out_channels}")
+        if len(self.layers) != 4:
+            raise ValueError(f"DPTConfig.layers must name 4 backbone blocks, got {self.layers}")
+        if any(i < 0 for i in self.layers):
+            raise ValueError(f"DPTConfig.layers are 0-based block indices >= 0, got {self.layers}")
+        if self.metric and not self.max_depth > 0:
+            raise ValueError(f"DPTConfig.max_depth must be > 0 for a metric head, got {self.max_depth}")
+        self.out_channels = [int(c) for c in self.out_channels]
+        self.layers = [int(i) for i in self.layers]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DPTConfig:
+        """Build from a dict (e.g. a saved `config.json` section); unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DPTConfig keys {unknown}; accepted: {sorted(known)}")
+        return cls(**d)
+
+
+class ResidualConvUnit(nn.Module):
+    """Pre-activation residual unit: x + conv2(relu(conv1(relu(x))))."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class FusionBlock(nn.Module):
+    """One DPT refinement step: add the (refined) skip, refine, upsample, 1x1 project.
+
+    The deepest block (`refinenet4`) has no skip input but still owns `resConfUnit1`, as the checkpoints do.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.out_conv = nn.Conv2d(channels, channels, kernel_size=1)
+        self.resConfUnit1 = ResidualConvUnit(channels)
+        self.resConfUnit2 = ResidualConvUnit(channels)
+
+    def forward(self, x: Tensor, skip: Tensor | None = None, *, size: tuple[int, int] | None = None) -> Tensor:
+        """x, skip: (B, F, h', w') at the same size -> (B, F, *size), or twice the size when size is None."""
+        if skip is not None:
+            x = x + self.resConfUnit1(skip)
+        x = self.resConfUnit2(x)
+        if size is None:
+            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+        else:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        return self.out_conv(x)
+
+
+class DPTHead(nn.Module):
+    """The DAv2 DPT head: four backbone features -> one depth map at the requested size.
+
+    Levels 1..4 are reassembled at 4x, 2x, 1x and 1/2x the patch grid, projected to the fusion width, and fused from
+    the deepest (coarsest) to the shallowest; the head then halves the channels, upsamples to the output size
+    (bilinear, align_corners=True, as the official code does to the patch-multiple input size), and ends in two convs.
+    Relative heads end in ReLU; metric heads in sigmoid * max_depth.
+    """
+
+    def __init__(self, cfg: DPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        c, feat = cfg.out_channels, cfg.features
+        if cfg.use_clstoken:
+            self.readout_projects = nn.ModuleList(
+                nn.Sequential(nn.Linear(2 * cfg.in_dim, cfg.in_dim), nn.GELU()) for _ in range(4)
+            )
+        self.projects = nn.ModuleList(nn.Conv2d(cfg.in_dim, ci, kernel_size=1) for ci in c)
+        self.resize_layers = nn.ModuleList(
+            [
+                nn.ConvTranspose2d(c[0], c[0], kernel_size=4, stride=4),
+                nn.ConvTranspose2d(c[1], c[1], kernel_size=2, stride=2),
+                nn.Identity(),
+                nn.Conv2d(c[3], c[3], kernel_size=3, stride=2, padding=1),
+            ]
+        )
+        self.scratch = nn.Module()
+        for k in range(1, 5):
+            setattr(self.scratch, f"layer{k}_rn", nn.Conv2d(c[k - 1], feat, kernel_size=3, padding=1, bias=False))
+        for k in range(1, 5):
+            setattr(self.scratch, f"refinenet{k}", FusionBlock(feat))
+        self.scratch.output_conv1 = nn.Conv2d(feat, feat // 2, kernel_size=3, padding=1)
+        self.scratch.output_conv2 = nn.Sequential(
+            nn.Conv2d(feat // 2, cfg.head_hidden, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(cfg.head_hidden, 1, kernel_size=1),
+            nn.Sigmoid() if cfg.metric else nn.ReLU(),
+        )
+
+    def forward(self, features: Features, size: tuple[int, int]) -> Tensor:
+        """features: 4 tuples (patch (B, D, h, w), prefix (B, P, D)), normed; size: output (H, W) -> depth (B, H, W).
+
+        To reproduce the official/HF output exactly pass size = (h * patch, w * patch); passing the image size of an
+        image that is not a patch multiple upsamples straight to it (the official code resizes a second time).
+        """
+        if len(features) != 4:
+            raise ValueError(f"DPTHead needs 4 features (blocks {self.cfg.layers}), got {len(features)}")
+        levels = []
+        for i, (patch, prefix) in enumerate(features):
+            if self.cfg.use_clstoken:
+                b, d, h, w = patch.shape
+                tokens = patch.flatten(2).transpose(1, 2)  # (B, h*w, D)
+                readout = prefix[:, :1].expand(-1, tokens.shape[1], -1)  # (B, h*w, D): the CLS token
+                tokens = self.readout_projects[i](torch.cat([tokens, readout], dim=-1))  # (B, h*w, D)
+                patch = tokens.transpose(1, 2).reshape(b, d, h, w)  # (B, D, h, w)
+            x = self.resize_layers[i](self.projects[i](patch))  # (B, C_i, h * {4, 2, 1, 1/2}, ...)
+            levels.append(x)
+        s = self.scratch
+        l1, l2, l3, l4 = (getattr(s, f"layer{k}_rn")(x) for k, x in enumerate(levels, start=1))  # (B, F, ., .)
+        path = s.refinenet4(l4, size=l3.shape[2:])
+        path = s.refinenet3(path, l3, size=l2.shape[2:])
+        path = s.refinenet2(path, l2, size=l1.shape[2:])
+        path = s.refinenet1(path, l1)  # (B, F, 8h, 8w)
+        out = s.output_conv1(path)  # (B, F/2, 8h, 8w)
+        out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=True)  # (B, F/2, H, W)
+        out = s.output_conv2(out)  # (B, 1, H, W)
+        if self.cfg.metric:
+            out = out * self.cfg.max_depth
+        return out.squeeze(1)
+
+
+def dpt_hf_to_official_keys() -> dict[str, str]:
+    """The full key table HF `DepthAnythingForDepthEstimation` (`neck.*`, `head.*`) -> `DPTHead` (official DAv2).
+
+    Official names are relative to the head (an official checkpoint prefixes them with `depth_head.`). HF has no
+    CLS-readout projections, so the table covers heads with `use_clstoken=False`.
+    """
+    table: dict[str, str] = {}
+
+    def conv(hf: str, official: str, *, bias: bool = True) -> None:
+        table[f"{hf}.weight"] = f"{official}.weight"
+        if bias:
+            table[f"{hf}.bias"] = f"{official}.bias"
+
+    for i in range(4):
+        conv(f"neck.reassemble_stage.layers.{i}.projection", f"projects.{i}")
+        if i != 2:  # level 3 keeps the patch grid: an Identity with no parameters
+            conv(f"neck.reassemble_stage.layers.{i}.resize", f"resize_layers.{i}")
+        conv(f"neck.convs.{i}", f"scratch.layer{i + 1}_rn", bias=False)
+    for k in range(1, 5):
+        hf, official = f"neck.fusion_stage.layers.{4 - k}", f"scratch.refinenet{k}"  # HF fuses deepest first
+        conv(f"{hf}.projection", f"{official}.out_conv")
+        for unit in (1, 2):
+            for j in (1, 2):
+                conv(f"{hf}.residual_layer{unit}.convolution{j}", f"{official}.resConfUnit{unit}.conv{j}")
+    conv("head.conv1", "scratch.output_conv1")
+    conv("head.conv2", "scratch.output_conv2.0")
+    conv("head.conv3", "scratch.output_conv2.2")
+    return table
+
+
+def dpt_state_dict_from_hf(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an HF DepthAnything neck+head state dict (keys `neck.*`, `head.*`) to `DPTHead` names. Strict."""
+    table = dpt_hf_to_official_keys()
+    unknown = sorted(k for k in sd if k not in table)
+    missing = sorted(k for k in table if k not in sd)
+    if unknown or missing:
+        raise ValueError(f"HF DPT state dict does not match the key table: unknown {unknown}, missing {missing}")
+    return {table[k]: v for k, v in sd.items()}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Linear segmentation probe (DINOv3)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LinearSegConfig:
+    """in_dim: backbone width D; num_classes: output classes; dropout: Dropout2d rate before the BatchNorm."""
+
+    in_dim: int
+    num_classes: int
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"LinearSegConfig.num_classes must be >= 1, got {self.num_classes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"LinearSegConfig.dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LinearSegConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown LinearSegConfig keys {unknown}; accepted: {sorted(known)}")
+        return cls(**d)
+
+
+class LinearSegHead(nn.Module):
+    """DINOv3's linear probe: Dropout2d -> BatchNorm2d -> 1x1 conv -> bilinear upsample to the image size."""
+
+    def __init__(self, cfg: LinearSegConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.dropout = nn.Dropout2d(cfg.dropout)
+        self.bn = nn.BatchNorm2d(cfg.in_dim)
+        self.conv = nn.Conv2d(cfg.in_dim, cfg.num_classes, kernel_size=1)
+
+    def forward(self, patch: Tensor, size: tuple[int, int]) -> Tensor:
+        """patch: normed last-block patch features (B, D, h, w); size: (H, W) -> logits (B, classes, H, W)."""
+        logits = self.conv(self.bn(self.dropout(patch)))  # (B, classes, h, w)
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
