@@ -1,0 +1,136 @@
+"""Saving and loading hybrids (safetensors + JSON config), and atomic file writes used across the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "jetvit"
+FORMAT_VERSION = 1
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)` and move the result onto `path` in one step: readers see the old file or the
+    complete new one, never a half-written file, even if the process is killed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
+    """Write `model` (a `HybridViT`) to `directory`: `model.safetensors` and `config.json` (family, sizes, arch,
+    options). Each file is written atomically, weights first, so an interrupted save leaves the previous config
+    pointing at complete weights or no config at all."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": model.arch,
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "config": model.cfg.to_dict(),
+    }
+    atomic_write_json(directory / CONFIG_NAME, meta)
+    return directory
+
+
+def is_jetvit_dir(path: str | os.PathLike) -> bool:
+    cfg = Path(path) / CONFIG_NAME
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == FORMAT
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def load(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
+    """Load a model written by `save`. Strict: a missing, unexpected or mis-shaped tensor raises ValueError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from jetvit.model import HybridViT, ViTConfig
+
+    directory = Path(directory)
+    if not directory.exists():
+        raise FileNotFoundError(f"no such model directory: {directory}")
+    if not directory.is_dir():
+        raise NotADirectoryError(f"not a directory: {directory} (jetvit.load takes a directory written by jetvit.save)")
+    cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{directory} is not a jetvit model directory: {CONFIG_NAME} is missing")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{cfg_path} is not a jetvit config (format={meta.get('format')!r})")
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{directory} has a config but no weights: {WEIGHTS_NAME} is missing")
+    model = HybridViT(ViTConfig.from_dict(meta["config"]))
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise ValueError(f"cannot read {weights_path} (truncated or corrupt?): {e}") from e
+    load_state_dict_strict(model, state, source=str(weights_path))
+    return model.eval()
+
+
+def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """`load_state_dict(strict=True)` with an error that names every missing, unexpected and mis-shaped tensor."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(
+        f"{k}: {tuple(state[k].shape)} in file, {tuple(own[k].shape)} in model"
+        for k in set(own) & set(state)
+        if own[k].shape != state[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = [f"{source} does not match the model"]
+        if missing:
+            parts.append(f"missing tensors: {missing}")
+        if unexpected:
+            parts.append(f"unexpected tensors: {unexpected}")
+        if shapes:
+            parts.append(f"shape mismatches: {shapes}")
+        raise ValueError("; ".join(parts))
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,572 @@
+"""The hybrid ViT: a plain pre-norm ViT (DINOv3 / DINOv2 layout) whose blocks each pick their attention kind.
+
+What differs from a plain ViT:
+
+- `cfg.arch` is a string with one letter per block: `F` full softmax attention (the teacher's), `W` softmax
+  attention within non-overlapping windows of the patch grid, `L` ReLU-kernel linear attention plus a squeeze
+  dynamic depthwise convolution on V. The letter picks the class from `ATTN_KINDS`; every kind has the same
+  inherited projections (`qkv`, `proj`) and the same forward signature, so a teacher's weights load into any arch.
+- Prefix tokens (CLS, registers) are handled alike by `W` and `L`: as queries they attend to all tokens with exact
+  softmax attention (cost P*N), as keys/values every patch token sees them. The dynamic convolution acts on the
+  patch tokens only.
+- RoPE (DINOv3) is computed once per forward on the global patch grid; `W` blocks slice each token's rotation from
+  it (never per window), `L` blocks rotate q/k before the kernel when `cfg.linear.rope` is set.
+- `forward_intermediates` returns normed patch maps (B, D, h, w) and prefix tokens of chosen blocks, the features
+  the official heads read; `flops(H, W)` is the model's own cost model.
+
+Token layout: `[CLS, registers..., patches row-major (y, x)]`, P = 1 + num_registers prefix tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jetvit import ops
+
+ARCH_LETTERS = "FWL"
+FAMILIES = ("dinov3", "dinov2", "dinov2_reg", "depth_anything_v2", "jetvit")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass
+class LinearAttnConfig:
+    """Options of the `L` block (the paper's linear-block ablation is these fields)."""
+
+    kernel: str = "relu"  # "relu" | "focus" (focusing factor, FLatten)
+    focus_p: float = 3.0
+    conv: str = "dynamic"  # "none" | "static" (depthwise conv on V) | "dynamic" (squeeze dynamic conv)
+    conv_size: int = 5  # k of the k x k depthwise kernel
+    conv_hidden: int = 64  # width of the kernel generator's hidden layer
+    rope: bool = True  # rotate q/k by RoPE before the kernel (RoPE families only)
+    eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.kernel not in ("relu", "focus"):
+            raise ValueError(f"linear.kernel must be 'relu' or 'focus', got {self.kernel!r}")
+        if self.conv not in ("none", "static", "dynamic"):
+            raise ValueError(f"linear.conv must be 'none', 'static' or 'dynamic', got {self.conv!r}")
+        if self.conv_size < 1 or self.conv_size % 2 == 0:
+            raise ValueError(f"linear.conv_size must be a positive odd number, got {self.conv_size}")
+
+
+@dataclass
+class ViTConfig:
+    """Everything needed to build a `HybridViT`; saved as JSON next to the weights."""
+
+    family: str = "dinov3"
+    img_size: int = 224  # native (pretraining) resolution; sets the learned pos-embed grid
+    patch_size: int = 16
+    in_chans: int = 3
+    dim: int = 384
+    depth: int = 12
+    num_heads: int = 6
+    mlp: str = "gelu"  # "gelu" (fc1, fc2) | "swiglu" (w1 gate, w2 up, w3 down)
+    mlp_hidden: int = 1536
+    qkv_bias: bool = True
+    k_bias: bool = False  # DINOv3 has q and v biases but no k bias
+    proj_bias: bool = True
+    mlp_bias: bool = True
+    num_registers: int = 4
+    layerscale: bool = True
+    norm_eps: float = 1e-5
+    pos_embed: str = "rope"  # "rope" (DINOv3) | "learned" (DINOv2)
+    rope_base: float = 100.0
+    pos_interp: str = "official"  # learned pos-embed resize: "official" | "hf" | "hf_antialias"
+    arch: str = ""  # one letter per block; "" means all F (the teacher)
+    window_size: int = 8  # W blocks: window side in patches
+    linear: LinearAttnConfig = field(default_factory=LinearAttnConfig)
+    depth_head: dict[str, Any] | None = None  # DPT head config (jetvit.heads.DPTConfig fields), if any
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        if isinstance(self.linear, dict):
+            self.linear = LinearAttnConfig(**self.linear)
+        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        if self.family not in FAMILIES:
+            raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.mlp not in ("gelu", "swiglu"):
+            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.pos_embed not in ("rope", "learned"):
+            raise ValueError(f"pos_embed must be 'rope' or 'learned', got {self.pos_embed!r}")
+        if self.pos_interp not in ("official", "hf", "hf_antialias"):
+            raise ValueError(f"pos_interp must be 'official', 'hf' or 'hf_antialias', got {self.pos_interp!r}")
+        if self.window_size < 1:
+            raise ValueError(f"window_size must be >= 1, got {self.window_size}")
+        self.arch = validate_arch(self.arch or "F" * self.depth, self.depth)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 + self.num_registers
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; accepted: {sorted(known)}")
+        d = dict(d)
+        if isinstance(d.get("linear"), dict):
+            lin_known = {f.name for f in dataclasses.fields(LinearAttnConfig)}
+            bad = sorted(set(d["linear"]) - lin_known)
+            if bad:
+                raise ValueError(f"unknown linear-attention config keys {bad}; accepted: {sorted(lin_known)}")
+        return cls(**d)
+
+
+def validate_arch(arch: str, depth: int) -> str:
+    """Check an architecture string: `depth` letters from F/W/L (case-insensitive). Returns it upper-cased."""
+    if not isinstance(arch, str):
+        raise ValueError(f"architecture must be a string of F/W/L letters, got {type(arch).__name__}")
+    a = arch.strip().upper()
+    bad = sorted({c for c in a if c not in ARCH_LETTERS})
+    if bad:
+        raise ValueError(f"architecture {arch!r} has unknown letters {bad}; use F (full), W (window), L (linear)")
+    if len(a) != depth:
+        raise ValueError(f"architecture {arch!r} has {len(a)} letters but the model has {depth} blocks")
+    return a
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Positions
+
+
+class TokenLayout(NamedTuple):
+    """What an attention block needs to know about the token sequence besides the tokens."""
+
+    grid: tuple[int, int]  # patch grid (h, w)
+    num_prefix: int
+    rope: tuple[Tensor, Tensor] | None  # (cos, sin), each (h*w, head_dim), or None without RoPE
+
+
+def rope_tables(grid: tuple[int, int], head_dim: int, base: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """DINOv3 RoPE for an (h, w) patch grid: (cos, sin), each (h*w, head_dim), fp32.
+
+    Patch centres are normalised per axis to [-1, 1]; head_dim/4 frequencies base^(-4i/head_dim); y angles first,
+    then x, the (h*w, head_dim/2) result tiled twice (half-split rotation).
+    """
+    h, w = grid
+    ys = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w * 2 - 1
+    coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(h * w, 2)  # (h*w, 2)
+    inv_freq = base ** -(torch.arange(head_dim // 4, device=device, dtype=torch.float32) * 4 / head_dim)
+    angles = 2 * math.pi * coords[:, :, None] * inv_freq  # (h*w, 2, head_dim/4)
+    angles = angles.flatten(1).tile(2)  # (h*w, head_dim)
+    return angles.cos(), angles.sin()
+
+
+def resize_pos_embed(pos: Tensor, grid: tuple[int, int], img_hw: tuple[int, int], mode: str) -> Tensor:
+    """Resize a learned (1, 1 + M*M, D) position embedding to an (h, w) grid, as the weights' source code does.
+
+    `official` (DINOv2 / Depth-Anything-V2): bicubic with scale factor ((h + 0.1)/M, (w + 0.1)/M);
+    `hf` (transformers Dinov2): bicubic to size (h, w); `hf_antialias` (Dinov2WithRegisters): the same, antialiased.
+    All skip the resize for a square image whose grid equals the stored one.
+    """
+    h, w = grid
+    M = int(math.isqrt(pos.shape[1] - 1))
+    if h * w == M * M and img_hw[0] == img_hw[1]:
+        return pos
+    cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
+    dim = pos.shape[-1]
+    patch_pos = patch_pos.reshape(1, M, M, dim).permute(0, 3, 1, 2).float()  # (1, D, M, M)
+    if mode == "official":
+        patch_pos = F.interpolate(patch_pos, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic")
+    else:
+        patch_pos = F.interpolate(patch_pos, size=(h, w), mode="bicubic", antialias=mode == "hf_antialias")
+    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, h * w, dim)
+    return torch.cat((cls_pos, patch_pos), dim=1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention kinds
+
+
+class Attention(nn.Module):
+    """Shared projections of every attention kind: fused `qkv` (the k part of the bias masked off when the teacher
+    has no k bias) and the output projection `proj`. Subclasses implement `attend`."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.qkv_bias)
+        self.proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.proj_bias)
+        self.mask_k_bias = cfg.qkv_bias and not cfg.k_bias
+        if self.mask_k_bias:
+            mask = torch.ones(3 * cfg.dim)
+            mask[cfg.dim : 2 * cfg.dim] = 0
+            self.register_buffer("qkv_bias_mask", mask, persistent=False)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, N, D) -> q, k, v, each (B, H, N, d)."""
+        bias = self.qkv.bias
+        if self.mask_k_bias:
+            bias = bias * self.qkv_bias_mask
+        B, N, _ = x.shape
+        qkv = F.linear(x, self.qkv.weight, bias).reshape(B, N, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)
+        return q, k, v
+
+    def forward(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        q, k, v = self.project(x)
+        out = self.attend(q, k, v, layout)  # (B, H, N, d)
+        B, _, N, _ = out.shape
+        return self.proj(out.transpose(1, 2).reshape(B, N, -1))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        raise NotImplementedError
+
+
+def _rotate(q: Tensor, k: Tensor, layout: TokenLayout) -> tuple[Tensor, Tensor]:
+    if layout.rope is None:
+        return q, k
+    cos, sin = layout.rope
+    cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+    return ops.apply_rope(q, cos, sin, layout.num_prefix), ops.apply_rope(k, cos, sin, layout.num_prefix)
+
+
+class FullAttention(Attention):
+    """`F`: the teacher's softmax attention over all tokens."""
+
+    kind = "F"
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        q, k = _rotate(q, k, layout)
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+class WindowAttention(Attention):
+    """`W`: softmax attention within non-overlapping `window_size` x `window_size` windows of the patch grid, plus
+    the prefix tokens. Grids the window does not divide are padded at the bottom/right and the padding masked."""
+
+    kind = "W"
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__(cfg)
+        self.window_size = cfg.window_size
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        q, k = _rotate(q, k, layout)
+        return ops.window_attention(q, k, v, grid=layout.grid, window=self.window_size, num_prefix=layout.num_prefix)
+
+
+class LinearAttention(Attention):
+    """`L`: linear attention with kernel phi (ReLU, or the focusing factor) for the patch queries, plus a depthwise
+    k x k convolution on V over the patch grid added before `proj`:
+
+    - `dynamic` (squeeze dynamic conv, the default): the patch tokens' V is averaged over the grid ("squeeze"),
+      a small MLP (Linear -> SiLU -> Linear) turns it into one k x k kernel per channel and image, shared by all
+      tokens of that image. The last Linear is zero-initialised (weights and bias), so a freshly converted block is
+      exactly plain ReLU linear attention and the convolution is learned from there.
+    - `static`: one learned k x k kernel per channel, zero-initialised for the same reason.
+    - `none`: plain linear attention.
+    """
+
+    kind = "L"
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__(cfg)
+        lin = cfg.linear
+        self.kernel, self.focus_p, self.eps = lin.kernel, lin.focus_p, lin.eps
+        self.use_rope = lin.rope
+        self.conv_kind, self.conv_size = lin.conv, lin.conv_size
+        D, ks = cfg.dim, lin.conv_size
+        if lin.conv == "dynamic":
+            self.conv_gen = nn.Sequential(nn.Linear(D, lin.conv_hidden), nn.SiLU(), nn.Linear(lin.conv_hidden, D * ks * ks))
+            nn.init.zeros_(self.conv_gen[2].weight)
+            nn.init.zeros_(self.conv_gen[2].bias)
+        elif lin.conv == "static":
+            self.conv = nn.Conv2d(D, D, ks, padding=ks // 2, groups=D, bias=False)
+            nn.init.zeros_(self.conv.weight)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        P = layout.num_prefix
+        qr, kr = _rotate(q, k, layout)
+        if self.use_rope:
+            q, k = qr, kr
+        phi_q = ops.feature_map(q[:, :, P:], self.kernel, self.focus_p)
+        phi_k = ops.feature_map(k, self.kernel, self.focus_p)
+        out = ops.linear_attention(phi_q, phi_k, v, eps=self.eps)  # (B, H, h*w, d)
+        if self.conv_kind != "none":
+            out = out + self.local_conv(v[:, :, P:], layout.grid)
+        if P:
+            out = torch.cat((ops.prefix_attention(qr, kr, v, P), out), dim=2)
+        return out
+
+    def local_conv(self, v: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Depthwise convolution of the patch tokens' V on the 2-D grid: (B, H, h*w, d) -> (B, H, h*w, d)."""
+        B, Hn, Np, d = v.shape
+        h, w = grid
+        x = v.permute(0, 1, 3, 2).reshape(B, Hn * d, h, w)  # (B, D, h, w), channel = head * d + i as in proj
+        if self.conv_kind == "static":
+            y = self.conv(x)
+        else:
+            kernel = self.conv_gen(x.mean(dim=(2, 3)))  # squeeze: (B, D) -> (B, D*k*k)
+            y = ops.depthwise_conv_per_image(x, kernel.reshape(B, Hn * d, self.conv_size, self.conv_size))
+        return y.reshape(B, Hn, d, Np).transpose(-1, -2)
+
+
+ATTN_KINDS: dict[str, type[Attention]] = {"F": FullAttention, "W": WindowAttention, "L": LinearAttention}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Block
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.gamma
+
+
+class Mlp(nn.Module):
+    """GELU MLP: fc2(gelu(fc1(x)))."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden, bias=bias), nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU MLP: w3(silu(w1(x)) * w2(x)) (w1 gate, w2 up, w3 down, as in DINOv3's official code)."""
+
+    def __init__(self, dim: int, hidden: int, bias: bool) -> None:
+        super().__init__()
+        self.w1, self.w2 = nn.Linear(dim, hidden, bias=bias), nn.Linear(dim, hidden, bias=bias)
+        self.w3 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w3(F.silu(self.w1(x)) * self.w2(x))
+
+
+class Block(nn.Module):
+    """Pre-norm block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x))); `kind` picks the attention class."""
+
+    def __init__(self, cfg: ViTConfig, kind: str) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = ATTN_KINDS[kind](cfg)
+        self.ls1 = LayerScale(cfg.dim) if cfg.layerscale else nn.Identity()
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=cfg.norm_eps)
+        mlp_cls = SwiGLU if cfg.mlp == "swiglu" else Mlp
+        self.mlp = mlp_cls(cfg.dim, cfg.mlp_hidden, cfg.mlp_bias)
+        self.ls2 = LayerScale(cfg.dim) if cfg.layerscale else nn.Identity()
+
+    @property
+    def kind(self) -> str:
+        return self.attn.kind
+
+    def forward(self, x: Tensor, layout: TokenLayout) -> Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), layout))
+        return x + self.ls2(self.mlp(self.norm2(x)))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model
+
+
+class PatchEmbed(nn.Module):
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cfg.in_chans, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, h*w, D)
+
+
+class HybridViT(nn.Module):
+    """A DINOv3/DINOv2-layout ViT whose block i uses attention kind `cfg.arch[i]`.
+
+    Input: normalised images (B, 3, H, W), H and W multiples of the patch size. See the module docstring.
+    """
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        D = cfg.dim
+        self.patch_embed = PatchEmbed(cfg)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        self.register_tokens = nn.Parameter(torch.zeros(1, cfg.num_registers, D)) if cfg.num_registers else None
+        if cfg.pos_embed == "learned":
+            grid = cfg.img_size // cfg.patch_size
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, D))
+        else:
+            self.pos_embed = None
+        self.blocks = nn.ModuleList(Block(cfg, kind) for kind in cfg.arch)
+        self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
+        self.depth_head: nn.Module | None = None
+        if cfg.depth_head is not None:
+            from jetvit.heads import DPTConfig, DPTHead
+
+            self.depth_head = DPTHead(DPTConfig(**cfg.depth_head))
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # A teacher's weights replace all of this; the init only matters for models built from scratch (the
+        # built-in teacher, the benchmark presets).
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        if self.register_tokens is not None:
+            nn.init.trunc_normal_(self.register_tokens, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for blk in self.blocks:
+            for m in (blk.attn.qkv, blk.attn.proj, *[c for c in blk.mlp.children() if isinstance(c, nn.Linear)]):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    # -- properties -------------------------------------------------------------------------------------------
+
+    @property
+    def arch(self) -> str:
+        return "".join(blk.kind for blk in self.blocks)
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.cfg.num_prefix_tokens
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Patch grid (h, w) of an H x W image; raises ValueError when the size is not a multiple of the patch."""
+        p = self.cfg.patch_size
+        if height % p or width % p or height < p or width < p:
+            raise ValueError(
+                f"image size {height}x{width} is not a positive multiple of the patch size {p}; "
+                f"resize or crop to e.g. {max(p, height // p * p)}x{max(p, width // p * p)}"
+            )
+        return height // p, width // p
+
+    # -- forward ----------------------------------------------------------------------------------------------
+
+    def prepare_tokens(self, x: Tensor) -> tuple[Tensor, TokenLayout]:
+        """Images (B, C, H, W) -> tokens (B, P + h*w, D) and the layout the blocks need."""
+        if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
+            raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W), got {tuple(x.shape)}")
+        B, _, H, W = x.shape
+        grid = self.grid_size(H, W)
+        x = self.patch_embed(x)  # (B, h*w, D)
+        cls = self.cls_token.expand(B, -1, -1)
+        rope = None
+        if self.pos_embed is not None:
+            # DINOv2: the position embedding covers CLS and patches; registers are inserted after it.
+            x = torch.cat((cls, x), dim=1) + resize_pos_embed(self.pos_embed, grid, (H, W), self.cfg.pos_interp)
+            cls, x = x[:, :1], x[:, 1:]
+        else:
+            rope = rope_tables(grid, self.cfg.head_dim, self.cfg.rope_base, x.device)
+        prefix = [cls] if self.register_tokens is None else [cls, self.register_tokens.expand(B, -1, -1)]
+        x = torch.cat((*prefix, x), dim=1)
+        return x, TokenLayout(grid, self.num_prefix_tokens, rope)
+
+    def forward_hidden_states(self, x: Tensor) -> list[Tensor]:
+        """[embeddings, output of block 0, ..., output of block L-1], each (B, P + h*w, D), before the final norm."""
+        x, layout = self.prepare_tokens(x)
+        states = [x]
+        for blk in self.blocks:
+            x = blk(x, layout)
+            states.append(x)
+        return states
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Images (B, C, H, W) -> final normed tokens (B, P + h*w, D)."""
+        x, layout = self.prepare_tokens(x)
+        for blk in self.blocks:
+            x = blk(x, layout)
+        return self.norm(x)
+
+    def forward_intermediates(
+        self, x: Tensor, indices: Sequence[int], *, norm: bool = True
+    ) -> list[tuple[Tensor, Tensor]]:
+        """Features of blocks `indices` (0-based, negatives count from the end) as the official heads read them:
+        a list of (patches (B, D, h, w), prefix (B, P, D)), after the final norm when `norm`. Stops after the
+        deepest requested block."""
+        depth = len(self.blocks)
+        idx = [i + depth if i < 0 else i for i in indices]
+        bad = [i for i, j in zip(indices, idx) if not 0 <= j < depth]
+        if bad:
+            raise ValueError(f"block indices {bad} out of range for a {depth}-block model")
+        x, layout = self.prepare_tokens(x)
+        h, w = layout.grid
+        P = layout.num_prefix
+        wanted: dict[int, tuple[Tensor, Tensor]] = {}
+        for i, blk in enumerate(self.blocks[: max(idx) + 1]):
+            x = blk(x, layout)
+            if i in idx:
+                y = self.norm(x) if norm else x
+                patches = y[:, P:].transpose(1, 2).reshape(y.shape[0], -1, h, w)  # (B, D, h, w)
+                wanted[i] = (patches, y[:, :P])
+        return [wanted[i] for i in idx]
+
+    def predict_depth(self, x: Tensor) -> Tensor:
+        """Depth (or disparity, for relative models) map (B, H, W) from the DPT head on the hybrid's features."""
+        if self.depth_head is None:
+            raise ValueError("this model has no depth head (only Depth-Anything-V2 teachers carry one)")
+        feats = self.forward_intermediates(x, self.depth_head.cfg.layers)
+        return self.depth_head(feats, (x.shape[-2], x.shape[-1]))
+
+    # -- cost model -------------------------------------------------------------------------------------------
+
+    def flops(self, height: int, width: int, *, batch: int = 1) -> dict[str, Any]:
+        """Forward FLOPs (a multiply-add counts 2) at an H x W input: per block, embedding, head and total.
+
+        Counts the matmuls and convolutions that dominate; norms, activations and softmax are left out. Window
+        attention counts padded windows, since they are computed.
+        """
+        cfg = self.cfg
+        h, w = self.grid_size(height, width)
+        Np, P, D, d = h * w, cfg.num_prefix_tokens, cfg.dim, cfg.head_dim
+        N = Np + P
+        mlp_mults = 3 if cfg.mlp == "swiglu" else 2
+        dense = 2 * N * D * 3 * D + 2 * N * D * D + 2 * N * D * cfg.mlp_hidden * mlp_mults
+        per_block = []
+        for blk in self.blocks:
+            kind = blk.kind
+            if kind == "F":
+                attn = 4 * N * N * D
+            elif kind == "W":
+                ws = cfg.window_size
+                padded = math.ceil(h / ws) * ws * math.ceil(w / ws) * ws
+                attn = 4 * padded * (ws * ws + P) * D + 4 * P * N * D
+            else:
+                attn = 2 * N * D * (d + 1) + 2 * Np * D * (d + 1) + 4 * P * N * D
+                if cfg.linear.kernel == "focus":
+                    attn += 4 * N * D
+                ks = cfg.linear.conv_size
+                if cfg.linear.conv != "none":
+                    attn += 2 * Np * D * ks * ks
+                if cfg.linear.conv == "dynamic":
+                    attn += 2 * (D * cfg.linear.conv_hidden + cfg.linear.conv_hidden * D * ks * ks)
+            per_block.append(batch * (dense + attn))
+        embed = batch * 2 * Np * cfg.in_chans * cfg.patch_size**2 * D
+        head = 0
+        if self.depth_head is not None and hasattr(self.depth_head, "flops"):
+            head = batch * self.depth_head.flops(height, width, (h, w))
+        return {"blocks": per_block, "embed": embed, "head": head, "total": sum(per_block) + embed + head}
+
+    def extra_repr(self) -> str:
+        return f"family={self.cfg.family}, arch={self.arch}, window={self.cfg.window_size}"

@@ -1,0 +1,181 @@
+"""Attention kernels of the hybrid ViT, each beside a plain reference implementation of the same function.
+
+Notation: B batch, H heads, N tokens (P prefix tokens first, then the h*w patch tokens row-major), d head dim.
+The fast paths never build an N x N tensor (except full attention, where SDPA's backends avoid it on GPU); the
+`*_naive` references do, on purpose, and exist only to be compared against in tests.
+
+Prefix tokens (CLS, registers) are treated the same way by every efficient kind: as queries they attend to all
+tokens with exact softmax attention (their cost is P*N, linear in N); as keys and values they are seen by every
+patch token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """Half-split rotation: dim i pairs with dim i + d/2 (the DINOv3 convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, num_prefix: int) -> Tensor:
+    """Rotate the patch tokens of x (B, H, N, d) by cos/sin (h*w, d); prefix tokens are left as they are."""
+    prefix, patches = x[:, :, :num_prefix], x[:, :, num_prefix:]
+    patches = patches * cos + rotate_half(patches) * sin
+    return torch.cat((prefix, patches), dim=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Window attention
+
+
+def window_partition(x: Tensor, grid: tuple[int, int], window: int) -> tuple[Tensor, int, int]:
+    """(B, H, h*w, d) patch tokens -> (B * nW, H, window*window, d) windows, zero-padding the grid at the
+    bottom/right to a multiple of the window. Returns the windows and the padded grid size (hp, wp)."""
+    B, Hn, _, d = x.shape
+    h, w = grid
+    hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
+    x = x.reshape(B, Hn, h, w, d)
+    if (hp, wp) != (h, w):
+        x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))  # (B, H, hp, wp, d)
+    x = x.reshape(B, Hn, hp // window, window, wp // window, window, d)
+    x = x.permute(0, 2, 4, 1, 3, 5, 6)  # (B, nWh, nWw, H, window, window, d)
+    return x.reshape(-1, Hn, window * window, d), hp, wp
+
+
+def window_unpartition(x: Tensor, batch: int, grid: tuple[int, int], padded: tuple[int, int], window: int) -> Tensor:
+    """Inverse of `window_partition`: (B * nW, H, window*window, d) -> (B, H, h*w, d), padding cropped."""
+    h, w = grid
+    hp, wp = padded
+    Hn, d = x.shape[1], x.shape[-1]
+    x = x.reshape(batch, hp // window, wp // window, Hn, window, window, d)
+    x = x.permute(0, 3, 1, 4, 2, 5, 6).reshape(batch, Hn, hp, wp, d)  # (B, H, hp, wp, d)
+    return x[:, :, :h, :w].reshape(batch, Hn, h * w, d)
+
+
+def window_key_mask(grid: tuple[int, int], window: int, num_prefix: int, device: torch.device) -> Tensor | None:
+    """Boolean key mask (nW, 1, 1, P + window*window), True where a key is real; None when nothing is padded."""
+    h, w = grid
+    hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
+    if (hp, wp) == (h, w):
+        return None
+    valid = torch.zeros(hp, wp, dtype=torch.bool, device=device)
+    valid[:h, :w] = True
+    valid = valid.reshape(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1, window * window)
+    prefix = torch.ones(valid.shape[0], num_prefix, dtype=torch.bool, device=device)
+    return torch.cat((prefix, valid), dim=1)[:, None, None, :]  # (nW, 1, 1, P + window^2)
+
+
+def window_attention(
+    q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int], window: int, num_prefix: int
+) -> Tensor:
+    """Softmax attention of each patch token within its non-overlapping window of the patch grid, plus the prefix
+    tokens; prefix tokens attend to everything. q, k, v: (B, H, N, d) -> (B, H, N, d).
+
+    All windows of the batch go through one SDPA call. A window never sees padding as real tokens: padded keys are
+    masked, padded queries are dropped.
+    """
+    B, Hn, N, d = q.shape
+    P = num_prefix
+    qw, hp, wp = window_partition(q[:, :, P:], grid, window)  # (B*nW, H, ws^2, d)
+    kw, _, _ = window_partition(k[:, :, P:], grid, window)
+    vw, _, _ = window_partition(v[:, :, P:], grid, window)
+    nw = qw.shape[0] // B
+    if P:
+        # Every window also sees the prefix keys/values: (B, H, P, d) -> (B*nW, H, P, d)
+        kp = k[:, None, :, :P].expand(B, nw, Hn, P, d).reshape(B * nw, Hn, P, d)
+        vp = v[:, None, :, :P].expand(B, nw, Hn, P, d).reshape(B * nw, Hn, P, d)
+        kw, vw = torch.cat((kp, kw), dim=2), torch.cat((vp, vw), dim=2)
+    mask = window_key_mask(grid, window, P, q.device)
+    if mask is not None:
+        mask = mask.repeat(B, 1, 1, 1)  # (B*nW, 1, 1, P + ws^2), batch-major like the windows
+    out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask)
+    out = window_unpartition(out, B, grid, (hp, wp), window)  # (B, H, h*w, d)
+    if P:
+        out_prefix = F.scaled_dot_product_attention(q[:, :, :P], k, v)  # (B, H, P, d)
+        out = torch.cat((out_prefix, out), dim=2)
+    return out
+
+
+def window_attention_naive(
+    q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int], window: int, num_prefix: int
+) -> Tensor:
+    """Reference for `window_attention`: full attention with an explicit (N, N) mask."""
+    h, w = grid
+    P = num_prefix
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    win = ((ys // window) * math.ceil(w / window) + xs // window).flatten()  # window id of each patch token
+    allowed = torch.ones(q.shape[2], k.shape[2], dtype=torch.bool)
+    allowed[P:, P:] = win[:, None] == win[None, :]
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~allowed.to(q.device), float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Linear attention
+
+
+def feature_map(x: Tensor, kernel: str, focus_p: float = 3.0) -> Tensor:
+    """Kernel feature map phi: `relu`, or `focus` (FLatten's focusing factor: ||relu(x)|| * relu(x)^p / ||relu(x)^p||)."""
+    x = F.relu(x)
+    if kernel == "relu":
+        return x
+    xp = x**focus_p
+    return xp * (x.norm(dim=-1, keepdim=True) / xp.norm(dim=-1, keepdim=True).clamp_min(1e-6))
+
+
+def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, eps: float = 1e-6) -> Tensor:
+    """Non-causal linear attention out_i = phi(q_i) (sum_j phi(k_j)^T v_j) / (phi(q_i) . sum_j phi(k_j) + eps).
+
+    q (B, H, Nq, d) and k (B, H, N, d) are kernel features phi(q), phi(k), non-negative; v (B, H, N, d). Returns
+    (B, H, Nq, d) in v's dtype. The state phi(K)^T [V, 1] and the normaliser are accumulated in fp32 even under
+    autocast (bf16 loses the sum over thousands of tokens); a zero denominator (phi(q_i) all zero, which the ReLU
+    makes common with inherited softmax projections) gives a zero output instead of NaN.
+    """
+    dtype = v.dtype
+    with torch.autocast(device_type=q.device.type, enabled=False):
+        v1 = F.pad(v.float(), (0, 1), value=1.0)  # (B, H, N, d+1): the last column carries the normaliser
+        state = k.float().transpose(-1, -2) @ v1  # (B, H, d, d+1)
+        out = q.float() @ state  # (B, H, Nq, d+1)
+        out = out[..., :-1] / (out[..., -1:] + eps)
+    return out.to(dtype)
+
+
+def prefix_attention(q: Tensor, k: Tensor, v: Tensor, num_prefix: int) -> Tensor:
+    """Exact softmax attention of the prefix queries over all tokens: q, k, v (B, H, N, d) -> (B, H, P, d)."""
+    return F.scaled_dot_product_attention(q[:, :, :num_prefix], k, v)
+
+
+def linear_attention_naive(q: Tensor, k: Tensor, v: Tensor, *, eps: float = 1e-6) -> Tensor:
+    """Reference for the patch part of `linear_attention`: the explicit (N, N) kernel matrix phi(q) phi(k)^T,
+    row-normalised. q, k are kernel features (B, H, Nq, d), (B, H, N, d)."""
+    a = q.double() @ k.double().transpose(-1, -2)  # (B, H, Nq, N)
+    return ((a @ v.double()) / (a.sum(-1, keepdim=True) + eps)).to(v.dtype)
+
+
+def depthwise_conv_per_image(x: Tensor, weight: Tensor) -> Tensor:
+    """Depthwise convolution with a different kernel for every image: x (B, C, h, w), weight (B, C, k, k).
+
+    One grouped convolution over the whole batch: the batch is folded into the channels (groups = B*C).
+    """
+    B, C, h, w = x.shape
+    ks = weight.shape[-1]
+    out = F.conv2d(x.reshape(1, B * C, h, w), weight.reshape(B * C, 1, ks, ks), padding=ks // 2, groups=B * C)
+    return out.reshape(B, C, h, w)
+
+
+def depthwise_conv_per_image_naive(x: Tensor, weight: Tensor) -> Tensor:
+    """Reference for `depthwise_conv_per_image`: a Python loop over images and channels."""
+    ks = weight.shape[-1]
+    out = torch.empty_like(x)
+    for b in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            out[b, c] = F.conv2d(x[b, c][None, None], weight[b, c][None, None], padding=ks // 2)[0, 0]
+    return out
