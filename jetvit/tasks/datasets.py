@@ -1,0 +1,282 @@
+"""Readers for the segmentation and depth evaluation data, each a map-style dataset of (image, target) samples.
+
+image: float tensor (3, H, W), RGB in [0, 1], not normalised (`normalize` applies the ImageNet statistics the
+teachers expect). Targets:
+- segmentation: int64 (H, W), train ids in [0, num_classes) or `IGNORE` (255);
+- depth: float32 (H, W) in metres (or the file's units / `depth_scale`), 0 where there is no measurement;
+- DA2K: the list of point pairs of the image, `{"point1": [y, x], "point2": [y, x], "closer_point": ...}`.
+
+Layouts:
+- Cityscapes: `leftImg8bit/{split}/{city}/*_leftImg8bit.png`, `gtFine/{split}/{city}/*_gtFine_labelIds.png`.
+- ADE20K: `ADEChallengeData2016/images/{training,validation}/*.jpg`, `.../annotations/{...}/*.png` (label 0 = other,
+  ignored; 1..150 -> 0..149). The root may be the folder holding `ADEChallengeData2016` or that folder itself.
+- Segmentation folder: `images/*.{jpg,png,...}` and `masks/*.png` (index PNGs, same stem).
+- Depth folder: `images/*` and `depth/*.png` (16-bit, value / depth_scale) or `depth/*.npy` (float), same stem.
+- DA2K: a JSON file mapping image paths (relative to the root) to pair lists, as the DA2K release ships it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+IGNORE = 255
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)  # fmt: skip
+# Cityscapes labelIds (0..33) of the 19 evaluated classes; every other id (and the license plate, -1) is ignored.
+CITYSCAPES_TRAIN_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+
+def cityscapes_label_lut() -> np.ndarray:
+    """(256,) uint8 table labelId -> trainId (255 = ignore)."""
+    lut = np.full(256, IGNORE, dtype=np.uint8)
+    for train_id, label_id in enumerate(CITYSCAPES_TRAIN_LABEL_IDS):
+        lut[label_id] = train_id
+    return lut
+
+
+def normalize(image: Tensor) -> Tensor:
+    """(..., 3, H, W) RGB in [0, 1] -> ImageNet-normalised, as DINOv2/v3 and Depth-Anything expect."""
+    mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
+    std = image.new_tensor(IMAGENET_STD)[:, None, None]
+    return (image - mean) / std
+
+
+def read_image(path: Path) -> Tensor:
+    """An image file -> float32 (3, H, W) RGB in [0, 1]."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        array = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
+
+
+def read_index_png(path: Path) -> np.ndarray:
+    """A label PNG -> (H, W) integer array of its raw values (palette indices for 'P' images)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P", "I", "I;16"):
+            raise ValueError(f"{path}: a label map must be a single-channel index PNG, got mode {im.mode}")
+        return np.asarray(im).astype(np.int64)
+
+
+def _require_dir(root: Path, rel: str) -> Path:
+    if not (root / rel).is_dir():
+        raise FileNotFoundError(f"no {rel} under {root}")
+    return root / rel
+
+
+def _images_in(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def _pair_by_stem(images: list[Path], targets: dict[str, Path], images_dir: Path, targets_dir: Path) -> list:
+    missing = [p.name for p in images if p.stem not in targets]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FileNotFoundError(f"{len(missing)} images in {images_dir} have no target in {targets_dir}: {shown}")
+    return [(p, targets[p.stem]) for p in images]
+
+
+class SegmentationDataset(Dataset):
+    """(image path, label path) pairs plus a label mapping; subclasses only find the files."""
+
+    num_classes: int
+    class_names: tuple[str, ...] | None = None
+
+    def __init__(self, pairs: list[tuple[Path, Path]], *, num_classes: int, lut: np.ndarray | None = None) -> None:
+        self.pairs = pairs
+        self.num_classes = num_classes
+        self.lut = lut  # raw label value -> train id, (256,) uint8, or None to keep the values
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read_target(self, path: Path) -> Tensor:
+        raw = read_index_png(path)
+        if self.lut is not None:
+            if raw.min() < 0 or raw.max() >= len(self.lut):
+                raise ValueError(
+                    f"{path}: label values {raw.min()}..{raw.max()} outside the {len(self.lut)}-entry table"
+                )
+            raw = self.lut[raw]
+        return torch.from_numpy(raw.astype(np.int64))
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        image_path, target_path = self.pairs[i]
+        image, target = read_image(image_path), self.read_target(target_path)
+        if image.shape[1:] != target.shape:
+            raise ValueError(f"{image_path} is {tuple(image.shape[1:])} but {target_path} is {tuple(target.shape)}")
+        return image, target
+
+
+class CityscapesSegmentation(SegmentationDataset):
+    """Cityscapes fine annotations, 19 train ids, labelIds mapped by the standard table."""
+
+    class_names = CITYSCAPES_CLASSES
+
+    def __init__(self, root: str | Path, *, split: str = "val") -> None:
+        root = Path(root)
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"Cityscapes split must be train, val or test, got {split!r}")
+        images_dir = _require_dir(root, f"leftImg8bit/{split}")
+        labels_dir = _require_dir(root, f"gtFine/{split}")
+        images = sorted(images_dir.glob("*/*_leftImg8bit.png"))
+        if not images:
+            raise FileNotFoundError(f"no {{city}}/*_leftImg8bit.png files in {images_dir}")
+        pairs = []
+        for p in images:
+            stem = p.name[: -len("_leftImg8bit.png")]
+            label = labels_dir / p.parent.name / f"{stem}_gtFine_labelIds.png"
+            if not label.is_file():
+                raise FileNotFoundError(f"no label {label} for {p}")
+            pairs.append((p, label))
+        super().__init__(pairs, num_classes=19, lut=cityscapes_label_lut())
+
+
+class ADE20KSegmentation(SegmentationDataset):
+    """ADE20K (SceneParsing, 150 classes): label 0 ("other") is ignored, labels 1..150 become 0..149."""
+
+    SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
+
+    def __init__(self, root: str | Path, *, split: str = "validation") -> None:
+        root = Path(root)
+        if split not in self.SPLITS:
+            raise ValueError(f"ADE20K split must be one of {sorted(self.SPLITS)}, got {split!r}")
+        split = self.SPLITS[split]
+        if (root / "ADEChallengeData2016").is_dir():
+            root = root / "ADEChallengeData2016"
+        images_dir = _require_dir(root, f"images/{split}")
+        labels_dir = _require_dir(root, f"annotations/{split}")
+        images = sorted(images_dir.glob("*.jpg"))
+        if not images:
+            raise FileNotFoundError(f"no *.jpg images in {images_dir}")
+        labels = {p.stem: p for p in labels_dir.glob("*.png")}
+        lut = np.full(256, IGNORE, dtype=np.uint8)
+        lut[1:151] = np.arange(150)
+        super().__init__(_pair_by_stem(images, labels, images_dir, labels_dir), num_classes=150, lut=lut)
+
+
+class FolderSegmentation(SegmentationDataset):
+    """`images/` + `masks/` index PNGs matched by stem; values are class ids, 255 ignored."""
+
+    def __init__(self, root: str | Path, *, num_classes: int) -> None:
+        root = Path(root)
+        if num_classes < 1 or num_classes > 255:
+            raise ValueError(f"num_classes must be in 1..255 (255 is the ignore label), got {num_classes}")
+        images_dir = _require_dir(root, "images")
+        masks_dir = _require_dir(root, "masks")
+        masks = {p.stem: p for p in masks_dir.glob("*.png")}
+        super().__init__(_pair_by_stem(_images_in(images_dir), masks, images_dir, masks_dir), num_classes=num_classes)
+
+    def read_target(self, path: Path) -> Tensor:
+        target = super().read_target(path)
+        bad = (target != IGNORE) & (target >= self.num_classes)
+        if bad.any():
+            values = sorted(set(target[bad].unique().tolist()))[:10]
+            raise ValueError(f"{path}: mask values {values} are not classes 0..{self.num_classes - 1} nor {IGNORE}")
+        return target
+
+
+class DepthFolder(Dataset):
+    """`images/` + `depth/` maps matched by stem: 16-bit PNG (value / depth_scale) or `.npy` (float, as is)."""
+
+    def __init__(self, root: str | Path, *, depth_scale: float = 1000.0) -> None:
+        root = Path(root)
+        if not depth_scale > 0:
+            raise ValueError(f"depth_scale must be > 0, got {depth_scale}")
+        self.depth_scale = depth_scale
+        images_dir = _require_dir(root, "images")
+        depth_dir = _require_dir(root, "depth")
+        maps = {p.stem: p for p in depth_dir.iterdir() if p.suffix.lower() in (".png", ".npy")}
+        self.pairs = _pair_by_stem(_images_in(images_dir), maps, images_dir, depth_dir)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read_depth(self, path: Path) -> Tensor:
+        if path.suffix.lower() == ".npy":
+            depth = np.load(path).astype(np.float32)
+            if depth.ndim == 3 and depth.shape[0] == 1:
+                depth = depth[0]
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                depth = np.asarray(im).astype(np.float32) / self.depth_scale
+        if depth.ndim != 2:
+            raise ValueError(f"{path}: a depth map must be 2-D (H, W), got shape {depth.shape}")
+        return torch.from_numpy(np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0))
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        image_path, depth_path = self.pairs[i]
+        image, depth = read_image(image_path), self.read_depth(depth_path)
+        if image.shape[1:] != depth.shape:
+            raise ValueError(f"{image_path} is {tuple(image.shape[1:])} but {depth_path} is {tuple(depth.shape)}")
+        return image, depth
+
+
+class DA2K(Dataset):
+    """DA2K relative-depth pairs: root holds the images and the annotation JSON (image path -> list of pairs)."""
+
+    def __init__(self, root: str | Path, *, annotations: str | Path = "annotations.json") -> None:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"DA2K root {root} is not a folder")
+        ann_path = Path(annotations) if Path(annotations).is_absolute() else root / annotations
+        if not ann_path.is_file():
+            raise FileNotFoundError(f"no DA2K annotation file {ann_path}")
+        with open(ann_path) as f:
+            table = json.load(f)
+        if not isinstance(table, dict) or not table:
+            raise ValueError(f"{ann_path}: expected a non-empty JSON object image path -> list of point pairs")
+        self.items: list[tuple[Path, list[dict[str, Any]]]] = []
+        for rel, pairs in sorted(table.items()):
+            image = root / rel
+            if not image.is_file():
+                raise FileNotFoundError(f"DA2K image {image} (listed in {ann_path}) does not exist")
+            if not isinstance(pairs, list):
+                raise ValueError(f"{ann_path}: the entry for {rel} must be a list of pairs, got {type(pairs).__name__}")
+            for pair in pairs:
+                if not {"point1", "point2", "closer_point"} <= set(pair):
+                    raise ValueError(f"{ann_path}: pair {pair} of {rel} needs point1, point2 and closer_point")
+            self.items.append((image, pairs))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, list[dict[str, Any]]]:
+        image, pairs = self.items[i]
+        return read_image(image), pairs
+
+
+def build_segmentation_dataset(
+    name: str, root: str | Path, *, split: str = "val", num_classes: int | None = None
+) -> SegmentationDataset:
+    """name: cityscapes | ade20k | folder (folder needs num_classes; split names a subfolder of root if present)."""
+    if name == "cityscapes":
+        return CityscapesSegmentation(root, split=split)
+    if name == "ade20k":
+        return ADE20KSegmentation(root, split=split)
+    if name == "folder":
+        if num_classes is None:
+            raise ValueError("the folder dataset needs --num-classes")
+        root = Path(root)
+        return FolderSegmentation(root / split if (root / split / "images").is_dir() else root, num_classes=num_classes)
+    raise ValueError(f"unknown segmentation dataset {name!r}; accepted: cityscapes, ade20k, folder")
