@@ -19,7 +19,7 @@ _EXPORTS = {
     "HybridViT": "jetvit.model",
     "ViTConfig": "jetvit.model",
     "LinearAttnConfig": "jetvit.model",
-    "convert": "jetvit.convert",
+    "convert": "jetvit.conversion",
     "save": "jetvit.io",
     "load": "jetvit.io",
     "load_teacher": "jetvit.teachers",

@@ -1,0 +1,282 @@
+"""The hybrid model core: attention kinds against references, conversion, save/load, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import jetvit
+from jetvit import ops
+from jetvit.model import HybridViT, LinearAttnConfig, TokenLayout, ViTConfig, rope_tables, validate_arch
+
+
+def tiny_cfg(**kw) -> ViTConfig:
+    base = dict(dim=32, depth=4, num_heads=4, mlp_hidden=64, patch_size=8, num_registers=4, window_size=3)
+    base.update(kw)
+    return ViTConfig(**base)
+
+
+def randomise(model: HybridViT, seed: int = 0) -> HybridViT:
+    """Give every parameter (LayerScale, norms, biases, zero-initialised convs too) non-trivial random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+@pytest.fixture
+def images() -> torch.Tensor:
+    return torch.randn(2, 3, 5 * 8, 7 * 8, generator=torch.Generator().manual_seed(1))  # grid 5x7
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Architecture strings and input validation
+
+
+def test_arch_string_validation():
+    assert validate_arch("lwfl", 4) == "LWFL"
+    with pytest.raises(ValueError, match="3 letters but the model has 4 blocks"):
+        validate_arch("LWF", 4)
+    with pytest.raises(ValueError, match=r"unknown letters \['X'\]"):
+        validate_arch("LWXF", 4)
+    with pytest.raises(ValueError, match="unknown letters"):
+        HybridViT(tiny_cfg(arch="LLQQ"))
+
+
+def test_blocks_get_the_kind_named_by_the_arch_string():
+    model = HybridViT(tiny_cfg(arch="FWLW"))
+    assert model.arch == "FWLW"
+    names = [type(b.attn).__name__ for b in model.blocks]
+    assert names == ["FullAttention", "WindowAttention", "LinearAttention", "WindowAttention"]
+
+
+def test_image_size_must_be_a_multiple_of_the_patch(images):
+    model = HybridViT(tiny_cfg()).eval()
+    with pytest.raises(ValueError, match="not a positive multiple of the patch size 8"):
+        model(torch.randn(1, 3, 41, 56))
+    with pytest.raises(ValueError, match=r"expected images of shape \(B, 3, H, W\)"):
+        model(torch.randn(3, 40, 56))
+
+
+def test_unknown_config_keys_are_errors():
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ViTConfig.from_dict({**tiny_cfg().to_dict(), "wibble": 1})
+    with pytest.raises(ValueError, match="linear.conv must be"):
+        LinearAttnConfig(conv="sideways")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention kinds against their references
+
+
+@pytest.mark.parametrize("grid,window,prefix", [((5, 7), 3, 5), ((6, 6), 3, 1), ((4, 9), 4, 0), ((5, 7), 8, 5)])
+def test_window_attention_equals_masked_full_attention(grid, window, prefix):
+    g = torch.Generator().manual_seed(0)
+    N = prefix + grid[0] * grid[1]
+    q, k, v = (torch.randn(2, 3, N, 8, generator=g) for _ in range(3))
+    fast = ops.window_attention(q, k, v, grid=grid, window=window, num_prefix=prefix)
+    ref = ops.window_attention_naive(q, k, v, grid=grid, window=window, num_prefix=prefix)
+    # The naive reference has no padding at all, so equality also shows that padding never reaches real tokens.
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_window_covering_the_grid_equals_full_attention(images):
+    full = randomise(HybridViT(tiny_cfg(arch="FFFF")))
+    win = HybridViT(tiny_cfg(arch="WWWW", window_size=7)).eval()
+    win.load_state_dict(full.state_dict())
+    torch.testing.assert_close(win(images), full(images), atol=1e-5, rtol=0)
+
+
+def test_padding_does_not_change_real_tokens():
+    """A window block on a 5x7 grid (window 3: padded to 6x9) equals the same block on the grid cut into its
+    windows by hand: the padded tokens change nothing."""
+    cfg = tiny_cfg(arch="WWWW", num_registers=0)
+    attn = randomise(HybridViT(cfg)).blocks[0].attn
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 1 + 35, 32, generator=g)
+    layout = TokenLayout((5, 7), 1, rope_tables((5, 7), 8, 100.0, x.device))
+    out = attn(x, layout)
+    q, k, v = attn.project(x)
+    cos, sin = layout.rope
+    q, k = ops.apply_rope(q, cos, sin, 1), ops.apply_rope(k, cos, sin, 1)
+    ref = ops.window_attention_naive(q, k, v, grid=(5, 7), window=3, num_prefix=1)
+    ref = attn.proj(ref.transpose(1, 2).reshape(1, 36, 32))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["relu", "focus"])
+def test_linear_attention_equals_explicit_kernel_matrix(kernel):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 40, 8, generator=g) for _ in range(3))
+    pq, pk = ops.feature_map(q, kernel), ops.feature_map(k, kernel)
+    fast = ops.linear_attention(pq, pk, v)
+    ref = ops.linear_attention_naive(pq, pk, v)
+    assert (fast - ref).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("conv", ["none", "static", "dynamic"])
+def test_linear_block_equals_naive_reference(conv):
+    """The whole `L` attention (prefix softmax + linear patch attention + depthwise conv) against an O(N^2)
+    implementation written with explicit matrices and a loop-based convolution."""
+    cfg = tiny_cfg(arch="LLLL", linear=LinearAttnConfig(conv=conv, conv_size=3))
+    attn = randomise(HybridViT(cfg)).blocks[0].attn
+    x = torch.randn(2, 5 + 35, 32, generator=torch.Generator().manual_seed(4))
+    layout = TokenLayout((5, 7), 5, rope_tables((5, 7), 8, 100.0, x.device))
+    out = attn(x, layout)
+
+    q, k, v = attn.project(x)
+    cos, sin = layout.rope
+    q, k = ops.apply_rope(q, cos, sin, 5), ops.apply_rope(k, cos, sin, 5)
+    prefix = torch.softmax(q[:, :, :5] @ k.transpose(-1, -2) / 8**0.5, -1) @ v
+    patches = ops.linear_attention_naive(torch.relu(q[:, :, 5:]), torch.relu(k), v)
+    if conv != "none":
+        vg = v[:, :, 5:].permute(0, 1, 3, 2).reshape(2, 32, 5, 7)
+        if conv == "static":
+            w = attn.conv.weight[:, 0].expand(2, -1, -1, -1)
+        else:
+            w = attn.conv_gen(vg.mean(dim=(2, 3))).reshape(2, 32, 3, 3)
+        c = ops.depthwise_conv_per_image_naive(vg, w)
+        patches = patches + c.reshape(2, 4, 8, 35).transpose(-1, -2)
+    ref = attn.proj(torch.cat((prefix, patches), 2).transpose(1, 2).reshape(2, 40, 32))
+    assert (out - ref).abs().max() < 1e-5
+
+
+def test_grouped_depthwise_conv_equals_loop():
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(3, 6, 5, 7, generator=g), torch.randn(3, 6, 5, 5, generator=g)
+    torch.testing.assert_close(ops.depthwise_conv_per_image(x, w), ops.depthwise_conv_per_image_naive(x, w))
+
+
+def test_zero_denominator_gives_zero_not_nan():
+    q = torch.zeros(1, 1, 4, 8)  # phi(q) all zero: the ReLU killed every feature
+    k, v = torch.rand(1, 1, 6, 8), torch.randn(1, 1, 6, 8)
+    out = ops.linear_attention(q, k, v)
+    assert torch.isfinite(out).all() and (out == 0).all()
+
+
+def test_linear_state_is_fp32_under_bf16_autocast(images):
+    model = randomise(HybridViT(tiny_cfg(arch="LLLL")))
+    ref = model(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(images)
+    assert torch.isfinite(low).all()
+    # bf16 matmuls elsewhere cost precision; the fp32 state keeps the error at bf16 level, not worse.
+    assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_fresh_linear_block_is_plain_relu_linear_attention(images):
+    """The squeeze dynamic conv starts with a zero kernel: a converted `L` block equals conv='none'."""
+    teacher = randomise(HybridViT(tiny_cfg()))
+    dyn = jetvit.convert(teacher, "LLLL")
+    plain = jetvit.convert(teacher, "LLLL", linear={"conv": "none"})
+    torch.testing.assert_close(dyn(images), plain(images), atol=0, rtol=0)
+
+
+def test_learned_pos_embed_family_runs_on_non_square_input():
+    cfg = tiny_cfg(family="dinov2", pos_embed="learned", img_size=48, num_registers=0, k_bias=True, arch="FWLF")
+    model = randomise(HybridViT(cfg))
+    out = model(torch.randn(1, 3, 40, 64))
+    assert out.shape == (1, 1 + 5 * 8, 32)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Features and cost model
+
+
+def test_forward_intermediates_match_forward(images):
+    model = randomise(HybridViT(tiny_cfg(arch="LWFL")))
+    tokens = model(images)
+    feats = model.forward_intermediates(images, [1, -1])
+    patches, prefix = feats[1]
+    assert patches.shape == (2, 32, 5, 7) and prefix.shape == (2, 5, 32)
+    torch.testing.assert_close(patches.flatten(2).transpose(1, 2), tokens[:, 5:])
+    torch.testing.assert_close(prefix, tokens[:, :5])
+    with pytest.raises(ValueError, match="out of range"):
+        model.forward_intermediates(images, [4])
+
+
+def test_flops_grow_quadratically_only_in_full_blocks():
+    model = HybridViT(tiny_cfg(arch="FWLF", window_size=4))
+    small, large = model.flops(64, 64), model.flops(256, 256)  # 16x the patch tokens
+    ratio = [lg / sm for lg, sm in zip(large["blocks"], small["blocks"])]
+    assert ratio[0] > 40 and ratio[3] > 40  # F: dominated by N^2
+    assert ratio[1] < 20 and ratio[2] < 20  # W, L: linear in N (prefix terms aside)
+    assert large["total"] == sum(large["blocks"]) + large["embed"] + large["head"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Conversion, save and load
+
+
+def test_convert_inherits_every_teacher_tensor_and_leaves_teacher_untouched(images):
+    teacher = randomise(HybridViT(tiny_cfg()))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    out_before = teacher(images)
+    student = jetvit.convert(teacher, "LWFL")
+    assert [type(b.attn).__name__ for b in student.blocks] == [
+        "LinearAttention",
+        "WindowAttention",
+        "FullAttention",
+        "LinearAttention",
+    ]
+    s_state = student.state_dict()
+    for name, t in teacher.state_dict().items():
+        assert torch.equal(s_state[name], t), name
+        assert s_state[name].data_ptr() != t.data_ptr(), f"{name} shares storage with the teacher"
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    for name, t in teacher.state_dict().items():
+        assert torch.equal(t, before[name]), name
+    torch.testing.assert_close(teacher(images), out_before, atol=0, rtol=0)
+    assert teacher.arch == "FFFF"
+
+
+def test_convert_mlp_only_reinitialises_attention_projections():
+    teacher = randomise(HybridViT(tiny_cfg()))
+    student = jetvit.convert(teacher, "LLLL", inherit="mlp")
+    t, s = teacher.state_dict(), student.state_dict()
+    for name in t:
+        same = torch.equal(t[name], s[name])
+        assert same != (".attn.qkv." in name or ".attn.proj." in name), name
+    with pytest.raises(ValueError, match="inherit must be one of"):
+        jetvit.convert(teacher, "LLLL", inherit="half")
+
+
+def test_all_f_conversion_is_the_teacher(images):
+    teacher = randomise(HybridViT(tiny_cfg()))
+    torch.testing.assert_close(jetvit.convert(teacher, "FFFF")(images), teacher(images), atol=0, rtol=0)
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path, images):
+    model = randomise(HybridViT(tiny_cfg(arch="LWFL", linear=LinearAttnConfig(conv_size=3, conv_hidden=16))))
+    jetvit.save(model, tmp_path / "m")
+    loaded = jetvit.load(tmp_path / "m")
+    assert loaded.arch == "LWFL" and loaded.cfg == model.cfg
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    assert torch.equal(model(images), loaded(images))
+
+
+def test_load_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such model directory"):
+        jetvit.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        jetvit.load(tmp_path / "empty")
+    model = HybridViT(tiny_cfg())
+    jetvit.save(model, tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        jetvit.load(tmp_path / "m")
+    jetvit.save(model, tmp_path / "m2")
+    cfg = dataclasses.replace(model.cfg, depth=5, arch="")
+    other = HybridViT(cfg)
+    jetvit.save(other, tmp_path / "m3")
+    (tmp_path / "m2" / "config.json").write_bytes((tmp_path / "m3" / "config.json").read_bytes())
+    with pytest.raises(ValueError, match=r"missing tensors: \['blocks.4"):
+        jetvit.load(tmp_path / "m2")
