@@ -293,7 +293,8 @@ class LinearAttention(Attention):
         self.conv_kind, self.conv_size = lin.conv, lin.conv_size
         D, ks = cfg.dim, lin.conv_size
         if lin.conv == "dynamic":
-            self.conv_gen = nn.Sequential(nn.Linear(D, lin.conv_hidden), nn.SiLU(), nn.Linear(lin.conv_hidden, D * ks * ks))
+            hidden = lin.conv_hidden
+            self.conv_gen = nn.Sequential(nn.Linear(D, hidden), nn.SiLU(), nn.Linear(hidden, D * ks * ks))
             nn.init.zeros_(self.conv_gen[2].weight)
             nn.init.zeros_(self.conv_gen[2].bias)
         elif lin.conv == "static":

@@ -72,9 +72,7 @@ def window_key_mask(grid: tuple[int, int], window: int, num_prefix: int, device:
     return torch.cat((prefix, valid), dim=1)[:, None, None, :]  # (nW, 1, 1, P + window^2)
 
 
-def window_attention(
-    q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int], window: int, num_prefix: int
-) -> Tensor:
+def window_attention(q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int], window: int, num_prefix: int) -> Tensor:
     """Softmax attention of each patch token within its non-overlapping window of the patch grid, plus the prefix
     tokens; prefix tokens attend to everything. q, k, v: (B, H, N, d) -> (B, H, N, d).
 
@@ -123,7 +121,7 @@ def window_attention_naive(
 
 
 def feature_map(x: Tensor, kernel: str, focus_p: float = 3.0) -> Tensor:
-    """Kernel feature map phi: `relu`, or `focus` (FLatten's focusing factor: ||relu(x)|| * relu(x)^p / ||relu(x)^p||)."""
+    """Kernel feature map phi: `relu`, or `focus`, FLatten's focusing factor ||relu(x)|| relu(x)^p / ||relu(x)^p||."""
     x = F.relu(x)
     if kernel == "relu":
         return x
