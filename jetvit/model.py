@@ -426,7 +426,7 @@ class HybridViT(nn.Module):
         if cfg.depth_head is not None:
             from jetvit.heads import DPTConfig, DPTHead
 
-            self.depth_head = DPTHead(DPTConfig(**cfg.depth_head))
+            self.depth_head = DPTHead(DPTConfig.from_dict(cfg.depth_head))
         self._init_weights()
 
     def _init_weights(self) -> None:
