@@ -1,0 +1,155 @@
+"""Beam search over architecture strings (one letter per block), with a pluggable score.
+
+The search is stage-wise greedy in the efficiency order L > W > F (paper, Sec. 3): each round proposes
+every single-block change of every architecture in the beam (Step 1: one more L -> W; Step 2: one more
+efficient block -> F), scores each new proposal, and keeps the best `width` distinct architectures.
+
+Every architecture is scored at most once: scores live in a cache keyed by the architecture string,
+which is also the search's resume state. The search is a pure function of the start, the proposals and
+the scores, so a run that reloads the cache after being killed replays the same rounds without scoring
+anything twice, and ends where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+ARCH_LETTERS = "FWL"
+COST_ORDER = {"L": 0, "W": 1, "F": 2}  # the efficiency order of the kinds, cheapest first
+
+
+def check_arch(arch: str, depth: int | None = None) -> str:
+    """Validate an architecture string: letters F, W, L, one per block."""
+    if not isinstance(arch, str) or not arch or set(arch) - set(ARCH_LETTERS):
+        raise ValueError(f"architecture {arch!r} must be a non-empty string of {', '.join(ARCH_LETTERS)}")
+    if depth is not None and len(arch) != depth:
+        raise ValueError(f"architecture {arch!r} has {len(arch)} letters, the model has {depth} blocks")
+    return arch
+
+
+def switch_proposals(src: str, dst: str) -> Callable[[str], list[str]]:
+    """Proposals that change one block of a kind in `src` (e.g. "L" or "LW") to `dst`."""
+
+    def propose(arch: str) -> list[str]:
+        return [arch[:i] + dst + arch[i + 1 :] for i, c in enumerate(arch) if c in src]
+
+    return propose
+
+
+def changed_blocks(parent: str, child: str) -> list[int]:
+    return [i for i, (a, b) in enumerate(zip(parent, child)) if a != b]
+
+
+def _rank(scores: dict[str, float], archs: Iterable[str]) -> list[str]:
+    # Highest score first; ties go to the more efficient architecture (L before W before F, block by
+    # block), so the order never depends on dict or proposal order.
+    return sorted(archs, key=lambda a: (-scores[a], tuple(COST_ORDER[c] for c in a)))
+
+
+def beam_search(
+    start: str,
+    *,
+    propose: Callable[[str], Iterable[str]],
+    score: Callable[[str], float],
+    width: int,
+    min_improvement: float | None = None,
+    max_rounds: int | None = None,
+    feasible: Callable[[str], str | None] | None = None,
+    target: float | None = None,
+    state: dict[str, Any] | None = None,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    on_round: Callable[[int, int], Any] | None = None,
+) -> dict[str, Any]:
+    """Beam search from `start`; returns the trajectory (a JSON-able dict).
+
+    Args:
+        propose: arch -> the architectures one step away.
+        score: arch -> float, higher is better; called at most once per distinct architecture.
+        width: beam width B: architectures kept after each round.
+        min_improvement: stop when a round's best score exceeds the best so far by no more than this.
+        max_rounds: stop after this many rounds.
+        feasible: arch -> None when allowed, else the reason it is not (e.g. over the FLOP budget);
+            infeasible proposals are recorded and never scored.
+        target: stop as soon as a score reaches this (e.g. the teacher's own score).
+        state: a trajectory returned (or passed to `on_update`) by an earlier, interrupted call; its
+            scores are reused, never recomputed.
+        on_update: called with the trajectory after every newly scored architecture and every round,
+            to persist it.
+        on_round: called with (round, number of proposals) before a round is scored, e.g. for a progress bar.
+
+    The trajectory holds `scores` (every architecture scored), `rounds` (round 0 is the start; each
+    later round lists its candidates with parent, changed blocks and score, and the beam it kept),
+    `best` {arch, score, round} and `stop_reason`.
+    """
+    if width < 1:
+        raise ValueError(f"beam width must be >= 1, got {width}")
+    cache: dict[str, float] = dict((state or {}).get("scores", {}))
+    traj: dict[str, Any] = {"start": start, "width": width, "scores": cache, "rounds": [], "stop_reason": None}
+
+    def get_score(arch: str) -> float:
+        if arch not in cache:
+            cache[arch] = float(score(arch))
+            if on_update is not None:
+                on_update(traj)
+        return cache[arch]
+
+    best = {"arch": start, "score": get_score(start), "round": 0}
+    traj["best"] = dict(best)
+    traj["rounds"].append({"round": 0, "candidates": [{"arch": start, "score": best["score"]}], "beam": [start]})
+    beam = [start]
+    seen = {start}
+    r = 0
+    while True:
+        if target is not None and best["score"] >= target:
+            traj["stop_reason"] = f"score {best['score']:.6g} reached the target {target:.6g}"
+            break
+        if max_rounds is not None and r >= max_rounds:
+            traj["stop_reason"] = f"reached max_rounds={max_rounds}"
+            break
+        r += 1
+        # Proposals in beam order, each architecture once (first parent wins), never one seen before.
+        candidates: dict[str, dict[str, Any]] = {}
+        infeasible: list[dict[str, str]] = []
+        for parent in beam:
+            for child in propose(parent):
+                if child in seen or child in candidates or any(x["arch"] == child for x in infeasible):
+                    continue
+                reason = feasible(child) if feasible is not None else None
+                if reason is not None:
+                    infeasible.append({"arch": child, "reason": reason})
+                    continue
+                candidates[child] = {"arch": child, "parent": parent, "changed": changed_blocks(parent, child)}
+        seen.update(candidates)
+        if not candidates:
+            traj["rounds"].append({"round": r, "candidates": [], "infeasible": infeasible, "beam": []})
+            traj["stop_reason"] = "no allowed proposal left" + (" (budget)" if infeasible else "")
+            break
+        if on_round is not None:
+            on_round(r, len(candidates))
+        for c in candidates.values():
+            c["score"] = get_score(c["arch"])
+        ranked = _rank(cache, candidates)
+        beam = ranked[:width]
+        round_best = cache[ranked[0]]
+        traj["rounds"].append(
+            {
+                "round": r,
+                "candidates": list(candidates.values()),
+                "infeasible": infeasible,
+                "beam": beam,
+                "best": {"arch": ranked[0], "score": round_best},
+            }
+        )
+        improved = round_best - best["score"]
+        if round_best > best["score"]:
+            best = {"arch": ranked[0], "score": round_best, "round": r}
+            traj["best"] = dict(best)
+        if on_update is not None:
+            on_update(traj)
+        if min_improvement is not None and improved <= min_improvement:
+            traj["stop_reason"] = f"round {r} improved the best score by {improved:.3g} <= {min_improvement:g}"
+            break
+    if on_update is not None:
+        on_update(traj)
+    return traj

@@ -1,0 +1,334 @@
+"""Typed run configuration for `jetvit search` and `jetvit distill`.
+
+A run is described by one YAML file (see `configs/`), overridable from the command line with
+`--set a.b=c` (list items by index: `--set step1.stages.0.steps=10`). Every key is checked against the
+dataclasses below: an unknown key is a `ValueError` naming it and the accepted keys, never silently
+dropped. The resolved config (defaults filled in, overrides applied) is written into the run directory.
+
+Batch sizes are global (summed over processes); a stage whose global batch is larger than
+`micro_batch_size x world_size` is reached by gradient accumulation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SCHEDULES = ("cosine", "linear", "constant")
+TARGET_PRESETS = ("last", "dpt")
+
+
+@dataclass
+class StageConfig:
+    """One stage of a training phase: a resolution held for `steps` optimizer steps."""
+
+    resolution: int | list[int]  # square side, or [H, W]
+    steps: int
+    batch_size: int  # global batch per optimizer step (all processes, all accumulation steps)
+    micro_batch_size: int | None = None  # per process per forward; None: batch_size / world_size
+    lr: float = 1e-4
+    schedule: str = "cosine"  # cosine | linear | constant, from lr down to lr * final_lr_ratio
+    warmup_steps: int = 0
+    final_lr_ratio: float = 0.0
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of this stage's crops."""
+        r = self.resolution
+        return (r, r) if isinstance(r, int) else (r[0], r[1])
+
+
+@dataclass
+class BeamConfig:
+    """One beam search: the beam width and when to stop."""
+
+    width: int = 3
+    min_improvement: float | None = 1e-4  # stop when a round improves the best score by no more than this
+    max_rounds: int | None = None
+
+
+@dataclass
+class PhaseConfig:
+    """A supernet phase: its training stages, then the beam search on it."""
+
+    stages: list[StageConfig] = field(default_factory=list)
+    beam: BeamConfig = field(default_factory=BeamConfig)
+
+
+@dataclass
+class Step2Config(PhaseConfig):
+    max_full: int = 2  # F budget: the most full-attention blocks the search may put back
+
+
+@dataclass
+class FinetuneConfig:
+    stages: list[StageConfig] = field(default_factory=list)
+    depth_weight: float | None = None  # overrides distill.depth_weight in the final fine-tuning (pseudo-labels)
+
+
+@dataclass
+class DataConfig:
+    source: str = "skimage"  # an image folder (recursive), or "skimage" for the built-in sample photos
+    holdout: int = 2  # images of the source kept out of training and used by the search scorer
+    scale: list[float] = field(default_factory=lambda: [0.25, 1.0])  # random resized crop: area fraction
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # random resized crop: aspect ratio
+    hflip: bool = True
+    workers: int = 0  # DataLoader worker processes per training process
+
+
+@dataclass
+class DistillConfig:
+    # "last": the final block's normed output (a linear segmentation head reads it);
+    # "dpt": the four blocks a DPT depth head reads; or a list of block indices.
+    targets: str | list[int] = "last"
+    depth_weight: float = 0.0  # weight of a loss on the depth head's output against pseudo-labels
+    depth_teacher: str | None = None  # where the pseudo-labels come from (a larger teacher); None: the teacher
+
+
+@dataclass
+class SupernetConfig:
+    # True: the candidates of a block share every inherited tensor (qkv, proj, norms, MLP) and differ only
+    # in their kind's extras. False: each candidate holds its own copy of the whole teacher block.
+    share: bool = True
+    window_size: int | None = None  # W blocks' window side in patches; None: the teacher config's
+
+
+@dataclass
+class ScoreConfig:
+    scorer: str = "feature_mse"  # feature_mse | feature_cosine | "package.module:factory"
+    resolution: int | list[int] = 224
+    batch_size: int = 8
+    options: dict[str, Any] = field(default_factory=dict)  # passed to a "module:factory" scorer
+
+
+@dataclass
+class BudgetConfig:
+    """Cost limits on the searched architecture, from the model's cost model at `resolution`."""
+
+    resolution: int | list[int] = 1024
+    max_gflops: float | None = None
+    max_flops_ratio: float | None = None  # relative to the teacher, in (0, 1]
+
+
+@dataclass
+class OptimConfig:
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class RunSettings:
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 autocast on GPU) | fp32 | bf16
+    checkpoint_every: int = 100  # optimizer steps between checkpoints
+    log_every: int = 10
+
+
+@dataclass
+class Config:
+    teacher: str  # anything jetvit.load_teacher accepts (a saved jetvit directory, an HF id or folder, ...)
+    arch: str | None = None  # `jetvit distill` only: the fixed architecture to fine-tune
+    data: DataConfig = field(default_factory=DataConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    supernet: SupernetConfig = field(default_factory=SupernetConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    step1: PhaseConfig = field(default_factory=PhaseConfig)
+    step2: Step2Config = field(default_factory=Step2Config)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunSettings = field(default_factory=RunSettings)
+
+
+# --- building from plain data -------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` (parsed YAML) against the annotation `tp` and build dataclasses; `where` is the key path."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):  # first matching option wins: order annotations narrow-first
+            try:
+                return _convert(value, option, where)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError(f"{where}: {value!r} is not a {_type_name(tp)}")
+    if tp is type(None):
+        if value is not None:
+            raise ValueError(f"{where}: expected null, got {value!r}")
+        return None
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where or 'config'}: expected a mapping of {tp.__name__} keys, got {value!r}")
+        return _build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(v, item_tp, f"{where}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ValueError(f"{where}: expected a {tp.__name__}, got {value!r}")
+        return value
+    raise TypeError(f"config annotation {tp!r} at {where} is not supported")  # a bug in this file, not user input
+
+
+def _build(cls: type, raw: dict, where: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    prefix = f"{where}." if where else ""
+    unknown = [k for k in raw if k not in names]
+    if unknown:
+        raise ValueError(f"unknown config key '{prefix}{unknown[0]}'; accepted keys here: {', '.join(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            kwargs[f.name] = _convert(raw[f.name], hints[f.name], prefix + f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ValueError(f"missing config key '{prefix}{f.name}'")
+    return cls(**kwargs)
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` override to the raw config dict; the value is parsed as YAML."""
+    import yaml
+
+    if "=" not in assignment:
+        raise ValueError(f"override {assignment!r} is not of the form key=value (e.g. step1.beam.width=4)")
+    key, text = assignment.split("=", 1)
+    value = yaml.safe_load(text)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = node[_list_index(node, part, parts[: i + 1])]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ValueError(f"override {key!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], parts)] = value
+    else:
+        node[parts[-1]] = value
+
+
+def _list_index(node: list, part: str, path: list[str]) -> int:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ValueError(f"override {'.'.join(path)!r}: {part!r} is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), *, base: dict | None = None) -> Config:
+    """Read a YAML config (a file, or a name of a packaged config such as "tiny"), apply `key=value` overrides.
+
+    Raises FileNotFoundError for a missing file and ValueError for an unknown key, a wrong type or an
+    invalid value (each naming the key).
+    """
+    import yaml
+
+    raw: dict = dict(base or {})
+    if path is not None:
+        p = resolve_config_path(path)
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config {p} must be a mapping of keys, got {type(loaded).__name__}")
+        raw.update(loaded)
+    for assignment in overrides:
+        apply_override(raw, assignment)
+    cfg = _build(Config, raw)
+    validate(cfg)
+    return cfg
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path, or the name of a config shipped in `jetvit/configs/` ("tiny", "dinov3", ...)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    packaged = Path(__file__).resolve().parent.parent / "configs" / f"{p.stem}.yaml"
+    if p.suffix in ("", ".yaml") and p.parent == Path(".") and packaged.is_file():
+        return packaged
+    shipped = sorted(q.stem for q in packaged.parent.glob("*.yaml")) if packaged.parent.is_dir() else []
+    raise FileNotFoundError(f"config file {str(path)!r} not found (shipped configs: {', '.join(shipped) or 'none'})")
+
+
+def validate(cfg: Config) -> None:
+    """Value checks the types cannot express; each error names the key."""
+    for name in ("step1", "step2", "finetune"):
+        for i, st in enumerate(getattr(cfg, name).stages):
+            key = f"{name}.stages.{i}"
+            if st.steps < 0:
+                raise ValueError(f"{key}.steps must be >= 0, got {st.steps}")
+            if st.batch_size < 1:
+                raise ValueError(f"{key}.batch_size must be >= 1, got {st.batch_size}")
+            if st.micro_batch_size is not None and not 1 <= st.micro_batch_size <= st.batch_size:
+                raise ValueError(f"{key}.micro_batch_size must be in [1, batch_size], got {st.micro_batch_size}")
+            if st.schedule not in SCHEDULES:
+                raise ValueError(f"{key}.schedule {st.schedule!r} is not one of {', '.join(SCHEDULES)}")
+            if isinstance(st.resolution, list) and len(st.resolution) != 2:
+                raise ValueError(f"{key}.resolution must be an int or [H, W], got {st.resolution}")
+            if min(st.size) < 1 or st.lr < 0 or st.warmup_steps < 0:
+                raise ValueError(f"{key}: resolution, lr and warmup_steps must be positive")
+    for name in ("step1", "step2"):
+        if getattr(cfg, name).beam.width < 1:
+            raise ValueError(f"{name}.beam.width must be >= 1, got {getattr(cfg, name).beam.width}")
+    if cfg.step2.max_full < 0:
+        raise ValueError(f"step2.max_full must be >= 0, got {cfg.step2.max_full}")
+    t = cfg.distill.targets
+    if isinstance(t, str) and t not in TARGET_PRESETS:
+        raise ValueError(f"distill.targets {t!r} is not one of {', '.join(TARGET_PRESETS)} or a list of block indices")
+    if isinstance(t, list) and not t:
+        raise ValueError("distill.targets is an empty list; give block indices, 'last' or 'dpt'")
+    if cfg.data.holdout < 1:
+        raise ValueError(f"data.holdout must be >= 1 (the search scores candidates on them), got {cfg.data.holdout}")
+    lo, hi = cfg.data.scale
+    if len(cfg.data.scale) != 2 or not 0 < lo <= hi <= 1:
+        raise ValueError(f"data.scale must be [lo, hi] with 0 < lo <= hi <= 1, got {cfg.data.scale}")
+    if len(cfg.data.ratio) != 2 or not 0 < cfg.data.ratio[0] <= cfg.data.ratio[1]:
+        raise ValueError(f"data.ratio must be [lo, hi] with 0 < lo <= hi, got {cfg.data.ratio}")
+    r = cfg.budget.max_flops_ratio
+    if r is not None and not 0 < r <= 1:
+        raise ValueError(f"budget.max_flops_ratio must be in (0, 1], got {r}")
+    if cfg.run.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"run.device {cfg.run.device!r} is not one of auto, cpu, cuda")
+    if cfg.run.precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"run.precision {cfg.run.precision!r} is not one of auto, fp32, bf16")
+    if cfg.run.checkpoint_every < 1 or cfg.run.log_every < 1:
+        raise ValueError("run.checkpoint_every and run.log_every must be >= 1")
+    if cfg.arch is not None and (not cfg.arch or set(cfg.arch) - set("FWL")):
+        raise ValueError(f"arch {cfg.arch!r} must be a string of F, W and L (one letter per block)")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Config) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -1,0 +1,100 @@
+"""Plots of a search run: the per-layer architecture, beam scores per round, loss curves (PNG, Agg backend)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from jetvit.train.checkpoint import atomic_write_bytes
+
+KIND_COLORS = {"L": "#4C9F70", "W": "#3B75AF", "F": "#D1495B"}
+KIND_NAMES = {"L": "linear", "W": "window", "F": "full"}
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _figure().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_architectures(rows: list[tuple[str, str]], path: str | Path) -> None:
+    """One row of coloured cells per (label, arch string), one column per block."""
+    from matplotlib.patches import Patch
+
+    plt = _figure()
+    depth = max(len(a) for _, a in rows)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * depth + 2), 0.5 * len(rows) + 1.0))
+    for r, (_, arch) in enumerate(rows):
+        for i, k in enumerate(arch):
+            ax.add_patch(plt.Rectangle((i, r), 0.95, 0.9, color=KIND_COLORS[k]))
+            ax.text(i + 0.47, r + 0.45, k, ha="center", va="center", color="white", fontsize=8)
+    ax.set_xlim(0, depth)
+    ax.set_ylim(len(rows), 0)
+    ax.set_yticks([r + 0.45 for r in range(len(rows))], [label for label, _ in rows])
+    ax.set_xticks([i + 0.47 for i in range(depth)], [str(i) for i in range(depth)], fontsize=7)
+    ax.set_xlabel("block")
+    ax.legend(
+        handles=[Patch(color=c, label=KIND_NAMES[k]) for k, c in KIND_COLORS.items()],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.35),
+        ncol=3,
+        frameon=False,
+    )
+    ax.spines[:].set_visible(False)
+    _save(fig, Path(path))
+
+
+def plot_beam(trajectories: dict[str, dict[str, Any]], path: str | Path, *, score_name: str = "score") -> None:
+    """Every candidate's score per round (dots), the beam (circles) and the best so far (line)."""
+    plt = _figure()
+    fig, axes = plt.subplots(1, len(trajectories), figsize=(5 * len(trajectories), 3.5), squeeze=False)
+    for ax, (name, traj) in zip(axes[0], trajectories.items()):
+        best, xs_best, ys_best = float("-inf"), [], []
+        for rnd in traj["rounds"]:
+            r = rnd["round"]
+            ys = [c["score"] for c in rnd["candidates"]]
+            ax.scatter([r] * len(ys), ys, s=10, color="0.6", zorder=2)
+            beam_ys = [traj["scores"][a] for a in rnd["beam"]]
+            ax.scatter([r] * len(beam_ys), beam_ys, s=30, facecolors="none", edgecolors="C0", zorder=3)
+            if ys:
+                best = max(best, max(ys))
+                xs_best.append(r)
+                ys_best.append(best)
+        ax.plot(xs_best, ys_best, color="C3", label="best so far", zorder=4)
+        ax.set_title(f"{name}: best {traj['best']['arch']}", fontsize=9)
+        ax.set_xlabel("round")
+        ax.set_ylabel(score_name)
+        ax.legend(fontsize=8)
+    _save(fig, Path(path))
+
+
+def plot_losses(records: list[dict[str, Any]], path: str | Path) -> None:
+    """Training loss against the run-wide step, one colour per phase."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    phases: dict[str, tuple[list[int], list[float]]] = {}
+    for rec in records:
+        if "loss" in rec and "phase" in rec:
+            xs, ys = phases.setdefault(rec["phase"], ([], []))
+            xs.append(rec["global_step"])
+            ys.append(rec["loss"])
+    for name, (xs, ys) in phases.items():
+        ax.plot(xs, ys, label=name)
+    ax.set_xlabel("optimizer step (all phases)")
+    ax.set_ylabel("distillation loss")
+    if any(y > 0 for _, ys in phases.values() for y in ys):
+        ax.set_yscale("log")
+    if phases:
+        ax.legend(fontsize=8)
+    _save(fig, Path(path))
