@@ -1,0 +1,375 @@
+"""Semantic segmentation with a linear probe on frozen features (DINOv3's protocol), and sliding-window evaluation.
+
+Training: the backbone is frozen and its features are computed under no_grad; only the `LinearSegHead` learns
+(AdamW, lr 1e-3, weight decay 1e-3, linear warm-up then cosine decay). Samples are rescaled by a random factor in
+[0.5, 2] around a base size whose short side is the crop, randomly cropped (labels padded with the ignore label)
+and flipped. Evaluation resizes each image to the evaluation short side, averages logits over overlapping crops
+(`slide_inference`), upsamples them to the label's size and accumulates one confusion matrix.
+
+Features: normed patch tokens of block `layer` (default the last), (B, D, h, w), from `model.forward_intermediates`.
+Images: (B, 3, H, W) RGB in [0, 1] from `jetvit.tasks.datasets`; normalised here with the model's mean and std.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jetvit.heads import LinearSegConfig, LinearSegHead
+from jetvit.tasks.datasets import IGNORE
+from jetvit.tasks.metrics import SegMetrics
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shared helpers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (DINOv3 runs in bf16), plain fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def normalize_for(model: nn.Module, image: Tensor) -> Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> normalised with the model's own mean/std (ImageNet for every teacher)."""
+    mean = image.new_tensor(model.cfg.mean)[:, None, None]
+    std = image.new_tensor(model.cfg.std)[:, None, None]
+    return (image - mean) / std
+
+
+def resize_short_side(image: Tensor, short: int, *, multiple: int = 1) -> Tensor:
+    """(B, C, H, W) -> bilinear resize so min(H, W) == short (aspect kept), both sides rounded up to `multiple`."""
+    h, w = image.shape[-2:]
+    s = short / min(h, w)
+    nh = max(multiple, math.ceil(round(h * s) / multiple) * multiple)
+    nw = max(multiple, math.ceil(round(w * s) / multiple) * multiple)
+    if (nh, nw) == (h, w):
+        return image
+    return F.interpolate(image, size=(nh, nw), mode="bilinear", align_corners=False, antialias=s < 1)
+
+
+def patch_features(model: nn.Module, x: Tensor, layer: int) -> Tensor:
+    """Normalised images (B, 3, H, W) -> normed patch features of block `layer`, (B, D, h, w)."""
+    return model.forward_intermediates(x, [layer])[0][0]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sliding-window inference
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
+    a, b = (v, v) if isinstance(v, int) else tuple(v)
+    if a < 1 or b < 1:
+        raise ValueError(f"{name} must be positive, got {v}")
+    return int(a), int(b)
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of windows of length `crop` every `stride` covering [0, size); the last one ends at `size`."""
+    if size <= crop:
+        return [0]
+    n = math.ceil((size - crop) / stride) + 1
+    return sorted({min(i * stride, size - crop) for i in range(n)})
+
+
+def slide_inference(
+    fn: Callable[[Tensor], Tensor],
+    image: Tensor,
+    *,
+    crop: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    num_classes: int,
+) -> Tensor:
+    """Average the logits of overlapping crops.
+
+    fn: crops (B, 3, ch, cw) -> logits (B, num_classes, ch, cw). image: (B, 3, H, W), already normalised.
+    Images smaller than the crop are zero-padded at the bottom/right (zero = the mean colour after normalisation)
+    and the padding is cut from the result. Returns logits (B, num_classes, H, W).
+    """
+    ch, cw = _pair(crop, "crop")
+    sh, sw = _pair(stride, "stride")
+    if sh > ch or sw > cw:
+        raise ValueError(f"stride {stride} larger than crop {crop} would leave pixels unseen")
+    b, _, h, w = image.shape
+    ph, pw = max(h, ch), max(w, cw)
+    if (ph, pw) != (h, w):
+        image = F.pad(image, (0, pw - w, 0, ph - h))  # (B, 3, ph, pw)
+    logits = image.new_zeros(b, num_classes, ph, pw, dtype=torch.float32)
+    count = image.new_zeros(1, 1, ph, pw, dtype=torch.float32)
+    for y in window_starts(ph, ch, sh):
+        for x in window_starts(pw, cw, sw):
+            out = fn(image[:, :, y : y + ch, x : x + cw])
+            if out.shape != (b, num_classes, ch, cw):
+                raise ValueError(f"fn returned {tuple(out.shape)} for a crop, expected {(b, num_classes, ch, cw)}")
+            logits[:, :, y : y + ch, x : x + cw] += out.float()
+            count[:, :, y : y + ch, x : x + cw] += 1
+    assert count.min() > 0
+    return (logits / count)[:, :, :h, :w]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Probe training
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ProbeConfig:
+    """Linear-probe recipe; defaults follow DINOv3's ADE20K linear evaluation (40k iterations of 512 crops)."""
+
+    iterations: int = 40000
+    batch_size: int = 16
+    crop: int = 512
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    warmup: int = 1500
+    dropout: float = 0.1
+    layer: int = -1  # block whose normed patch features the probe reads
+    eval_short_side: int = 512  # images are resized to this short side before sliding windows
+    eval_crop: int = 512
+    eval_stride: int = 341
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "crop", "eval_short_side", "eval_crop", "eval_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"probe {name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ValueError(f"probe scale range must satisfy 0 < min <= max, got {self.scale_min}..{self.scale_max}")
+        if self.eval_stride > self.eval_crop:
+            raise ValueError(f"eval_stride {self.eval_stride} exceeds eval_crop {self.eval_crop}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ProbeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown probe config keys {unknown}; accepted: {sorted(known)}")
+        return cls(**d)
+
+
+def check_patch_multiple(model: nn.Module, **sizes: int) -> None:
+    p = model.cfg.patch_size
+    bad = {k: v for k, v in sizes.items() if v % p}
+    if bad:
+        raise ValueError(f"{bad} must be multiples of the patch size {p}")
+
+
+def random_scale_crop(
+    image: Tensor, label: Tensor, *, crop: int, scale: tuple[float, float], rng: random.Random
+) -> tuple[Tensor, Tensor]:
+    """One sample: image (3, H, W), label (H, W) -> (3, crop, crop), (crop, crop), rescaled, cropped and flipped.
+
+    The base size puts the short side at `crop`; a factor in `scale` multiplies it. Regions outside the image are
+    zero in the image and IGNORE in the label.
+    """
+    h, w = image.shape[-2:]
+    s = crop / min(h, w) * rng.uniform(*scale)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    image = F.interpolate(image[None], size=(nh, nw), mode="bilinear", align_corners=False, antialias=s < 1)[0]
+    label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
+    if nh < crop or nw < crop:
+        image = F.pad(image, (0, max(0, crop - nw), 0, max(0, crop - nh)))
+        label = F.pad(label, (0, max(0, crop - nw), 0, max(0, crop - nh)), value=IGNORE)
+    y = rng.randint(0, image.shape[-2] - crop)
+    x = rng.randint(0, image.shape[-1] - crop)
+    image, label = image[:, y : y + crop, x : x + crop], label[y : y + crop, x : x + crop]
+    if rng.random() < 0.5:
+        image, label = image.flip(-1), label.flip(-1)
+    return image, label
+
+
+class _AugmentedStream(torch.utils.data.IterableDataset):
+    """An endless stream of augmented samples drawn with replacement, seeded per worker."""
+
+    def __init__(self, dataset: Any, cfg: ProbeConfig) -> None:
+        self.dataset, self.cfg = dataset, cfg
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.cfg.seed * 1000 + (info.id if info else 0))
+        while True:
+            image, label = self.dataset[rng.randrange(len(self.dataset))]
+            yield random_scale_crop(
+                image, label, crop=self.cfg.crop, scale=(self.cfg.scale_min, self.cfg.scale_max), rng=rng
+            )
+
+
+def _lr_factor(step: int, cfg: ProbeConfig) -> float:
+    warmup = min(cfg.warmup, cfg.iterations // 10)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, cfg.iterations - warmup)
+    return 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_probe(
+    model: nn.Module,
+    dataset: Any,
+    cfg: ProbeConfig,
+    *,
+    num_classes: int,
+    progress: bool = True,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> LinearSegHead:
+    """Train a `LinearSegHead` on `model`'s frozen features of `dataset` (samples (image, label)); returns it in eval
+    mode on the model's device. `log`, if given, receives {"step", "loss", "lr"} every `cfg.log_every` steps."""
+    from tqdm import tqdm
+
+    check_patch_multiple(model, crop=cfg.crop)
+    device = model_device(model)
+    torch.manual_seed(cfg.seed)
+    head = LinearSegHead(LinearSegConfig(in_dim=model.cfg.dim, num_classes=num_classes, dropout=cfg.dropout))
+    head.to(device).train()
+    model.eval()
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, cfg))
+    loader = torch.utils.data.DataLoader(
+        _AugmentedStream(dataset, cfg), batch_size=cfg.batch_size, num_workers=cfg.num_workers
+    )
+    batches = iter(loader)
+    bar = tqdm(range(cfg.iterations), desc="probe", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        image, label = next(batches)
+        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        x = normalize_for(model, image)
+        with torch.no_grad(), autocast(device):
+            feats = patch_features(model, x, cfg.layer)
+        logits = head(feats.float(), x.shape[-2:])
+        loss = F.cross_entropy(logits, label, ignore_index=IGNORE)
+        opt.zero_grad(set_to_none=True)
+        if torch.isfinite(loss) and (label != IGNORE).any():
+            loss.backward()
+            opt.step()
+        sched.step()
+        if step % cfg.log_every == 0 or step == cfg.iterations - 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if log is not None:
+                log({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+    return head.eval()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_segmentation(
+    model: nn.Module, head: LinearSegHead, image: Tensor, *, short_side: int, crop: int, stride: int, layer: int = -1
+) -> Tensor:
+    """image (B, 3, H, W) RGB in [0, 1] -> logits (B, classes, H, W): resize, sliding windows, resize back."""
+    check_patch_multiple(model, crop=crop)
+    device = model_device(model)
+    x = normalize_for(model, image.to(device))
+    x = resize_short_side(x, short_side)
+
+    def crop_logits(c: Tensor) -> Tensor:
+        with autocast(device):
+            feats = patch_features(model, c, layer)
+        return head(feats.float(), c.shape[-2:])
+
+    logits = slide_inference(crop_logits, x, crop=crop, stride=stride, num_classes=head.cfg.num_classes)
+    return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@torch.no_grad()
+def evaluate_segmentation(
+    model: nn.Module,
+    head: LinearSegHead,
+    dataset: Any,
+    *,
+    short_side: int = 512,
+    crop: int = 512,
+    stride: int = 341,
+    layer: int = -1,
+    progress: bool = True,
+    on_prediction: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
+) -> dict[str, Any]:
+    """mIoU of `head` on `model` over `dataset` (one image at a time). Returns SegMetrics.compute() plus "seconds".
+
+    on_prediction(index, image (3, H, W), label (H, W), pred (H, W)) is called per image, e.g. to save a figure.
+    """
+    from tqdm import tqdm
+
+    head.eval()
+    metrics = SegMetrics(head.cfg.num_classes, ignore_index=IGNORE)
+    start = time.perf_counter()
+    for i in tqdm(range(len(dataset)), desc="eval seg", disable=not progress, dynamic_ncols=True):
+        image, label = dataset[i]
+        logits = predict_segmentation(
+            model, head, image[None], short_side=short_side, crop=crop, stride=stride, layer=layer
+        )
+        pred = logits.argmax(1)[0].cpu()
+        metrics.update(pred, label)
+        if on_prediction is not None:
+            on_prediction(i, image, label, pred)
+    result = metrics.compute()
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Saving and loading a probe
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def save_probe(head: LinearSegHead, directory: str | os.PathLike, *, meta: dict[str, Any] | None = None) -> Path:
+    """Write `head.safetensors` and `head.json` ({"config": LinearSegConfig fields, "meta": ...}) atomically."""
+    from safetensors.torch import save_file
+
+    from jetvit.io import atomic_write, atomic_write_json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    atomic_write(directory / HEAD_WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "jetvit-seg-head"}))
+    atomic_write_json(directory / HEAD_CONFIG, {"config": head.cfg.to_dict(), "meta": meta or {}})
+    return directory
+
+
+def load_probe(path: str | os.PathLike) -> tuple[LinearSegHead, dict[str, Any]]:
+    """Load a probe written by `save_probe` from its directory (or its `head.safetensors`). Returns (head, meta)."""
+    from safetensors.torch import load_file
+
+    from jetvit.io import load_state_dict_strict
+
+    path = Path(path)
+    directory = path.parent if path.suffix == ".safetensors" else path
+    cfg_path, weights = directory / HEAD_CONFIG, directory / HEAD_WEIGHTS
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"no segmentation head at {path}: {p} is missing (write one with `jetvit probe`)")
+    try:
+        info = json.loads(cfg_path.read_text())
+        cfg = LinearSegConfig.from_dict(info["config"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_path} is not a segmentation head config: {e}") from e
+    head = LinearSegHead(cfg)
+    load_state_dict_strict(head, load_file(str(weights)), source=str(weights))
+    return head.eval(), info.get("meta", {})
