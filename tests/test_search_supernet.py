@@ -1,0 +1,99 @@
+"""The supernet: candidates inherit the teacher's tensors, switching paths matches converted models exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from jetvit.conversion import convert
+from jetvit.model import HybridViT, ViTConfig
+from jetvit.search.supernet import (
+    build_supernet,
+    count_parameters,
+    extract,
+    path_state_dict,
+    sample_arch,
+    set_arch,
+)
+
+
+def tiny_teacher(seed: int = 0, **kw) -> HybridViT:
+    torch.manual_seed(seed)
+    cfg = dict(img_size=32, patch_size=8, dim=32, depth=4, num_heads=2, mlp_hidden=64, num_registers=1, window_size=2)
+    cfg.update(kw)
+    return HybridViT(ViTConfig(**cfg)).eval()
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_paths_equal_converted_models(share):
+    teacher = tiny_teacher()
+    net = build_supernet(teacher, ["LW"] * 4, share=share).eval()
+    x = torch.randn(2, 3, 32, 32)
+    for arch in ["LLLL", "WLWL", "WWWW"]:
+        set_arch(net, arch)
+        assert net.arch == arch
+        ref = convert(teacher, arch)
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), ref(x), rtol=1e-5, atol=1e-5)
+        plain = extract(net, arch)
+        assert plain.arch == arch
+        assert [b.attn.kind for b in plain.blocks] == list(arch)
+        with torch.no_grad():
+            torch.testing.assert_close(plain(x), ref(x), rtol=1e-5, atol=1e-5)
+    assert teacher.arch == "FFFF"  # untouched
+
+
+def test_sharing_ties_inherited_tensors_only():
+    teacher = tiny_teacher()
+    shared = build_supernet(teacher, ["LW"] * 4, share=True)
+    separate = build_supernet(teacher, ["LW"] * 4, share=False)
+    blk = shared.blocks[1].candidates
+    assert blk["L"].attn.qkv.weight is blk["W"].attn.qkv.weight
+    assert blk["L"].mlp.fc1.weight is blk["W"].mlp.fc1.weight
+    sep = separate.blocks[1].candidates
+    assert sep["L"].attn.qkv.weight is not sep["W"].attn.qkv.weight
+    torch.testing.assert_close(sep["W"].attn.qkv.weight, teacher.blocks[1].attn.qkv.weight, rtol=0, atol=0)
+    # The copies are the teacher's values, not its tensors.
+    assert sep["W"].attn.qkv.weight.data_ptr() != teacher.blocks[1].attn.qkv.weight.data_ptr()
+    n_teacher, n_shared, n_sep = map(count_parameters, (teacher, shared, separate))
+    n_extras = sum(p.numel() for n, p in shared.named_parameters() if ".conv" in n)
+    assert n_shared == n_teacher + n_extras
+    block_params = sum(p.numel() for p in teacher.blocks.parameters())
+    assert n_sep == n_teacher + block_params + n_extras
+
+
+def test_training_one_path_moves_shared_tensors_for_both():
+    teacher = tiny_teacher()
+    net = build_supernet(teacher, ["LW"] * 4, share=True)
+    set_arch(net, "LLLL")
+    w_before = net.blocks[0].candidates["W"].attn.proj.weight.detach().clone()
+    net(torch.randn(1, 3, 32, 32)).square().mean().backward()
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad
+    assert not torch.equal(net.blocks[0].candidates["W"].attn.proj.weight, w_before)
+
+
+def test_step2_supernet_from_extracted_model_and_errors():
+    teacher = tiny_teacher()
+    step1 = extract(build_supernet(teacher, ["LW"] * 4), "LWWL")
+    net = build_supernet(step1, [k + "F" for k in "LWWL"])
+    set_arch(net, "LFWL")
+    state = path_state_dict(net, "LFWL")
+    assert "blocks.1.attn.qkv.weight" in state and not any("candidates" in k for k in state)
+    with pytest.raises(ValueError, match="block 0 has candidates LF"):
+        set_arch(net, "WWWL")
+    with pytest.raises(ValueError, match="4 blocks"):
+        set_arch(net, "LF")
+    with pytest.raises(ValueError, match="candidate set"):
+        build_supernet(teacher, ["LL"] * 4)
+
+
+def test_sample_arch_is_seeded_and_covers_candidates():
+    choices = ["LW", "LW", "WF", "L"]
+    a = [sample_arch(choices, np.random.default_rng([1, s])) for s in range(40)]
+    b = [sample_arch(choices, np.random.default_rng([1, s])) for s in range(40)]
+    assert a == b
+    assert {x[0] for x in a} == {"L", "W"} and {x[2] for x in a} == {"W", "F"} and {x[3] for x in a} == {"L"}
