@@ -180,6 +180,28 @@ class DPTHead(nn.Module):
             out = out * self.cfg.max_depth
         return out.squeeze(1)
 
+    def flops(self, height: int, width: int, grid: tuple[int, int]) -> int:
+        """Forward FLOPs (a multiply-add counts 2) of the convolutions and projections for one image whose patch grid
+        is `grid` and output size height x width; interpolations, activations and biases are left out."""
+        cfg, (h, w) = self.cfg, grid
+        c, feat, d = cfg.out_channels, cfg.features, cfg.in_dim
+        level_px = [16 * h * w, 4 * h * w, h * w, ((h + 1) // 2) * ((w + 1) // 2)]  # pixels of levels 1..4
+        total = 0
+        if cfg.use_clstoken:
+            total += 4 * 2 * h * w * 2 * d * d
+        total += sum(2 * h * w * d * ci for ci in c)  # projects
+        total += 2 * level_px[0] * c[0] * c[0] + 2 * level_px[1] * c[1] * c[1]  # transposed convs: one tap per output
+        total += 2 * level_px[3] * 9 * c[3] * c[3]  # strided 3x3 conv
+        total += sum(2 * px * 9 * ci * feat for px, ci in zip(level_px, c))  # layerK_rn
+        rcu = 2 * 2 * 9 * feat * feat  # one residual unit per input pixel
+        fusion_out = [level_px[2], level_px[1], level_px[0], 4 * level_px[0]]  # refinenet4, 3, 2, 1
+        fusion_in = [level_px[3], level_px[2], level_px[1], level_px[0]]
+        for k, (n_in, n_out) in enumerate(zip(fusion_in, fusion_out)):
+            total += (rcu * n_in if k > 0 else 0) + rcu * n_in + 2 * n_out * feat * feat
+        total += 2 * fusion_out[-1] * 9 * feat * (feat // 2)  # output_conv1
+        total += 2 * height * width * (9 * (feat // 2) * cfg.head_hidden + cfg.head_hidden)  # output_conv2
+        return int(total)
+
 
 def dpt_hf_to_official_keys() -> dict[str, str]:
     """The full key table HF `DepthAnythingForDepthEstimation` (`neck.*`, `head.*`) -> `DPTHead` (official DAv2).

@@ -146,3 +146,16 @@ def test_linear_seg_head_is_dropout_bn_conv_upsample() -> None:
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     # In training the dropout drops whole channels before the BatchNorm.
     assert [type(m).__name__ for m in head.children()] == ["Dropout2d", "BatchNorm2d", "Conv2d"]
+
+
+@pytest.mark.parametrize("use_clstoken", [False, True])
+def test_dpt_flops_match_torch_flop_counter(use_clstoken: bool) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = DPTConfig(in_dim=16, features=8, out_channels=[4, 6, 8, 10], layers=[0, 1, 2, 3], use_clstoken=use_clstoken)
+    head = DPTHead(cfg).eval()
+    h, w = 3, 5  # odd grid: the strided level has ceil(h/2) x ceil(w/2) pixels
+    feats = [(torch.randn(1, 16, h, w), torch.randn(1, 1, 16))] * 4
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        head(feats, (42, 70))
+    assert head.flops(42, 70, (h, w)) == counter.get_total_flops()
