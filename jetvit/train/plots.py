@@ -57,6 +57,8 @@ def plot_architectures(rows: list[tuple[str, str]], path: str | Path) -> None:
 
 def plot_beam(trajectories: dict[str, dict[str, Any]], path: str | Path, *, score_name: str = "score") -> None:
     """Every candidate's score per round (dots), the beam (circles) and the best so far (line)."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _figure()
     fig, axes = plt.subplots(1, len(trajectories), figsize=(5 * len(trajectories), 3.5), squeeze=False)
     for ax, (name, traj) in zip(axes[0], trajectories.items()):
@@ -74,6 +76,7 @@ def plot_beam(trajectories: dict[str, dict[str, Any]], path: str | Path, *, scor
         ax.plot(xs_best, ys_best, color="C3", label="best so far", zorder=4)
         ax.set_title(f"{name}: best {traj['best']['arch']}", fontsize=9)
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(score_name)
         ax.legend(fontsize=8)
     _save(fig, Path(path))

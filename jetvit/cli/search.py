@@ -1,0 +1,48 @@
+"""`jetvit search --config FILE [--set key=value ...] --out DIR`: Post-Training Attention Search.
+
+Runs the whole pipeline (Step 1 supernet and beam search, Step 2 supernet and beam search, final
+fine-tuning, export). Run it again with the same arguments to continue an interrupted run. Under
+`torchrun --nproc_per_node N` it trains with DistributedDataParallel (NCCL on GPUs, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="YAML run config, or the name of a shipped one (tiny, dinov3, depth_anything_v2)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set step1.beam.width=4 --set step1.stages.0.steps=100 (repeatable)",
+    )
+    parser.add_argument("--out", required=True, help="run directory: outputs, checkpoints, resume state")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jetvit.train.config import load_config
+    from jetvit.train.pipeline import run_search
+
+    cfg = load_config(args.config, args.overrides)
+    if cfg.arch is not None:
+        raise ValueError(f"arch={cfg.arch!r} is set: `jetvit search` finds the architecture; use `jetvit distill`")
+    summary = run_search(cfg, args.out)
+    print(
+        f"architecture {summary['arch']} ({summary['scorer']} {summary['final_score']:.6g}, "
+        f"teacher {summary['teacher_score']:.6g}); "
+        f"{summary['teacher_flops'] / summary['flops']:.2f}x fewer FLOPs at "
+        f"{'x'.join(map(str, summary['flops_resolution']))}; wrote {args.out}/report.md and {args.out}/model"
+    )
+    return 0

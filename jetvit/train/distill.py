@@ -1,0 +1,375 @@
+"""Feature distillation from a frozen teacher: targets, losses, and the resumable (DDP) training loop.
+
+The student (a supernet or a fixed hybrid) learns to reproduce the teacher's normed features of the blocks
+the downstream head reads (supplementary A.1): the last block for a linear segmentation head, the four
+DPT blocks for depth, or any list. The loss is the MSE over all tokens (prefix and patches) of those
+blocks, averaged over blocks; optionally plus a scale-and-shift-invariant loss of the student's depth head
+against pseudo-labels from a (larger) depth teacher.
+
+`train_phase` runs a list of stages (resolution, steps, global batch, lr schedule). For a supernet it
+samples one path per optimizer step (single-path sampling) from a generator seeded by the step, so every
+process trains the same path and a resumed run the same sequence of paths. Periodic atomic checkpoints
+hold the model, optimizer, position (stage, step) and RNG states; data positions are a pure function
+of the step (`jetvit.train.data.SamplePlan`), so a run killed at any moment continues exactly.
+
+Notation: B batch, N = P + h*w tokens, D width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jetvit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from jetvit.train.config import Config, StageConfig
+from jetvit.train.data import DistillBatches, ImageSet, SamplePlan, phase_key
+
+# --- targets and losses -------------------------------------------------------------------------------
+
+
+def resolve_targets(spec: str | list[int], model: nn.Module) -> list[int]:
+    """Block indices (0-based) to distill: "last", "dpt" (the DPT head's four blocks) or an explicit list."""
+    depth = len(model.blocks)
+    if spec == "last":
+        return [depth - 1]
+    if spec == "dpt":
+        head = model.cfg.depth_head
+        if head is not None:
+            return [int(i) for i in head["layers"]]
+        # No head to ask: the DAv2 pattern for 12-block models (2, 5, 8, 11), scaled to the depth.
+        return [depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1]
+    idx = [i + depth if i < 0 else i for i in spec]
+    bad = [i for i, j in zip(spec, idx) if not 0 <= j < depth]
+    if bad:
+        raise ValueError(f"distill.targets {bad} are not blocks of a {depth}-block model (0..{depth - 1})")
+    return idx
+
+
+def token_features(feats: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+    """`forward_intermediates` output -> per block (B, N, D): prefix tokens then patch tokens, row-major."""
+    return [torch.cat((prefix, patches.flatten(2).transpose(1, 2)), dim=1) for patches, prefix in feats]
+
+
+def feature_loss(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
+    """Mean over blocks of the MSE over tokens and channels; each (B, N, D)."""
+    return torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher)]).mean()
+
+
+def ssi_mse(pred: Tensor, target: Tensor) -> Tensor:
+    """Scale-and-shift-invariant MSE of depth maps (B, H, W), relative to the target's variance.
+
+    Each prediction is aligned to its target by least squares (s * pred + t) before the error, as relative
+    depth from different models agrees only up to an affine map.
+    """
+    p, t = pred.flatten(1).float(), target.flatten(1).float()  # (B, HW)
+    pc, tc = p - p.mean(1, keepdim=True), t - t.mean(1, keepdim=True)
+    scale = (pc * tc).sum(1, keepdim=True) / pc.square().sum(1, keepdim=True).clamp_min(1e-12)
+    err = (scale * pc - tc).square().mean(1)
+    return (err / tc.square().mean(1).clamp_min(1e-12)).mean()
+
+
+class DistillStudent(nn.Module):
+    """What DDP wraps: images (B, 3, H, W) -> (target block features, each (B, N, D); depth (B, H, W) or None)."""
+
+    def __init__(self, model: nn.Module, targets: list[int], *, with_depth: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.targets = targets
+        self.with_depth = with_depth
+        self.depth_layers = list(model.depth_head.cfg.layers) if with_depth else []
+        self.layers = sorted(set(targets) | set(self.depth_layers))
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        feats = dict(zip(self.layers, self.model.forward_intermediates(x, self.layers)))
+        out = token_features([feats[i] for i in self.targets])
+        depth = None
+        if self.with_depth:
+            depth = self.model.depth_head([feats[i] for i in self.depth_layers], (x.shape[-2], x.shape[-1]))
+        return out, depth
+
+
+# --- schedule -----------------------------------------------------------------------------------------
+
+
+def lr_at(stage: StageConfig, step: int) -> float:
+    """Learning rate of optimizer step `step` (0-based) of a stage: linear warmup, then the schedule."""
+    if step < stage.warmup_steps:
+        return stage.lr * (step + 1) / stage.warmup_steps
+    span = max(1, stage.steps - stage.warmup_steps)
+    t = min(1.0, (step - stage.warmup_steps) / span)
+    low = stage.lr * stage.final_lr_ratio
+    if stage.schedule == "constant":
+        return stage.lr
+    if stage.schedule == "linear":
+        return stage.lr + (low - stage.lr) * t
+    return low + 0.5 * (stage.lr - low) * (1 + math.cos(math.pi * t))
+
+
+# --- processes ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Runtime:
+    """Where and how this process runs: device, rank among `world` processes, autocast."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    autocast_dtype: torch.dtype | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def broadcast_object(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every process."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def mean(self, value: float) -> float:
+        if not self.distributed:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return float(t.item()) / self.world
+
+
+def weights_digest(model: nn.Module) -> str:
+    """A hash of every parameter's bytes: equal digests mean bit-identical weights."""
+    h = hashlib.sha256()
+    for name, p in model.state_dict().items():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if p.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+# --- the training loop --------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """One training phase of a run: a name (checkpoint and log key), stages, and what to sample."""
+
+    name: str
+    stages: list[StageConfig]
+    choices: list[str] | None = None  # supernet candidate kinds per block; None for a fixed architecture
+    depth_weight: float = 0.0
+    global_offset: int = 0  # optimizer steps of the run before this phase (for continuous curves)
+
+
+def path_for_step(choices: list[str], *, seed: int, phase: str, step: int) -> str:
+    """The single path trained at optimizer step `step` of a phase (counted over its stages)."""
+    rng = np.random.default_rng([seed, phase_key(phase), 2 << 40, step])
+    return "".join(c[int(rng.integers(len(c)))] for c in choices)
+
+
+def train_phase(
+    phase: Phase,
+    model: nn.Module,
+    *,
+    teacher: nn.Module,
+    images: ImageSet,
+    cfg: Config,
+    rt: Runtime,
+    ckpt_path: Path,
+    targets: list[int],
+    depth_teacher: nn.Module | None = None,
+    logger=None,
+    set_path: Callable[[nn.Module, str], None] | None = None,
+) -> dict[str, Any]:
+    """Train `model` (in place) through `phase.stages`, resuming from `ckpt_path` when it exists.
+
+    Returns a summary: final loss, steps, skipped images, seconds, and per-rank weight digests.
+    A checkpoint marked done is loaded and returned at once.
+    """
+    from tqdm import tqdm
+
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=0.0,
+        betas=tuple(cfg.optim.betas),
+        weight_decay=cfg.optim.weight_decay,
+    )
+    start_stage, start_step, skipped, history, elapsed = 0, 0, 0, {}, 0.0
+    if ckpt_path.is_file():
+        ck = load_checkpoint(ckpt_path)
+        model.load_state_dict(ck["model"])
+        if ck.get("done"):
+            return ck["summary"]
+        opt.load_state_dict(ck["optim"])
+        set_rng_state(ck["rng"])
+        start_stage, start_step, skipped = ck["stage"], ck["step"], ck["skipped"]
+        history, elapsed = ck["history"], ck["elapsed"]
+        if rt.main:
+            print(f"[jetvit] resuming {phase.name} at stage {start_stage + 1}, step {start_step}", flush=True)
+
+    with_depth = phase.depth_weight > 0
+    if with_depth and getattr(model, "depth_head", None) is None:
+        raise ValueError("a depth loss (depth_weight > 0) needs a teacher with a depth head (Depth-Anything-V2)")
+    student = DistillStudent(model, targets, with_depth=with_depth)
+    wrapped: nn.Module = student
+    if rt.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Unused parameters: the inactive candidates' extras, a depth head without depth loss.
+        wrapped = DistributedDataParallel(
+            student, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, find_unused_parameters=True
+        )
+    mean, std = teacher.cfg.mean, teacher.cfg.std
+    plan = SamplePlan(len(images), seed=cfg.run.seed, phase=phase.name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.perf_counter()
+    loss_value = float("nan")
+    phase_step = sum(s.steps for s in phase.stages[:start_stage]) + start_step
+
+    def save(stage_idx: int, next_step: int) -> None:
+        if rt.main:
+            state = {
+                "phase": phase.name,
+                "done": False,
+                "stage": stage_idx,
+                "step": next_step,
+                "skipped": skipped,
+                "history": history,
+                "elapsed": elapsed + time.perf_counter() - t0,
+                "model": model.state_dict(),
+                "optim": opt.state_dict(),
+                "rng": rng_state(),
+            }
+            save_checkpoint(ckpt_path, state)
+
+    model.train()
+    for si, stage in enumerate(phase.stages):
+        if si < start_stage:
+            continue
+        s0 = start_step if si == start_stage else 0
+        if s0 >= stage.steps:
+            continue
+        micro = stage.micro_batch_size or max(1, stage.batch_size // rt.world)
+        batches = DistillBatches(
+            images,
+            plan,
+            stage_offset=sum(s.steps * s.batch_size for s in phase.stages[:si]),
+            start_step=s0,
+            steps=stage.steps,
+            batch_size=stage.batch_size,
+            micro_batch_size=micro,
+            rank=rt.rank,
+            world=rt.world,
+            size=stage.size,
+            mean=mean,
+            std=std,
+            scale=tuple(cfg.data.scale),
+            ratio=tuple(cfg.data.ratio),
+            hflip=cfg.data.hflip,
+        )
+        loader = iter(
+            torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=cfg.data.workers)
+        )
+        H, W = stage.size
+        bar = tqdm(
+            total=stage.steps,
+            initial=s0,
+            desc=f"{phase.name} stage {si + 1}/{len(phase.stages)} {H}x{W}",
+            disable=not rt.main,
+            dynamic_ncols=True,
+        )
+        for step in range(s0, stage.steps):
+            if phase.choices is not None:
+                path = path_for_step(phase.choices, seed=cfg.run.seed, phase=phase.name, step=phase_step)
+                if rt.distributed:  # internal invariant: the seeded path is the same everywhere
+                    paths = rt.all_gather_object(path)
+                    assert len(set(paths)) == 1, f"processes disagree on the path at step {phase_step}: {paths}"
+                set_path(model, path)
+            lr = lr_at(stage, step)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            opt.zero_grad(set_to_none=True)
+            loss_sum, feat_sum = 0.0, 0.0
+            for m in range(batches.accum):
+                batch = next(loader)
+                skipped += len(batch["skipped"])
+                x = batch["images"].to(rt.device, non_blocking=True)
+                with torch.no_grad(), rt.autocast():
+                    t_feats = token_features(teacher.forward_intermediates(x, targets))
+                    label = depth_teacher.predict_depth(x) if with_depth else None
+                sync = wrapped.no_sync() if rt.distributed and m < batches.accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with rt.autocast():
+                        s_feats, depth = wrapped(x)
+                    feat = feature_loss(s_feats, t_feats)
+                    loss = feat + phase.depth_weight * ssi_mse(depth, label) if with_depth else feat
+                    (loss / batches.accum).backward()
+                loss_sum += loss.item()
+                feat_sum += feat.item()
+            grad_norm = None
+            if cfg.optim.grad_clip is not None:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+            opt.step()
+            phase_step += 1
+            if (step + 1) % cfg.run.log_every == 0 or step + 1 == stage.steps:
+                loss_value = rt.mean(loss_sum / batches.accum)
+                if logger is not None:
+                    scalars = {"loss": loss_value, "feature_loss": rt.mean(feat_sum / batches.accum), "lr": lr}
+                    if grad_norm is not None:
+                        scalars["grad_norm"] = grad_norm
+                    logger.log(phase.name, phase.global_offset + phase_step, **scalars)
+                bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
+            if step + 1 == stage.steps:
+                history[f"stage{si + 1}"] = {"resolution": [H, W], "steps": stage.steps, "final_loss": loss_value}
+            if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == stage.steps:
+                save(si, step + 1)
+            bar.update(1)
+        bar.close()
+        del loader
+
+    skipped_total = int(round(rt.mean(float(skipped)) * rt.world))
+    digests = rt.all_gather_object(weights_digest(model))
+    summary = {
+        "steps": sum(s.steps for s in phase.stages),
+        "final_loss": loss_value,
+        "skipped_images": skipped_total,
+        "seconds": round(elapsed + time.perf_counter() - t0, 3),
+        "rank_weight_digests": digests,
+        "stages": history,
+    }
+    if skipped_total and logger is not None:
+        logger.event(phase.name, phase.global_offset + phase_step, skipped_images=skipped_total)
+    if rt.main:
+        save_checkpoint(ckpt_path, {"phase": phase.name, "done": True, "model": model.state_dict(), "summary": summary})
+    rt.barrier()
+    return summary

@@ -1,0 +1,114 @@
+"""`report.md`: what a search (or a distillation) run found, in words a user can read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jetvit.train.checkpoint import atomic_write_text
+from jetvit.train.config import Config
+
+KIND_NAMES = {"L": "linear", "W": "window", "F": "full"}
+
+
+def _gflops(x: float) -> str:
+    return f"{x / 1e9:,.4g}"
+
+
+def _kinds(arch: str) -> str:
+    return ", ".join(f"{arch.count(k)} {KIND_NAMES[k]}" for k in "LWF" if k in arch)
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dict] | None, cfg: Config) -> None:
+    lines = [f"# jetvit {'search' if trajectories else 'distill'} report", ""]
+    arch = summary["arch"]
+    H, W = summary["flops_resolution"]
+    speed = summary["teacher_flops"] / summary["flops"]
+    lines += [
+        f"- Teacher: `{summary['teacher']}` ({len(arch)} blocks)",
+        f"- Data: {summary['data']}; distillation targets: `{cfg.distill.targets}`",
+        f"- Processes: {summary['world_size']}",
+        f"- **Architecture: `{arch}`** ({_kinds(arch)})",
+        f"- FLOPs at {H}x{W}: {_gflops(summary['flops'])} G vs the teacher's {_gflops(summary['teacher_flops'])} G "
+        f"({speed:.2f}x fewer)",
+        f"- Score (`{summary['scorer']}`, higher is better, on {cfg.data.holdout} held-out images): "
+        f"final model {summary['final_score']:.6g}"
+        + (f"; teacher {summary['teacher_score']:.6g}" if "teacher_score" in summary else ""),
+        "",
+        'The final model is in `model/` (load it with `jetvit.load("model")`).',
+        "",
+    ]
+    if trajectories:
+        t1, t2 = trajectories["step1"], trajectories["step2"]
+        lines += [
+            "## Search",
+            "",
+            "| step | start | result | score | rounds | scored | stopped because |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, t in (("1: linear vs window", t1), ("2: full attention back", t2)):
+            lines.append(
+                f"| {name} | `{t['start']}` | `{t['best']['arch']}` | {t['best']['score']:.6g} | "
+                f"{len(t['rounds']) - 1} | {len(t['scores'])} | {t['stop_reason']} |"
+            )
+        lines += [
+            "",
+            f"Step 1 found `{summary['step1_arch']}` ({_kinds(summary['step1_arch'])}, "
+            f"{_gflops(summary['step1_flops'])} GFLOPs); Step 2 put full attention back at blocks "
+            f"{[i for i, k in enumerate(arch) if k == 'F'] or 'none'} (budget: {cfg.step2.max_full}).",
+            "",
+        ]
+        for name, t in (("Step 1", t1), ("Step 2", t2)):
+            lines += [
+                f"### {name} rounds",
+                "",
+                "| round | candidates | best of round | score | beam |",
+                "|---|---|---|---|---|",
+            ]
+            for r in t["rounds"]:
+                best = r.get("best") or (r["candidates"][0] if r["candidates"] else None)
+                lines.append(
+                    f"| {r['round']} | {len(r['candidates'])} | "
+                    + (f"`{best['arch']}` | {best['score']:.6g}" if best else "- | -")
+                    + f" | {' '.join(f'`{a}`' for a in r['beam'])} |"
+                )
+            lines.append("")
+        lines += ["![beam scores](beam_scores.png)", ""]
+    lines += ["## Training", "", "| phase | steps | final loss | time |", "|---|---|---|---|"]
+    phases = summary.get("phases", {})
+    for name in ("step1", "step2", "finetune"):
+        p = phases.get(name)
+        if p is None and name == "finetune":
+            p = {"result": summary["finetune"], "seconds": summary["finetune"]["seconds"]}
+        if p is not None:
+            r = p["result"]
+            lines.append(f"| {name} | {r['steps']} | {r['final_loss']:.6g} | {_seconds(p['seconds'])} |")
+    for name in ("search1", "search2"):
+        if name in phases:
+            lines.append(f"| {name} (beam search) | - | - | {_seconds(phases[name]['seconds'])} |")
+    lines += [
+        "",
+        f"Unreadable images skipped during training: {summary['skipped_training_images']}"
+        + (f"; among the held-out images: {', '.join(summary['skipped_images'])}" if summary["skipped_images"] else ""),
+        "",
+        "![architecture](architecture.png)",
+        "",
+        "![loss](loss.png)",
+        "",
+        "## Files",
+        "",
+        "- `model/`: the final hybrid (`jetvit.save` format)",
+        "- `config.yaml`: the resolved config of this run",
+        "- `summary.json`, `trajectory.json`: results and every candidate scored in every round"
+        if trajectories
+        else "- `summary.json`: results",
+        "- `metrics.jsonl`, `tb/`: training curves (JSON lines, TensorBoard)",
+        "- `architecture.png`, `loss.png`" + (", `beam_scores.png`" if trajectories else ""),
+        "- `ckpt/`, `search/`, `state.json`: resume state (rerun the same command to continue an interrupted run)",
+        "",
+    ]
+    atomic_write_text(out / "report.md", "\n".join(lines))
