@@ -1,0 +1,201 @@
+"""Loading pretrained teachers into `HybridViT` (architecture all `F`: the teacher exactly).
+
+`load_teacher(src)` dispatches on what `src` is:
+
+| src | converter |
+|---|---|
+| a directory written by `jetvit.save` | `jetvit.io.load` (any arch) |
+| a Hugging Face directory, `config.json` `model_type` = `dinov3_vit` | `hf_dinov3` |
+| ... `dinov2` / `dinov2_with_registers` | `hf_dinov2` |
+| ... `depth_anything` (DAv2 relative or metric) | `hf_depth_anything` |
+| a `.pth` / `.pt` / `.safetensors` file, official DINOv3 keys | `official_dinov3` |
+| ... official DINOv2 or Depth-Anything-V2 keys (`pretrained.*` + `depth_head.*`) | `official_dinov2` |
+| anything else of the form `owner/name` | a Hub id: `huggingface_hub.snapshot_download`, then as a directory |
+
+A Hub id resolves from the local cache when offline.
+
+Every converter is a pure state-dict -> state-dict function built from explicit key tables; unknown or missing
+tensors raise a ValueError naming them and the model is loaded strictly. Files are read without running code:
+safetensors, or `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from jetvit.model import HybridViT, ViTConfig
+from jetvit.teachers import common
+
+HF_MODEL_TYPES = ("dinov3_vit", "dinov2", "dinov2_with_registers", "depth_anything")
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def load_teacher(
+    src: str | os.PathLike,
+    *,
+    size: str | None = None,
+    num_heads: int | None = None,
+    head_layers: list[int] | None = None,
+    metric: bool | None = None,
+    max_depth: float | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> HybridViT:
+    """Load a pretrained teacher (or a saved hybrid) as a `HybridViT` in eval mode, fp32, on the CPU.
+
+    src: a `jetvit.save` directory, a Hugging Face model directory, an official checkpoint file, or a Hub id.
+    Options for official checkpoint files only (their size is otherwise read from the tensors' shapes):
+      size: a released size name (DINOv3 `vits16`, `vitl16plus`, `vit7b16`...; DINOv2/DAv2 `vits`..`vitg`);
+      num_heads: the number of heads of a non-released size;
+      head_layers: the 4 blocks a DAv2 head reads, for a non-released size;
+      metric, max_depth: a DAv2 metric head (sigmoid * max_depth). The file cannot tell; released file names
+        (`..._metric_hypersim_...` 20 m, `..._metric_vkitti_...` 80 m) are read when these are not given.
+    Hub options: revision, cache_dir, local_files_only (as in `huggingface_hub.snapshot_download`).
+    """
+    official_opts = {
+        "size": size,
+        "num_heads": num_heads,
+        "head_layers": head_layers,
+        "metric": metric,
+        "max_depth": max_depth,
+    }
+    path = Path(src)
+    if path.is_dir():
+        _reject_official_options(official_opts, path)
+        return _load_dir(path)
+    if path.is_file():
+        return _load_file(path, **official_opts)
+    if path.suffix in WEIGHT_SUFFIXES or not _HUB_ID.match(str(src)):
+        raise FileNotFoundError(
+            f"no such file or directory: {src} (expected a model directory, a checkpoint file {WEIGHT_SUFFIXES}, "
+            f"or a Hub id like 'facebook/dinov3-vits16-pretrain-lvd1689m')"
+        )
+    _reject_official_options(official_opts, path)
+    return _load_dir(_hub_snapshot(str(src), revision=revision, cache_dir=cache_dir, local_files_only=local_files_only))
+
+
+def _reject_official_options(opts: dict[str, Any], src: Path) -> None:
+    given = sorted(k for k, v in opts.items() if v is not None)
+    if given:
+        raise ValueError(f"options {given} apply to official checkpoint files only; {src} carries its own config")
+
+
+def _hub_snapshot(repo_id: str, *, revision: str | None, cache_dir: Any, local_files_only: bool) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:  # optional dependency
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local path, and resolving it as a Hub id needs huggingface_hub "
+            f"(pip install jetvit[hub])"
+        ) from e
+    patterns = ["config.json", "*.safetensors", "model.safetensors.index.json"]
+    try:
+        folder = snapshot_download(
+            repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=local_files_only
+        )
+    except Exception as e:  # offline and not cached, no such repo, gated...: say which and what to do
+        raise FileNotFoundError(
+            f"{repo_id!r} is not a local path and could not be resolved as a Hugging Face Hub id "
+            f"({type(e).__name__}: {e}). If offline, download it first where there is a connection "
+            f"(huggingface-cli download {repo_id}) or pass a local directory"
+        ) from e
+    return Path(folder)
+
+
+def _load_dir(path: Path) -> HybridViT:
+    from jetvit import io
+
+    if io.is_jetvit_dir(path):
+        return io.load(path)
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise ValueError(
+            f"{path} is not a model directory: it has no config.json (expected a jetvit.save directory or a Hugging "
+            f"Face model directory with config.json and safetensors weights)"
+        )
+    try:
+        hf_config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+    model_type = hf_config.get("model_type") if isinstance(hf_config, dict) else None
+    if model_type not in HF_MODEL_TYPES:
+        raise ValueError(f"{path}: unsupported model_type {model_type!r} in config.json; supported: {HF_MODEL_TYPES}")
+    cfg, convert = _hf_converter(hf_config)
+    sd = common.read_hf_weights(path)
+    return _build(cfg, convert(sd, cfg, source=str(path)), source=str(path))
+
+
+def _hf_converter(hf_config: dict[str, Any]):
+    """(ViTConfig, convert(sd, cfg, source=...)) for an HF config."""
+    model_type = hf_config["model_type"]
+    if model_type == "dinov3_vit":
+        from jetvit.teachers import hf_dinov3
+
+        return hf_dinov3.config_from_hf(hf_config), lambda sd, cfg, source: hf_dinov3.convert_state_dict(
+            sd, hf_config, source=source
+        )
+    if model_type == "depth_anything":
+        from jetvit.teachers import hf_depth_anything
+
+        return hf_depth_anything.config_from_hf(hf_config), hf_depth_anything.convert_state_dict
+    from jetvit.teachers import hf_dinov2
+
+    return hf_dinov2.config_from_hf(hf_config), hf_dinov2.convert_state_dict
+
+
+def _load_file(path: Path, **opts: Any) -> HybridViT:
+    from jetvit.teachers import official_dinov2, official_dinov3
+
+    sd = common.read_weights(path)
+    if official_dinov3.is_official_dinov3(sd):
+        dinov3_opts = {k: v for k, v in opts.items() if v is not None and k not in ("size", "num_heads")}
+        if dinov3_opts:
+            raise ValueError(
+                f"options {sorted(dinov3_opts)} apply to Depth-Anything-V2 checkpoints, not DINOv3 ({path})"
+            )
+        cfg = official_dinov3.config_from_state_dict(sd, size=opts["size"], num_heads=opts["num_heads"])
+        return _build(cfg, official_dinov3.convert_state_dict(sd, cfg, source=str(path)), source=str(path))
+    if official_dinov2.is_official_dav2(sd) or official_dinov2.is_official_dinov2(sd):
+        cfg = official_dinov2.config_from_state_dict(sd, path=path, **opts)
+        return _build(cfg, official_dinov2.convert_state_dict(sd, cfg, source=str(path)), source=str(path))
+    if any(
+        k.startswith(("embeddings.", "backbone.embeddings.", "encoder.layer.", "model.layer.", "layer.")) for k in sd
+    ):
+        raise ValueError(
+            f"{path} holds Hugging Face tensor names: pass the directory that holds it with its config.json instead"
+        )
+    sample = sorted(sd)[:8]
+    raise ValueError(
+        f"{path}: unknown checkpoint format (keys {sample}...); expected official DINOv3 (cls_token, storage_tokens, "
+        f"blocks.N.attn.qkv...), official DINOv2 (pos_embed, blocks.N...) or Depth-Anything-V2 "
+        f"(pretrained.*, depth_head.*)"
+    )
+
+
+def _build(cfg: ViTConfig, sd: dict, *, source: str) -> HybridViT:
+    from jetvit.io import load_state_dict_strict
+
+    model = HybridViT(cfg)
+    load_state_dict_strict(model, {k: v.float() for k, v in sd.items()}, source=source)
+    return model.eval()
+
+
+def describe_size(cfg: ViTConfig) -> str:
+    """A released size name (`vitl16`, `vits14`...) for a config, or `custom (dim D, depth L, heads H)`."""
+    from jetvit.teachers import official_dinov2, official_dinov3
+
+    name = None
+    if cfg.patch_size == 16:
+        name = official_dinov3.size_name(cfg)
+    elif cfg.patch_size == 14:
+        name = official_dinov2.size_name(cfg)
+    return name or f"custom (dim {cfg.dim}, depth {cfg.depth}, heads {cfg.num_heads})"
+
+
+__all__ = ["load_teacher", "describe_size", "HF_MODEL_TYPES"]
