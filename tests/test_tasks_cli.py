@@ -1,0 +1,153 @@
+"""`jetvit probe` and `jetvit eval` run for real on tiny saved models and tiny generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import jetvit
+from jetvit.cli import main
+from jetvit.model import HybridViT, ViTConfig
+from jetvit.tasks.depth import predict_depth
+
+torch.set_num_threads(1)
+COLOURS = np.array([[255, 0, 0], [0, 0, 255], [0, 255, 0]], dtype=np.uint8)
+SIZE = 32
+
+
+def randomise(model: HybridViT, seed: int = 0) -> HybridViT:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.eval()
+
+
+def write_seg_folder(root: Path, n: int, seed: int) -> None:
+    """Images whose class is the colour of each 8x8 patch, with the matching index masks."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for i in range(n):
+        label = rng.integers(0, 3, (SIZE // 8, 48 // 8)).repeat(8, 0).repeat(8, 1)
+        Image.fromarray(COLOURS[label]).save(root / "images" / f"{i}.png")
+        Image.fromarray(label.astype(np.uint8), mode="L").save(root / "masks" / f"{i}.png")
+
+
+@pytest.fixture(scope="module")
+def seg_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("seg")
+    torch.manual_seed(0)
+    cfg = ViTConfig(dim=32, depth=3, num_heads=2, mlp_hidden=64, patch_size=8, num_registers=1, window_size=2)
+    teacher = HybridViT(cfg).eval()
+    jetvit.save(teacher, root / "teacher")
+    jetvit.save(jetvit.convert(teacher, "LWF"), root / "student")
+    write_seg_folder(root / "data" / "train", 6, seed=0)
+    write_seg_folder(root / "data" / "val", 3, seed=1)
+    code = main(
+        ["probe", "--teacher", str(root / "teacher"), "--data", str(root / "data"), "--dataset", "folder",
+         "--num-classes", "3", "--out", str(root / "probe"), "--iterations", "60", "--batch-size", "4",
+         "--crop", "32", "--lr", "0.01", "--warmup", "0", "--eval-short-side", "32", "--eval-crop", "32",
+         "--eval-stride", "16", "--device", "cpu", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    return {"root": root, "teacher": root / "teacher", "student": root / "student", "probe": root / "probe"}
+
+
+def test_probe_writes_head_and_results(seg_setup: dict[str, Path], capsys: pytest.CaptureFixture) -> None:
+    probe = seg_setup["probe"]
+    meta = json.loads((probe / "head.json").read_text())
+    results = json.loads((probe / "results.json").read_text())
+    assert (probe / "head.safetensors").is_file()
+    assert meta["config"] == {"in_dim": 32, "num_classes": 3, "dropout": 0.1}
+    assert meta["meta"]["probe"]["iterations"] == 60 and meta["meta"]["dataset"] == "folder"
+    assert results["val"]["miou"] == meta["meta"]["miou"] > 0.8
+    assert len(results["val"]["per_class_iou"]) == 3
+
+
+def test_eval_seg_side_by_side(seg_setup: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    s = seg_setup
+    code = main(
+        ["eval", "--model", str(s["student"]), "--teacher", str(s["teacher"]), "--task", "seg",
+         "--data", str(s["root"] / "data"), "--num-classes", "3", "--head", str(s["probe"]), "--out", str(tmp_path),
+         "--figures", "2", "--device", "cpu", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "teacher" in printed and "student" in printed and "mIoU" in printed
+    report = json.loads((tmp_path / "results.json").read_text())
+    assert report["archs"] == {"teacher": "FFF", "student": "LWF"}
+    # Same probe, data and windows as `jetvit probe` used: the teacher's mIoU is reproduced exactly.
+    probe_miou = json.loads((s["probe"] / "results.json").read_text())["val"]["miou"]
+    assert report["results"]["teacher"]["miou"] == pytest.approx(probe_miou)
+    assert 0 <= report["results"]["student"]["miou"] <= 1
+    assert [Path(f).name for f in report["figures"]] == ["000.png", "001.png"]
+    with Image.open(report["figures"][0]) as im:
+        assert im.width > 2 * im.height  # four panels in a row
+
+
+def test_eval_user_mistakes_are_one_line_errors(seg_setup: dict[str, Path], tmp_path: Path, capsys) -> None:
+    s = seg_setup
+    base = ["eval", "--model", str(s["student"]), "--data", str(s["root"] / "data"), "--out", str(tmp_path)]
+    assert main([*base, "--task", "seg", "--num-classes", "3"]) == 2
+    assert "--task seg needs --head" in capsys.readouterr().err
+    assert main([*base, "--task", "seg", "--dataset", "da2k", "--head", str(s["probe"])]) == 2
+    assert "'da2k' does not fit --task seg" in capsys.readouterr().err
+    assert main([*base, "--task", "depth"]) == 2
+    assert "no depth head" in capsys.readouterr().err
+    assert main([*base, "--task", "seg", "--num-classes", "3", "--head", str(tmp_path / "nothing")]) == 2
+    assert "no segmentation head" in capsys.readouterr().err
+
+
+def tiny_depth_teacher() -> HybridViT:
+    head = dict(in_dim=32, features=16, out_channels=[8, 8, 16, 16], layers=[0, 1, 2, 3])
+    cfg = ViTConfig(
+        family="depth_anything_v2", img_size=32, patch_size=8, dim=32, depth=4, num_heads=2, mlp_hidden=64,
+        num_registers=0, k_bias=True, norm_eps=1e-6, pos_embed="learned", window_size=2, depth_head=head,
+    )  # fmt: skip
+    model = randomise(HybridViT(cfg))
+    with torch.no_grad():
+        model.depth_head.scratch.output_conv2[2].bias.fill_(1.0)  # keep the relative ReLU output positive
+    return model
+
+
+def test_eval_depth_and_da2k(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    teacher = tiny_depth_teacher()
+    jetvit.save(teacher, tmp_path / "teacher")
+    jetvit.save(jetvit.convert(teacher, "LLWF"), tmp_path / "student")
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "depth").mkdir()
+    rng = np.random.default_rng(0)
+    pairs = {}
+    for i in range(2):
+        rgb = rng.integers(0, 256, (SIZE, 48, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(data / "images" / f"{i}.png")
+        disparity = predict_depth(teacher, torch.from_numpy(rgb).permute(2, 0, 1)[None] / 255, short_side=SIZE)[0]
+        depth_m = 1.0 / (disparity.numpy() / (20 * float(disparity.max())) + 1 / 60)  # 15..60 m, affine in 1/depth
+        depth_mm = np.round(1000.0 * depth_m)  # 16-bit PNG in millimetres
+        Image.fromarray(depth_mm.astype(np.uint16)).save(data / "depth" / f"{i}.png")
+        hi, lo = divmod(int(disparity.argmax()), 48), divmod(int(disparity.argmin()), 48)
+        pairs[f"images/{i}.png"] = [{"point1": list(lo), "point2": list(hi), "closer_point": "point2"}]
+    (data / "annotations.json").write_text(json.dumps(pairs))
+
+    common = ["--model", str(tmp_path / "student"), "--teacher", str(tmp_path / "teacher"), "--task", "depth",
+              "--data", str(data), "--short-side", str(SIZE), "--device", "cpu", "--no-progress"]  # fmt: skip
+    assert main(["eval", *common, "--out", str(tmp_path / "depth")]) == 0
+    report = json.loads((tmp_path / "depth" / "results.json").read_text())
+    teacher_r, student_r = report["results"]["teacher"], report["results"]["student"]
+    assert report["metric_kind"] == "depth" and teacher_r["align"] == "disparity"
+    assert teacher_r["abs_rel"] < 1e-4 and teacher_r["delta1"] == 1.0  # only millimetre rounding is left
+    assert student_r["abs_rel"] > teacher_r["abs_rel"]
+    assert len(report["figures"]) == 2 and all(Path(f).is_file() for f in report["figures"])
+    assert "AbsRel" in capsys.readouterr().out
+
+    assert main(["eval", *common, "--dataset", "da2k", "--out", str(tmp_path / "da2k"), "--figures", "1"]) == 0
+    report = json.loads((tmp_path / "da2k" / "results.json").read_text())
+    assert report["metric_kind"] == "da2k" and report["results"]["teacher"]["accuracy"] == 1.0
+    assert report["results"]["student"]["num_pairs"] == 2 and len(report["figures"]) == 1
