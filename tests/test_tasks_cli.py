@@ -151,3 +151,27 @@ def test_eval_depth_and_da2k(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     report = json.loads((tmp_path / "da2k" / "results.json").read_text())
     assert report["metric_kind"] == "da2k" and report["results"]["teacher"]["accuracy"] == 1.0
     assert report["results"]["student"]["num_pairs"] == 2 and len(report["figures"]) == 1
+
+
+def test_search_plugs_in_the_segmentation_scorer(seg_setup: dict[str, Path]) -> None:
+    from jetvit.search.scorers import build_scorer
+
+    s = seg_setup
+    teacher = jetvit.load(s["teacher"])
+    common = dict(teacher=teacher, images=torch.zeros(1, 3, SIZE, SIZE), targets=[2], batch_size=1, device="cpu")
+    options = {"data": str(s["root"] / "data"), "num_classes": 3, "head": str(s["probe"]), "size": None}
+    scorer = build_scorer("jetvit.tasks.scorers:segmentation_scorer", **common, options=options)
+    probe_miou = json.loads((s["probe"] / "results.json").read_text())["val"]["miou"]
+    assert scorer.name == "miou" and scorer(teacher) == pytest.approx(probe_miou)
+    # Without a head the factory trains one on the teacher from the given recipe.
+    recipe = {
+        "iterations": 2,
+        "batch_size": 2,
+        "crop": SIZE,
+        "eval_short_side": SIZE,
+        "eval_crop": SIZE,
+        "eval_stride": 16,
+    }
+    options = {"data": str(s["root"] / "data"), "num_classes": 3, "probe": recipe, "size": 2}
+    scorer = build_scorer("jetvit.tasks.scorers:segmentation_scorer", **common, options=options)
+    assert 0 <= scorer(jetvit.load(s["student"])) <= 1 and len(scorer.dataset) == 2

@@ -96,6 +96,20 @@ def test_relative_depth_eval_is_perfect_against_its_own_aligned_prediction(tmp_p
     assert scorer(teacher) == pytest.approx(0.0, abs=1e-4)
     assert scorer.last_seconds > 0 and scorer.last_result["num_images"] == 2
 
+    # The same through the search's plug-in point, as a run config names it.
+    from jetvit.search.scorers import build_scorer
+
+    scorer = build_scorer(
+        "jetvit.tasks.scorers:depth_scorer",
+        teacher=teacher,
+        images=torch.zeros(1, 3, SHORT, SHORT),
+        targets=[3],
+        batch_size=1,
+        device="cpu",
+        options={"data": str(tmp_path), "short_side": SHORT},
+    )
+    assert scorer.name == "delta1" and scorer(jetvit.convert(teacher, "FFFF")) == 1.0
+
 
 def test_da2k_eval_and_scorer(tmp_path: Path) -> None:
     teacher = tiny_depth_teacher()

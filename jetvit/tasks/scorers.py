@@ -103,3 +103,85 @@ class DepthScorer:
         self.last_seconds = time.perf_counter() - start
         self.last_result = result
         return float(value)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Factories for the search config: `score.scorer: "jetvit.tasks.scorers:segmentation_scorer"`, `score.options: {...}`
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def segmentation_scorer(
+    *,
+    teacher: nn.Module,
+    data: str,
+    dataset: str = "folder",
+    split: str = "val",
+    num_classes: int | None = None,
+    head: str | None = None,
+    train_split: str = "train",
+    probe: dict[str, Any] | None = None,
+    size: int | None = 16,
+    seed: int = 0,
+    short_side: int | None = None,
+    crop: int | None = None,
+    stride: int | None = None,
+    **_: Any,
+) -> SegmentationScorer:
+    """A `SegmentationScorer` from config options. head: a probe written by `jetvit probe`; without one, a probe is
+    trained on the teacher here (on `train_split`, recipe `probe`: `ProbeConfig` fields). The evaluation subset is
+    `size` images of `split`, fixed by `seed`; windows default to the probe's."""
+    from jetvit.tasks.datasets import build_segmentation_dataset
+    from jetvit.tasks.segmentation import ProbeConfig, load_probe, train_probe
+
+    val = build_segmentation_dataset(dataset, data, split=split, num_classes=num_classes)
+    if head is not None:
+        if probe:
+            raise ValueError("score.options: give either head (a trained probe) or probe (a recipe to train one)")
+        seg_head, meta = load_probe(head)
+        recipe = ProbeConfig.from_dict(meta.get("probe", {}))
+    else:
+        recipe = ProbeConfig.from_dict(probe or {})
+        train = build_segmentation_dataset(dataset, data, split=train_split, num_classes=num_classes)
+        seg_head = train_probe(teacher, train, recipe, num_classes=train.num_classes, progress=False)
+    if seg_head.cfg.num_classes != val.num_classes:
+        raise ValueError(f"the probe predicts {seg_head.cfg.num_classes} classes, {dataset} has {val.num_classes}")
+    return SegmentationScorer(
+        seg_head,
+        val,
+        size=size,
+        seed=seed,
+        short_side=short_side or recipe.eval_short_side,
+        crop=crop or recipe.eval_crop,
+        stride=stride or recipe.eval_stride,
+        layer=recipe.layer,
+    )
+
+
+def depth_scorer(
+    *,
+    teacher: nn.Module,
+    data: str,
+    dataset: str = "folder",
+    score: str | None = None,
+    size: int | None = 16,
+    seed: int = 0,
+    short_side: int = 518,
+    depth_scale: float = 1000.0,
+    annotations: str = "annotations.json",
+    **_: Any,
+) -> DepthScorer:
+    """A `DepthScorer` with the teacher's DPT head. dataset: "folder" (depth maps; score delta1 or neg_abs_rel,
+    default delta1) or "da2k" (score da2k)."""
+    from jetvit.tasks.datasets import DA2K, DepthFolder
+
+    if getattr(teacher, "depth_head", None) is None:
+        raise ValueError("the depth scorer needs a teacher with a DPT head (a Depth-Anything-V2 teacher)")
+    if dataset == "da2k":
+        subset, score = DA2K(data, annotations=annotations), score or "da2k"
+    elif dataset == "folder":
+        subset, score = DepthFolder(data, depth_scale=depth_scale), score or "delta1"
+    else:
+        raise ValueError(f"depth scorer dataset must be 'folder' or 'da2k', got {dataset!r}")
+    if (score == "da2k") != (dataset == "da2k"):
+        raise ValueError(f"score {score!r} does not fit dataset {dataset!r}")
+    return DepthScorer(teacher.depth_head, subset, score=score, size=size, seed=seed, short_side=short_side)
