@@ -1,0 +1,105 @@
+"""`jetvit info SRC [--res HxW] [--json]`: describe a teacher or a saved hybrid.
+
+Prints the family, size, architecture, parameter counts and the model's own FLOP count at one resolution (default:
+the native one), with a per-block table (kind, parameters, FLOPs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from jetvit.cli.convert import add_teacher_source_arguments, teacher_options
+
+
+def parse_res(text: str) -> tuple[int, int]:
+    """`HxW` or `S` (square) -> (H, W)."""
+    parts = text.lower().split("x")
+    try:
+        hw = [int(p) for p in parts]
+    except ValueError:
+        hw = []
+    if len(hw) == 1:
+        hw = hw * 2
+    if len(hw) != 2 or min(hw) < 1:
+        raise argparse.ArgumentTypeError(f"resolution must be HxW or S (e.g. 512x1024 or 518), got {text!r}")
+    return hw[0], hw[1]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "src", metavar="SRC|DIR", help="teacher (HF dir or Hub id, official .pth) or a jetvit directory"
+    )
+    parser.add_argument(
+        "--res", type=parse_res, metavar="HxW", help="resolution for FLOPs (default: the model's native size)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+    add_teacher_source_arguments(parser)
+
+
+def describe(model: Any, res: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The facts `jetvit info` reports, as a JSON-able dict."""
+    from jetvit.teachers import describe_size
+
+    cfg = model.cfg
+    H, W = res or (cfg.img_size, cfg.img_size)
+    flops = model.flops(H, W)  # raises ValueError for a size that is not a patch multiple
+    head = model.depth_head
+    blocks = [
+        {"index": i, "kind": blk.kind, "parameters": sum(p.numel() for p in blk.parameters()), "flops": f}
+        for i, (blk, f) in enumerate(zip(model.blocks, flops["blocks"]))
+    ]
+    total = sum(p.numel() for p in model.parameters())
+    head_params = sum(p.numel() for p in head.parameters()) if head is not None else 0
+    return {
+        "family": cfg.family,
+        "size": describe_size(cfg),
+        "arch": model.arch,
+        "depth": cfg.depth,
+        "dim": cfg.dim,
+        "num_heads": cfg.num_heads,
+        "patch_size": cfg.patch_size,
+        "prefix_tokens": cfg.num_prefix_tokens,
+        "window_size": cfg.window_size,
+        "depth_head": head is not None,
+        "parameters": {"total": total, "backbone": total - head_params, "head": head_params},
+        "resolution": [H, W],
+        "flops": {"total": flops["total"], "embed": flops["embed"], "head": flops["head"]},
+        "blocks": blocks,
+    }
+
+
+def format_report(info: dict[str, Any], src: str) -> str:
+    arch = info["arch"]
+    counts = ", ".join(f"{arch.count(k)} {k}" for k in "FWL" if k in arch)
+    p, f = info["parameters"], info["flops"]
+    H, W = info["resolution"]
+    lines = [
+        f"source       {src}",
+        f"family       {info['family']}",
+        f"size         {info['size']} (dim {info['dim']}, depth {info['depth']}, heads {info['num_heads']}, "
+        f"patch {info['patch_size']}, {info['prefix_tokens']} prefix tokens)",
+        f"arch         {arch} ({counts}" + (f"; window {info['window_size']}" if "W" in arch else "") + ")",
+        f"parameters   {p['total'] / 1e6:.3f} M "
+        f"(backbone {p['backbone'] / 1e6:.3f} M, depth head {p['head'] / 1e6:.3f} M)",
+        f"FLOPs        {f['total'] / 1e9:.3f} G at {H}x{W} "
+        f"(embed {f['embed'] / 1e9:.3f} G, head {f['head'] / 1e9:.3f} G)",
+        "",
+        f"{'block':>5}  {'kind':4}  {'params (M)':>10}  {'GFLOPs':>9}  {'share':>6}",
+    ]
+    for b in info["blocks"]:
+        share = b["flops"] / f["total"] if f["total"] else 0.0
+        lines.append(
+            f"{b['index']:>5}  {b['kind']:4}  {b['parameters'] / 1e6:>10.3f}  {b['flops'] / 1e9:>9.3f}  {share:>6.1%}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jetvit.teachers import load_teacher
+
+    model = load_teacher(args.src, **teacher_options(args))
+    info = describe(model, args.res)
+    print(json.dumps(info, indent=2) if args.json else format_report(info, args.src))
+    return 0
