@@ -24,20 +24,10 @@ def default_device() -> str:
 
 
 def load_source(src: str, *, device: str) -> torch.nn.Module:
-    """A jetvit directory (written by `jetvit.save`) or any teacher source `jetvit.teachers.load_teacher` accepts."""
-    from jetvit.io import is_jetvit_dir
+    """A teacher source (HF id/dir, official checkpoint) or a `jetvit.save` directory, in eval mode on `device`."""
+    from jetvit.teachers import load_teacher
 
-    if is_jetvit_dir(src):
-        import jetvit
-
-        model = jetvit.load(src)
-    else:
-        try:
-            from jetvit.teachers import load_teacher
-        except ImportError as e:
-            raise ValueError(f"{src} is not a jetvit model directory and teacher loading is unavailable: {e}") from e
-        model = load_teacher(src)
-    return model.to(device).eval()
+    return load_teacher(src).to(device).eval()
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
