@@ -67,7 +67,7 @@ def _save_5x(hf: torch.nn.Module, directory: Path) -> Path:
 # DINOv3
 
 
-def tiny_dinov3(*, gated: bool, bias: str) -> torch.nn.Module:
+def tiny_dinov3(*, gated: bool, bias: str, rope_theta: float = 100.0) -> torch.nn.Module:
     cfg = transformers.DINOv3ViTConfig(
         hidden_size=D,
         intermediate_size=48,
@@ -81,6 +81,7 @@ def tiny_dinov3(*, gated: bool, bias: str) -> torch.nn.Module:
         value_bias=bias != "none",
         key_bias=bias == "qkv",
         layerscale_value=0.5,
+        rope_theta=rope_theta,
     )
     torch.manual_seed(0)
     return _perturb(transformers.DINOv3ViTModel(cfg))
@@ -147,13 +148,13 @@ def official_dinov3_state_dict(hf: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-@pytest.mark.parametrize("gated", [False, True])
-def test_official_dinov3_pth_matches_transformers(tmp_path: Path, gated: bool) -> None:
-    hf = tiny_dinov3(gated=gated, bias="qv")
+@pytest.mark.parametrize("gated,rope_theta", [(False, 100.0), (True, 1000.0)])
+def test_official_dinov3_pth_matches_transformers(tmp_path: Path, gated: bool, rope_theta: float) -> None:
+    hf = tiny_dinov3(gated=gated, bias="qv", rope_theta=rope_theta)
     torch.save(official_dinov3_state_dict(hf), tmp_path / "dinov3_tiny.pth")
     model = load_teacher(tmp_path / "dinov3_tiny.pth")  # heads from rope_embed.periods
     assert (model.cfg.num_heads, model.cfg.depth, model.cfg.num_registers, model.cfg.k_bias) == (HEADS, 2, 4, False)
-    assert model.cfg.rope_base == pytest.approx(100.0)
+    assert model.cfg.rope_base == pytest.approx(rope_theta)  # read from rope_embed.periods
     assert torch.count_nonzero(model.blocks[0].attn.qkv.bias[D : 2 * D]) == 0
     x = torch.randn(1, 3, 80, 112)
     _assert_hidden_states(model, _hf_hidden_states(hf, x), x)
@@ -272,31 +273,52 @@ def test_hf_depth_anything_matches_transformers(tmp_path: Path, kind: str, max_d
         assert torch.equal(v, model5.state_dict()[k]), k
 
 
-def official_dav2_state_dict(hf: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The official Depth-Anything-V2 `.pth` layout of an HF model (the documented key maps, written out here)."""
-    sd, bb = hf.state_dict(), "backbone."
+def official_dinov2_state_dict(sd: dict[str, torch.Tensor], cfg, *, src: str = "", dst: str = "") -> dict:
+    """The official DINOv2 layout of an HF Dinov2(+registers) state dict (5.x names under `src`), keys under `dst`."""
     out = {
-        "pretrained.cls_token": sd[bb + "embeddings.cls_token"],
-        "pretrained.pos_embed": sd[bb + "embeddings.position_embeddings"],
-        "pretrained.mask_token": sd[bb + "embeddings.mask_token"],
-        "pretrained.patch_embed.proj.weight": sd[bb + "embeddings.patch_embeddings.projection.weight"],
-        "pretrained.patch_embed.proj.bias": sd[bb + "embeddings.patch_embeddings.projection.bias"],
-        "pretrained.norm.weight": sd[bb + "layernorm.weight"],
-        "pretrained.norm.bias": sd[bb + "layernorm.bias"],
+        dst + "cls_token": sd[src + "embeddings.cls_token"],
+        dst + "pos_embed": sd[src + "embeddings.position_embeddings"],
+        dst + "mask_token": sd[src + "embeddings.mask_token"],
+        dst + "patch_embed.proj.weight": sd[src + "embeddings.patch_embeddings.projection.weight"],
+        dst + "patch_embed.proj.bias": sd[src + "embeddings.patch_embeddings.projection.bias"],
+        dst + "norm.weight": sd[src + "layernorm.weight"],
+        dst + "norm.bias": sd[src + "layernorm.bias"],
     }
-    for i in range(hf.config.backbone_config.num_hidden_layers):
-        s, b = f"{bb}encoder.layer.{i}.", f"pretrained.blocks.{i}."
+    if src + "embeddings.register_tokens" in sd:
+        out[dst + "register_tokens"] = sd[src + "embeddings.register_tokens"]
+    for i in range(cfg.num_hidden_layers):
+        s, b = f"{src}encoder.layer.{i}.", f"{dst}blocks.{i}."
         for w in ("weight", "bias"):
             out[f"{b}attn.qkv.{w}"] = torch.cat([sd[f"{s}attention.{n}_proj.{w}"] for n in "qkv"])
             out[f"{b}attn.proj.{w}"] = sd[f"{s}attention.o_proj.{w}"]
             for n in ("norm1", "norm2"):
                 out[f"{b}{n}.{w}"] = sd[f"{s}{n}.{w}"]
-            if hf.config.backbone_config.use_swiglu_ffn:  # giant: gate and up fused in w12, gate first
+            if cfg.use_swiglu_ffn:  # giant: gate and up fused in w12, gate first
                 out[f"{b}mlp.w12.{w}"] = torch.cat([sd[f"{s}mlp.gate_proj.{w}"], sd[f"{s}mlp.up_proj.{w}"]])
                 out[f"{b}mlp.w3.{w}"] = sd[f"{s}mlp.down_proj.{w}"]
             else:
                 out[f"{b}mlp.fc1.{w}"], out[f"{b}mlp.fc2.{w}"] = sd[f"{s}mlp.fc1.{w}"], sd[f"{s}mlp.fc2.{w}"]
         out[b + "ls1.gamma"], out[b + "ls2.gamma"] = sd[s + "layer_scale1.lambda1"], sd[s + "layer_scale2.lambda1"]
+    return out
+
+
+@pytest.mark.parametrize("registers", [False, True])
+def test_official_dinov2_pth(tmp_path: Path, registers: bool) -> None:
+    hf = tiny_dinov2(registers=registers, swiglu=False)
+    torch.save(official_dinov2_state_dict(hf.state_dict(), hf.config), tmp_path / "dinov2.pth")
+    model = load_teacher(tmp_path / "dinov2.pth", num_heads=HEADS)
+    assert model.cfg.family == ("dinov2_reg" if registers else "dinov2")
+    # The official register models resize like HF Dinov2WithRegisters (antialiased, to size): they agree anywhere.
+    assert model.cfg.pos_interp == ("hf_antialias" if registers else "official")
+    for size in [(70, 98)] if registers else [(70, 70)]:
+        x = torch.randn(1, 3, *size)
+        _assert_hidden_states(model, _hf_hidden_states(hf, x), x)
+
+
+def official_dav2_state_dict(hf: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The official Depth-Anything-V2 `.pth` layout of an HF model (the documented key maps, written out here)."""
+    sd = hf.state_dict()
+    out = official_dinov2_state_dict(sd, hf.config.backbone_config, src="backbone.", dst="pretrained.")
     for hf_key, official in dpt_hf_to_official_keys().items():
         out[f"depth_head.{official}"] = sd[hf_key]
     return out

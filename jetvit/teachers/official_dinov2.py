@@ -4,7 +4,9 @@
 DINOv2 names are jetvit's own for the blocks; the learned `pos_embed` covers CLS + a square grid (37x37 at 518 px)
 and `register_tokens` follow CLS. Giant uses SwiGLU with gate and up fused in `mlp.w12` (gate first): split into
 `w1`/`w2`. DAv2 files hold the backbone under `pretrained.` and the DPT head under `depth_head.` (already jetvit's
-`DPTHead` names). Both interpolate the position embedding the official way (`pos_interp="official"`).
+`DPTHead` names). DINOv2 and DAv2 interpolate the position embedding the official way (`pos_interp="official"`,
++0.1 offset in the scale factor); the DINOv2 register models resize to the target size with antialiasing
+(`hf_antialias`, what HF Dinov2WithRegisters copies).
 
 The size comes from the tensors: width from `cls_token`, depth from the block count, grid from `pos_embed`, the
 DPT widths from the head's weights. The number of heads and the head's backbone blocks come from `RELEASED` by width
@@ -133,7 +135,9 @@ def backbone_config_from_state_dict(
         layerscale=f"{p}blocks.0.ls1.gamma" in sd,
         norm_eps=NORM_EPS,
         pos_embed="learned",
-        pos_interp="official",
+        # DINOv2 and DAv2 resize with a +0.1 offset in the scale factor; the register models are built with
+        # interpolate_offset=0 and antialias=True: an antialiased bicubic resize to the target size.
+        pos_interp="hf_antialias" if registers else "official",
     )
 
 
