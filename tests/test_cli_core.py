@@ -97,3 +97,32 @@ def test_module_entry_point(teacher_dir: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "family       dinov3" in proc.stdout and "FFF" in proc.stdout
+
+
+def test_convert_official_dav2_file_with_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from jetvit.model import HybridViT, ViTConfig
+
+    head = {"in_dim": 32, "features": 16, "out_channels": [8, 12, 16, 20], "layers": [0, 1, 2, 3], "head_hidden": 8}
+    cfg = ViTConfig(
+        family="depth_anything_v2", img_size=56, patch_size=14, dim=32, depth=4, num_heads=2, mlp_hidden=64,
+        num_registers=0, k_bias=True, norm_eps=1e-6, pos_embed="learned", depth_head=head,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    source = HybridViT(cfg).state_dict()
+    # jetvit's names are the official ones; an official DAv2 file puts the backbone under `pretrained.`.
+    official = {(k if k.startswith("depth_head.") else f"pretrained.{k}"): v for k, v in source.items()}
+    torch.save(official, tmp_path / "dav2_tiny.pth")
+    args = ["--num-heads", "2", "--head-layers", "0,1,2,3", "--metric", "--max-depth", "20"]
+    out = tmp_path / "student"
+    assert (
+        main(["convert", "--teacher", str(tmp_path / "dav2_tiny.pth"), "--arch", "LLFF", "--out", str(out), *args]) == 0
+    )
+    student = jetvit.load(out)
+    assert student.arch == "LLFF" and student.cfg.pos_interp == "official"
+    assert student.cfg.depth_head["metric"] and student.cfg.depth_head["max_depth"] == 20
+    for name, tensor in source.items():
+        assert torch.equal(student.state_dict()[name], tensor), name
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "dav2_tiny.pth"), "--json", *args]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["depth_head"] and info["parameters"]["head"] > 0 and info["family"] == "depth_anything_v2"

@@ -187,7 +187,7 @@ def _build(cfg: ViTConfig, sd: dict, *, source: str) -> HybridViT:
 
 
 def describe_size(cfg: ViTConfig) -> str:
-    """A released size name (`vitl16`, `vits14`...) for a config, or `custom (dim D, depth L, heads H)`."""
+    """A released size name (`vitl16`, `vits14`...) for a config, or `custom`."""
     from jetvit.teachers import official_dinov2, official_dinov3
 
     name = None
@@ -195,7 +195,7 @@ def describe_size(cfg: ViTConfig) -> str:
         name = official_dinov3.size_name(cfg)
     elif cfg.patch_size == 14:
         name = official_dinov2.size_name(cfg)
-    return name or f"custom (dim {cfg.dim}, depth {cfg.depth}, heads {cfg.num_heads})"
+    return name or "custom"
 
 
 __all__ = ["load_teacher", "describe_size", "HF_MODEL_TYPES"]
