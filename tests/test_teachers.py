@@ -471,7 +471,7 @@ class _Payload:
 def test_untrusted_pickle_never_runs_code(tmp_path: Path) -> None:
     _Payload.target = str(tmp_path / "pwned")
     with open(tmp_path / "evil.pth", "wb") as f:
-        pickle.dump({"cls_token": _Payload()}, f)
+        pickle.dump({"cls_token": _Payload()}, f, protocol=2)
     with pytest.raises(ValueError, match="weights_only"):
         load_teacher(tmp_path / "evil.pth")
     assert not (tmp_path / "pwned").exists()
