@@ -158,15 +158,35 @@ def linear_attention_naive(q: Tensor, k: Tensor, v: Tensor, *, eps: float = 1e-6
     return ((a @ v.double()) / (a.sum(-1, keepdim=True) + eps)).to(v.dtype)
 
 
+def _grouped_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
+    B, C, h, w = x.shape
+    ks = weight.shape[-1]
+    # The batch folded into the channels: (1, B*C, h, w) convolved with (B*C, 1, k, k) kernels, groups = B*C.
+    out = F.conv2d(x.reshape(1, B * C, h, w), weight.reshape(B * C, 1, ks, ks), padding=ks // 2, groups=B * C)
+    return out.reshape(B, C, h, w)
+
+
+@torch.library.custom_op("jetvit::depthwise_conv_per_image", mutates_args=())
+def _depthwise_conv_per_image_op(x: Tensor, weight: Tensor) -> Tensor:
+    return _grouped_depthwise_conv(x, weight).contiguous()
+
+
+@_depthwise_conv_per_image_op.register_fake
+def _(x: Tensor, weight: Tensor) -> Tensor:
+    return x.new_empty(x.shape)  # contiguous, like the real op's output
+
+
 def depthwise_conv_per_image(x: Tensor, weight: Tensor) -> Tensor:
     """Depthwise convolution with a different kernel for every image: x (B, C, h, w), weight (B, C, k, k).
 
     One grouped convolution over the whole batch: the batch is folded into the channels (groups = B*C).
+    Under `torch.compile` the convolution is an opaque custom op: Inductor's convolution lowering would otherwise
+    bake `groups = B*C`, i.e. the batch size, into the graph and recompile for every batch size. Under
+    `torch.export` (ONNX) the plain convolution is traced, the batch then being fixed anyway.
     """
-    B, C, h, w = x.shape
-    ks = weight.shape[-1]
-    out = F.conv2d(x.reshape(1, B * C, h, w), weight.reshape(B * C, 1, ks, ks), padding=ks // 2, groups=B * C)
-    return out.reshape(B, C, h, w)
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        return _depthwise_conv_per_image_op(x, weight)
+    return _grouped_depthwise_conv(x, weight)
 
 
 def depthwise_conv_per_image_naive(x: Tensor, weight: Tensor) -> Tensor:
