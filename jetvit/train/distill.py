@@ -347,6 +347,8 @@ def train_phase(
                     scalars = {"loss": loss_value, "feature_loss": rt.mean(feat_sum / batches.accum), "lr": lr}
                     if grad_norm is not None:
                         scalars["grad_norm"] = grad_norm
+                    if phase.choices is not None:
+                        scalars["path"] = path
                     logger.log(phase.name, phase.global_offset + phase_step, **scalars)
                 bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
             if step + 1 == stage.steps:

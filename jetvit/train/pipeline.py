@@ -70,7 +70,8 @@ def load_teacher_model(src: str, device: torch.device) -> nn.Module:
         load = jetvit.load_teacher
     except AttributeError:  # teachers package without load_teacher yet: saved jetvit directories only
         load = jetvit.load
-    if not Path(src).exists() and "/" not in src:
+    looks_local = src.startswith(("/", ".", "~")) or src.count("/") != 1  # a hub id is "org/name"
+    if looks_local and not Path(src).expanduser().exists():
         raise FileNotFoundError(f"teacher {src!r} not found (a directory written by jetvit.save, or a hub id)")
     teacher = load(src)
     teacher.to(device).eval().requires_grad_(False)

@@ -1,0 +1,207 @@
+"""`jetvit search` / `jetvit distill` through the real CLI on a tiny teacher: outputs, resume after kills, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import jetvit
+from jetvit.cli import main
+from jetvit.model import HybridViT, ViTConfig
+
+TESTS = Path(__file__).resolve().parent
+STEP1 = (
+    "step1.stages=[{resolution: 32, steps: 24, batch_size: 4, lr: 1.0e-3},"
+    " {resolution: 48, steps: 4, batch_size: 4, micro_batch_size: 2, lr: 5.0e-4}]"
+)
+
+
+def make_teacher(path: Path) -> Path:
+    torch.manual_seed(0)
+    cfg = ViTConfig(
+        img_size=32, patch_size=8, dim=32, depth=4, num_heads=2, mlp_hidden=64, num_registers=1, window_size=2
+    )
+    jetvit.save(HybridViT(cfg), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory) -> Path:
+    return make_teacher(tmp_path_factory.mktemp("teacher") / "tiny")
+
+
+def cli(*args: str, env: dict | None = None, wait: bool = True):
+    """Run `python -m jetvit ...` in a fresh process (as a user would)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS), **(env or {})}
+    cmd = [sys.executable, "-m", "jetvit", *args]
+    if not wait:
+        return subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
+
+
+def search_args(teacher: Path, out: Path, *extra: str) -> list[str]:
+    return ["search", "--config", "tiny", "--set", f"teacher={teacher}", "--set", STEP1, "--set",
+            "run.checkpoint_every=3", *[a for e in extra for a in ("--set", e)], "--out", str(out)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def full_run(teacher, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "full"
+    t0 = time.perf_counter()
+    proc = cli(*search_args(teacher, out))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (out / "wall_seconds").write_text(f"{time.perf_counter() - t0:.1f}")
+    return out
+
+
+def test_search_writes_every_output(full_run):
+    out = full_run
+    assert float((out / "wall_seconds").read_text()) < 60
+    files = "report.md config.yaml summary.json trajectory.json metrics.jsonl state.json architecture.png"
+    files += " beam_scores.png loss.png model/config.json model/model.safetensors"
+    for name in files.split():
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert any((out / "tb").glob("events.out.tfevents.*"))
+    summary = json.loads((out / "summary.json").read_text())
+    model = jetvit.load(out / "model")
+    assert model.arch == summary["arch"] and len(model.arch) == 4 and set(model.arch) <= set("LWF")
+    assert summary["arch"].count("F") <= 1  # tiny.yaml: step2.max_full = 1
+    assert all(k != "F" for k in summary["step1_arch"])
+    # Step 2 only changes Step 1 blocks to F.
+    assert all(a == b or b == "F" for a, b in zip(summary["step1_arch"], summary["arch"]))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 48, 48)).shape == (1, 2 + 36, 32)  # CLS + 1 register + 6x6 patches
+    traj = json.loads((out / "trajectory.json").read_text())
+    assert traj["step1"]["start"] == "LLLL" and traj["step2"]["start"] == summary["step1_arch"]
+    assert traj["step1"]["best"]["arch"] == summary["step1_arch"]
+    for step in ("step1", "step2"):
+        scored = [c["arch"] for r in traj[step]["rounds"] for c in r["candidates"]]
+        assert len(scored) == len(set(scored)) == len(traj[step]["scores"])
+    report = (out / "report.md").read_text()
+    assert summary["arch"] in report and "Step 1 rounds" in report and "beam_scores.png" in report
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["global_step"] for r in records if "loss" in r]
+    assert steps == sorted(steps) and {r["phase"] for r in records if "loss" in r} == {"step1", "step2", "finetune"}
+    resolved = (out / "config.yaml").read_text()
+    assert "steps: 24" in resolved and "checkpoint_every: 3" in resolved
+
+
+def test_killed_runs_resume_to_the_same_result(full_run, teacher, tmp_path):
+    """SIGKILL mid-training, then a kill in the middle of the Step 1 beam search; the third start finishes."""
+    out = tmp_path / "killed"
+    log = tmp_path / "scored.txt"
+    args = search_args(teacher, out, "score.scorer=test_search_plugin_scorer:factory")
+    env = {"JETVIT_TEST_SCORE_LOG": str(log)}
+
+    proc = cli(*args, env=env, wait=False)
+    ckpt = out / "ckpt" / "step1.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed mid-training"
+    assert not (out / "search" / "step1.json").exists()
+
+    second = cli(*args, env={**env, "JETVIT_TEST_DIE_AFTER": "4"})
+    assert second.returncode == 137, second.stdout + second.stderr
+    assert "resuming step1 at stage 1, step" in second.stdout
+    resumed_at = int(second.stdout.split("resuming step1 at stage 1, step ")[1].split()[0])
+    assert 0 < resumed_at < 24
+    partial = json.loads((out / "search" / "step1.json").read_text())
+    assert partial["stop_reason"] is None and len(partial["scores"]) == 3
+
+    third = cli(*args, env=env)
+    assert third.returncode == 0, third.stdout + third.stderr
+    scored = log.read_text().split()
+    assert len(scored) == len(set(scored)), "an architecture was scored twice across the restarts"
+
+    ref = json.loads((full_run / "summary.json").read_text())
+    got = json.loads((out / "summary.json").read_text())
+    assert (got["step1_arch"], got["arch"]) == (ref["step1_arch"], ref["arch"])
+    ref_traj = json.loads((full_run / "trajectory.json").read_text())
+    got_traj = json.loads((out / "trajectory.json").read_text())
+    for step in ("step1", "step2"):
+        assert got_traj[step]["scores"].keys() == ref_traj[step]["scores"].keys()
+        np.testing.assert_allclose(
+            [got_traj[step]["scores"][a] for a in ref_traj[step]["scores"]],
+            list(ref_traj[step]["scores"].values()),
+            rtol=1e-5,
+        )
+    a, b = jetvit.load(full_run / "model").state_dict(), jetvit.load(out / "model").state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    # Metrics were not logged twice for the steps run again after the kill.
+    steps = [json.loads(line)["global_step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [s for s, line in zip(steps, (out / "metrics.jsonl").read_text().splitlines()) if '"loss"' in line]
+    assert len(losses) == len(set(losses))
+
+
+def test_a_finished_run_started_again_changes_nothing(full_run, teacher):
+    before = (full_run / "summary.json").read_text()
+    proc = cli(*search_args(teacher, full_run))
+    assert proc.returncode == 0, proc.stderr
+    after = json.loads((full_run / "summary.json").read_text())
+    assert after["arch"] == json.loads(before)["arch"]
+
+
+def test_another_config_in_the_same_run_dir_is_refused(full_run, teacher, capsys):
+    rc = main(search_args(teacher, full_run, "step1.beam.width=3"))
+    assert rc == 2
+    assert "step1.beam.width" in capsys.readouterr().err
+
+
+def test_config_and_data_errors_name_the_problem(teacher, tmp_path, capsys):
+    rc = main(["search", "--config", "tiny", "--set", "step1.beam.widht=2", "--out", str(tmp_path / "a")])
+    assert rc == 2 and "unknown config key 'step1.beam.widht'" in capsys.readouterr().err
+    rc = main(["search", "--config", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "a")])
+    assert rc == 2 and "none.yaml" in capsys.readouterr().err
+    missing = tmp_path / "no-such-folder"
+    rc = main(search_args(teacher, tmp_path / "b", f"data.source={missing}"))
+    assert rc == 2 and str(missing) in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    rc = main(search_args(teacher, tmp_path / "c", f"data.source={tmp_path / 'empty'}"))
+    assert rc == 2 and "holds no images" in capsys.readouterr().err
+    rc = main(search_args(teacher, tmp_path / "d", "finetune.stages.0.resolution=50"))
+    assert rc == 2 and "finetune.stages.0.resolution" in capsys.readouterr().err
+    rc = main(["distill", "--config", "tiny", "--set", f"teacher={teacher}", "--out", str(tmp_path / "e")])
+    assert rc == 2 and "--arch" in capsys.readouterr().err
+    rc = main(search_args(tmp_path / "no-teacher", tmp_path / "f"))
+    assert rc == 2 and "no-teacher" in capsys.readouterr().err
+
+
+def test_distill_on_a_folder_with_corrupt_images(teacher, tmp_path):
+    data = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        (data / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(data / f"d{i % 2}" / f"{i}.png")
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff truncated")
+    (data / "d1" / "empty.webp").write_bytes(b"")
+    out = tmp_path / "distill"
+    proc = cli("distill", "--config", "tiny", "--arch", "LWLF", "--set", f"teacher={teacher}",
+               "--set", f"data.source={data}", "--set", "data.holdout=1", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arch"] == "LWLF" and jetvit.load(out / "model").arch == "LWLF"
+    # Both broken files are skipped (and counted) once each, in training or among the held-out images.
+    assert summary["skipped_training_images"] + len(summary["skipped_images"]) >= 2
+    events = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"event"' in x]
+    assert any(e.get("skipped_images") for e in events)
+    assert "skipping unreadable image" in proc.stdout + proc.stderr
+    assert (
+        f"Unreadable images skipped during training: {summary['skipped_training_images']}"
+        in (out / "report.md").read_text()
+    )
+    assert np.isfinite([summary["start_score"], summary["final_score"]]).all()
