@@ -133,6 +133,7 @@ class RunSettings:
 @dataclass
 class Config:
     teacher: str  # anything jetvit.load_teacher accepts (a saved jetvit directory, an HF id or folder, ...)
+    teacher_options: dict[str, Any] = field(default_factory=dict)  # keywords for jetvit.load_teacher (size, ...)
     arch: str | None = None  # `jetvit distill` only: the fixed architecture to fine-tune
     data: DataConfig = field(default_factory=DataConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)

@@ -62,18 +62,11 @@ def teardown_runtime(rt: Runtime) -> None:
         torch.distributed.destroy_process_group()
 
 
-def load_teacher_model(src: str, device: torch.device) -> nn.Module:
-    """The frozen teacher: eval mode, no gradients."""
-    import jetvit
+def load_teacher_model(src: str, device: torch.device, options: dict[str, Any] | None = None) -> nn.Module:
+    """The frozen teacher (anything `jetvit.load_teacher` accepts): eval mode, no gradients, on `device`."""
+    from jetvit.teachers import load_teacher
 
-    try:
-        load = jetvit.load_teacher
-    except AttributeError:  # teachers package without load_teacher yet: saved jetvit directories only
-        load = jetvit.load
-    looks_local = src.startswith(("/", ".", "~")) or src.count("/") != 1  # a hub id is "org/name"
-    if looks_local and not Path(src).expanduser().exists():
-        raise FileNotFoundError(f"teacher {src!r} not found (a directory written by jetvit.save, or a hub id)")
-    teacher = load(src)
+    teacher = load_teacher(src, **(options or {}))
     teacher.to(device).eval().requires_grad_(False)
     return teacher
 
@@ -427,7 +420,7 @@ def _prepare(cfg: Config, out: Path, rt: Runtime) -> dict[str, Any]:
 
     source = open_source(cfg.data.source)
     train_idx, held_idx = split_holdout(len(source), cfg.data.holdout)
-    teacher = load_teacher_model(cfg.teacher, rt.device)
+    teacher = load_teacher_model(cfg.teacher, rt.device, cfg.teacher_options)
     depth_teacher = None
     wants_depth = (cfg.finetune.depth_weight or 0) > 0 or cfg.distill.depth_weight > 0
     if wants_depth:
