@@ -1,0 +1,95 @@
+"""Distillation pieces: targets, losses, schedules, the FLOP budget, and a phase with the depth loss."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from jetvit.conversion import convert
+from jetvit.model import HybridViT, ViTConfig
+from jetvit.train.config import StageConfig, load_config
+from jetvit.train.data import ImageSet, SampleImages
+from jetvit.train.distill import Phase, Runtime, lr_at, path_for_step, resolve_targets, ssi_mse, train_phase
+from jetvit.train.pipeline import FlopBudget
+
+HEAD = {"in_dim": 32, "features": 16, "out_channels": [8, 16, 32, 32], "layers": [0, 1, 2, 3]}
+
+
+def tiny(**kw) -> HybridViT:
+    torch.manual_seed(0)
+    base = dict(img_size=32, patch_size=8, dim=32, depth=4, num_heads=2, mlp_hidden=64, num_registers=1, window_size=2)
+    return HybridViT(ViTConfig(**{**base, **kw})).eval().requires_grad_(False)
+
+
+def test_targets():
+    plain, with_head = tiny(), tiny(depth_head=HEAD)
+    assert resolve_targets("last", plain) == [3]
+    assert resolve_targets("dpt", with_head) == [0, 1, 2, 3]
+    assert resolve_targets("dpt", tiny(depth=12)) == [2, 5, 8, 11]  # the DAv2 pattern without a head to ask
+    assert resolve_targets([1, -1], plain) == [1, 3]
+    with pytest.raises(ValueError, match=r"\[7\]"):
+        resolve_targets([0, 7], plain)
+
+
+def test_ssi_mse_ignores_scale_and_shift():
+    target = torch.rand(2, 8, 8)
+    assert ssi_mse(3.0 * target + 0.5, target) < 1e-10
+    assert ssi_mse(torch.rand(2, 8, 8), target) > 0.1
+
+
+def test_lr_schedules():
+    st = StageConfig(resolution=32, steps=10, batch_size=1, lr=1.0, warmup_steps=2, final_lr_ratio=0.1)
+    assert [lr_at(st, s) for s in (0, 1)] == [0.5, 1.0]
+    assert lr_at(st, 2) == pytest.approx(1.0) and lr_at(st, 10) == pytest.approx(0.1)
+    assert lr_at(dataclasses.replace(st, schedule="linear"), 6) == pytest.approx(0.55)
+    assert lr_at(dataclasses.replace(st, schedule="constant"), 9) == 1.0
+
+
+def test_paths_depend_only_on_seed_phase_and_step():
+    choices = ["LW"] * 6
+    a = [path_for_step(choices, seed=0, phase="step1", step=s) for s in range(20)]
+    assert a == [path_for_step(choices, seed=0, phase="step1", step=s) for s in range(20)]
+    assert a != [path_for_step(choices, seed=1, phase="step1", step=s) for s in range(20)]
+
+
+def test_flop_budget():
+    teacher = tiny()
+    cfg = load_config("tiny", ["teacher=x", "budget.resolution=64", "budget.max_flops_ratio=0.9"])
+    budget = FlopBudget(teacher, cfg)
+    assert budget.teacher_flops == teacher.flops(64, 64)["total"]
+    assert budget.reason("LLLL") is None
+    assert "over the budget" in budget.reason("FFFF")
+    assert budget.flops("LLWF") == convert(teacher, "LLWF").flops(64, 64)["total"]
+
+
+def test_phase_with_depth_pseudo_labels_and_resume(tmp_path):
+    teacher = tiny(depth_head=HEAD)
+    cfg = load_config("tiny", ["teacher=x", "run.checkpoint_every=1", "run.log_every=1"])
+    stages = [StageConfig(resolution=32, steps=2, batch_size=2, lr=1e-3)]
+    images = ImageSet(SampleImages(("astronaut", "coffee", "chelsea")), [0, 1, 2])
+    rt = Runtime(device=torch.device("cpu"))
+
+    def run(ckpt):
+        student = convert(teacher, "LWLF").requires_grad_(True)
+        phase = Phase("finetune", stages, depth_weight=1.0)
+        s = train_phase(
+            phase, student, teacher=teacher, images=images, cfg=cfg, rt=rt, ckpt_path=ckpt, targets=[0, 1, 2, 3],
+            depth_teacher=teacher,
+        )  # fmt: skip
+        return student, s
+
+    student, summary = run(tmp_path / "a.pt")
+    assert summary["steps"] == 2 and torch.isfinite(torch.tensor(summary["final_loss"]))
+    head_before = teacher.depth_head.projects[0].weight
+    assert not torch.equal(student.depth_head.projects[0].weight, head_before)  # the depth loss trains the head
+    again, summary2 = run(tmp_path / "a.pt")  # a finished phase: loads the final weights, trains nothing
+    assert summary2 == summary
+    for k, v in student.state_dict().items():
+        torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="depth head"):
+        train_phase(
+            Phase("x", stages, depth_weight=1.0), convert(tiny(), "LLLL"), teacher=tiny(), images=images, cfg=cfg,
+            rt=rt, ckpt_path=tmp_path / "b.pt", targets=[3],
+        )  # fmt: skip
