@@ -1,0 +1,103 @@
+"""Writing a benchmark result: JSON (everything, raw samples included), a markdown table and a plot of speedup and
+memory against resolution."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jetvit.io import atomic_write_json, atomic_write_text
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """One row per resolution: latencies (median [min-max]), measured and FLOP-ideal speedup, memory."""
+    m, opts = result["machine"], result["options"]
+    where = m.get("gpu") or f"{m['cpu']} ({m['torch_threads']} threads)"
+    lines = [
+        f"teacher `{result['models']['teacher']['arch']}` vs hybrid `{result['models']['hybrid']['arch']}`, "
+        f"{opts['device']} {where}, {opts['dtype']}, {'compiled' if opts['compile'] else 'eager'}, "
+        f"batch 1 latency over {opts['repeats']} interleaved repeats (warm-up {opts['warmup']}), torch {m['torch']}",
+        "",
+        "| resolution | tokens | teacher ms | hybrid ms | speedup (pairs min-max) | ideal (FLOPs) | measured/ideal "
+        "| teacher peak MB | hybrid peak MB | memory ratio | throughput img/s (teacher / hybrid, batch) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        t, h, s = r["teacher"], r["hybrid"], r["speedup"]
+
+        def ms(x: dict) -> str:
+            lat = x["latency_ms"]
+            return f"{lat['median']:.1f} [{lat['min']:.1f}-{lat['max']:.1f}]"
+
+        def mb(x: dict) -> str:
+            return f"{x['peak_memory']['bytes'] / 2**20:.1f}" if "peak_memory" in x else "-"
+
+        ideal = f"{s['ideal']:.2f}x" if s["ideal"] else "-"
+        frac = f"{s['fraction_of_ideal']:.0%}" if s["fraction_of_ideal"] else "-"
+        ratio = f"{r['memory_ratio']:.2f}" if r.get("memory_ratio") else "-"
+        tt, th = t["throughput"], h["throughput"]
+        tp = f"{tt['images_per_s']:.3g} / {th['images_per_s']:.3g} (b{tt['batch']}/{th['batch']})"
+        lines.append(
+            f"| {r['res'][0]}x{r['res'][1]} | {r['tokens']} | {ms(t)} | {ms(h)} | {s['measured']:.2f}x "
+            f"({s['pairs_min']:.2f}-{s['pairs_max']:.2f}) | {ideal} | {frac} | {mb(t)} | {mb(h)} | {ratio} | {tp} |"
+        )
+    lines += ["", f"command: `{result['command']}`", ""]
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Speedup (measured with per-repeat spread, and FLOP-ideal) and peak memory against resolution."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    labels = [f"{r['res'][0]}x{r['res'][1]}" for r in rows]
+    xs = list(range(len(rows)))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    meas = [r["speedup"]["measured"] for r in rows]
+    err = [
+        [m - r["speedup"]["pairs_min"] for m, r in zip(meas, rows)],
+        [r["speedup"]["pairs_max"] - m for m, r in zip(meas, rows)],
+    ]
+    ax1.errorbar(
+        xs,
+        meas,
+        yerr=[[max(e, 0) for e in err[0]], [max(e, 0) for e in err[1]]],
+        marker="o",
+        capsize=4,
+        label="measured (median, pair min-max)",
+    )
+    if all(r["speedup"]["ideal"] for r in rows):
+        ax1.plot(xs, [r["speedup"]["ideal"] for r in rows], "s--", label="ideal (FLOPs)")
+    ax1.axhline(1.0, color="grey", lw=0.8)
+    ax1.set(xticks=xs, xticklabels=labels, xlabel="resolution", ylabel="speedup over teacher", title="speedup")
+    ax1.legend()
+    if all("peak_memory" in r["teacher"] for r in rows):
+        for name in ("teacher", "hybrid"):
+            ax2.plot(xs, [r[name]["peak_memory"]["bytes"] / 2**20 for r in rows], "o-", label=name)
+        ax2.set(ylabel="peak forward memory (MiB)")
+        ax2.legend()
+    else:
+        ax2.text(0.5, 0.5, "memory not measured", ha="center", va="center", transform=ax2.transAxes)
+    ax2.set(xticks=xs, xticklabels=labels, xlabel="resolution", title="peak memory")
+    a = result["models"]
+    fig.suptitle(
+        f"{a['hybrid']['arch']} vs {a['teacher']['arch']} ({result['options']['device']}, "
+        f"{result['options']['dtype']}, {'compiled' if result['options']['compile'] else 'eager'})"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(result: dict[str, Any], out_dir: str | Path, *, stem: str = "bench") -> dict[str, Path]:
+    """Write `<stem>.json`, `<stem>.md` and `<stem>.png` into out_dir; returns their paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "md": out / f"{stem}.md", "png": out / f"{stem}.png"}
+    atomic_write_json(paths["json"], result)
+    atomic_write_text(paths["md"], markdown_table(result))
+    plot(result, paths["png"])
+    return paths

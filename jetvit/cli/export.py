@@ -1,0 +1,46 @@
+"""`jetvit export`: a saved hybrid as ONNX at one resolution, checked against PyTorch with onnxruntime (CPU).
+
+    jetvit export --model runs/student --res 1024x1024 --out student.onnx
+
+Prints the maximum absolute difference between onnxruntime and PyTorch on random images and exits non-zero when it
+exceeds --atol (1e-4 by default, fp32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="directory written by jetvit.save (config.json + weights)")
+    p.add_argument("--res", required=True, help="input resolution HxW the graph is fixed to, e.g. 1024x1024")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--batch", type=int, default=1, help="fixed batch size of the graph")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--atol", type=float, default=1e-4, help="largest accepted |onnxruntime - PyTorch|")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+
+
+def run(args: argparse.Namespace) -> int:
+    from jetvit.bench.export import check_onnx, export_onnx
+    from jetvit.bench.harness import parse_res
+    from jetvit.io import load
+
+    res = parse_res(args.res)
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    model = load(args.model)
+    model.grid_size(*res)  # a clear error for sizes that are not multiples of the patch
+    path = export_onnx(model, res, args.out, batch=args.batch, opset=args.opset)
+    print(f"wrote {path} (arch {model.arch}, input {args.batch}x3x{res[0]}x{res[1]})")
+    if args.no_check:
+        return 0
+    report = check_onnx(model, path, res, batch=args.batch)
+    report["atol"] = args.atol
+    report["ok"] = report["max_abs_error"] <= args.atol
+    print(json.dumps(report))
+    if not report["ok"]:
+        print(f"max abs error {report['max_abs_error']:.3g} exceeds --atol {args.atol:g}")
+        return 1
+    return 0
