@@ -1,0 +1,1 @@
+"""The built-in demo: a teacher the project pretrains itself, and `make demo`."""
