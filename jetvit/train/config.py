@@ -92,8 +92,9 @@ class DistillConfig:
 @dataclass
 class SupernetConfig:
     # True: the candidates of a block share every inherited tensor (qkv, proj, norms, MLP) and differ only
-    # in their kind's extras. False: each candidate holds its own copy of the whole teacher block.
-    share: bool = True
+    # in their kind's extras. False: each candidate holds its own copy of the whole teacher block (ranked
+    # paths better in our measurement, at twice the block memory; see jetvit.search.supernet).
+    share: bool = False
     window_size: int | None = None  # W blocks' window side in patches; None: the teacher config's
 
 
