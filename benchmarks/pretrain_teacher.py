@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe = parse_recipe(args.set, args.arch)
     record = train_teacher(recipe, args.out, progress=not args.no_progress)
     print(
-        f"{recipe.arch}: val mIoU {record['val']['miou']:.4f}, depth AbsRel {record['val']['depth_abs_rel']:.4f}"
+        f"{record['arch']}: val mIoU {record['val']['miou']:.4f}, depth AbsRel {record['val']['depth_abs_rel']:.4f}"
         f" ({record['train_seconds']:.0f} s)"
     )
     control = None

@@ -46,7 +46,7 @@ ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "teacher"
 class TeacherRecipe:
     """How the built-in teacher is pretrained; `teacher.json` records the one used."""
 
-    arch: str = "F" * 8
+    arch: str = ""  # "" = all F (the teacher); "W" * depth for the control
     dim: int = 192
     depth: int = 8
     num_heads: int = 3
@@ -182,7 +182,7 @@ def train_teacher(recipe: TeacherRecipe, out: str | os.PathLike, *, progress: bo
     model.train(), seg_head.train(), depth_head.train()
     history: list[dict[str, Any]] = []
     start = time.perf_counter()
-    bar = tqdm(range(recipe.steps), desc=f"pretrain {recipe.arch}", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(range(recipe.steps), desc=f"pretrain {model.arch}", disable=not progress, dynamic_ncols=True)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, recipe)
@@ -223,7 +223,7 @@ def train_teacher(recipe: TeacherRecipe, out: str | os.PathLike, *, progress: bo
     save_probe(depth_head, out / "depth_head", meta={**meta, "target": "distance to the key, 1 + 2 d/S"})
     record = {
         "task": "keyshapes",
-        "arch": recipe.arch,
+        "arch": model.arch,
         "recipe": dataclasses.asdict(recipe),
         "val": final,
         "history": history,

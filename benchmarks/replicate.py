@@ -1,0 +1,465 @@
+"""Replicate the paper's findings on the built-in teacher, over several seeds (`make replicate`).
+
+    python benchmarks/replicate.py --out benchmarks/results                 # the built-in teacher, budget "small"
+    python benchmarks/replicate.py --tiny --out /tmp/rep                     # a tiny teacher trained on the spot
+
+Writes OUT/replication.md (our numbers with the paper's beside them) and OUT/replication.json (everything, per
+seed); work files (data, checkpoints, per-run results) go to OUT/replication-work and a rerun reuses finished runs.
+
+What runs, per seed (the seed sets the distillation data order, the supernet path sampling and the
+initialisation of the tensors the teacher has no counterpart for):
+
+- search: `jetvit.train.pipeline.run_search` with configs/demo.yaml at this budget and an F budget of 3; the Step 1
+  (L/W) architecture and the best architecture of each Step 2 round (1, 2, 3 F blocks) are read from the trajectory;
+- every row of every table is then the same experiment: `jetvit.convert(teacher, arch, inherit=..., linear=...)`,
+  feature distillation of the last block for `distill_steps` steps (`jetvit.train.distill.train_phase`), and the
+  keyshapes val mIoU of the teacher's linear head on the student's features, on `eval_samples` samples (the search
+  scores on a disjoint slice of the val split). Rows that are the same experiment share one run.
+
+Once (they do not depend on the seed): the training step time of each linear-block variant (student forward,
+backward and AdamW step, interleaved repeats, median), and the latency of each architecture at the native and at 4x
+the native side (`jetvit.bench.harness`, batch 1, interleaved, median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
+SEARCH_SCORE_OFFSET = 256  # the search scores on val samples 256.. ; final numbers use val samples 0..eval_samples-1
+
+
+@dataclass
+class Budget:
+    step1_steps: int
+    step2_steps: int
+    distill_steps: int
+    batch_size: int
+    lr: float
+    beam_width: int
+    score_samples: int  # per search candidate
+    eval_samples: int  # per final number
+    train_images: int
+    step_time_batch: int
+    repeats: int  # timing repeats (step time, latency)
+
+
+BUDGETS = {
+    "tiny": Budget(2, 2, 2, 2, 5e-4, 1, 2, 2, 8, 2, 1),
+    "small": Budget(40, 30, 40, 4, 5e-4, 2, 16, 64, 256, 8, 3),
+    "medium": Budget(150, 100, 150, 8, 5e-4, 2, 32, 128, 512, 8, 5),
+}
+
+# The paper's numbers (DINOv3 teacher, Cityscapes, mIoU %; step time s) and, for speed, DINOv3-B on H100.
+PAPER = {
+    "teacher": "68.74",
+    "pure L": "61.48",
+    "pure W": "65.14",
+    "Step 1 (L/W)": "66.43",
+    "Step 2, 0 F": "66.43 (= Step 1)",
+    "Step 2, 1 F": "-",
+    "Step 2, 2 F": "matches the teacher (Base: 75.01 vs 74.56, main table)",
+    "Step 2, 3 F": "-",
+    "ReLU linear attention": ("65.17", "0.198"),
+    "+ static depthwise conv": ("71.82", "0.227"),
+    "+ focusing factor": ("72.48", "0.312"),
+    "+ squeeze dynamic conv": ("73.12", "0.232"),
+    "inherit all": "+3 mIoU over MLP-only (pure linear)",
+    "inherit MLP only": "-3 mIoU",
+}
+
+LINEAR_VARIANTS = {
+    "ReLU linear attention": {"kernel": "relu", "conv": "none"},
+    "+ static depthwise conv": {"kernel": "relu", "conv": "static"},
+    "+ focusing factor": {"kernel": "focus", "conv": "static"},
+    "+ squeeze dynamic conv": {"kernel": "relu", "conv": "dynamic"},
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# One experiment: convert, distill, score
+
+
+class Lab:
+    """The teacher, data and scorers shared by every run of one replication."""
+
+    def __init__(self, teacher_dir: Path, work: Path, budget: Budget) -> None:
+        from jetvit.demo.scoring import keyshapes_miou
+        from jetvit.demo.teacher import load_builtin
+        from jetvit.tasks import synthetic
+
+        self.teacher_dir, self.work, self.budget = teacher_dir, work, budget
+        self.teacher, _, _, self.record = load_builtin(teacher_dir)
+        self.teacher.requires_grad_(False)
+        self.native = self.teacher.cfg.img_size
+        self.depth = self.teacher.cfg.depth
+        data = work / "data" / "train"
+        if not (data / ".complete").is_file() or (data / ".complete").read_text().strip() != str(budget.train_images):
+            synthetic.write_folder(data, split="train", length=budget.train_images, size=self.native)
+            (data / ".complete").write_text(f"{budget.train_images}\n")
+        self.images_dir = data / "images"
+        self.evaluator = keyshapes_miou(
+            teacher=self.teacher, head=str(teacher_dir / "seg_head"), samples=budget.eval_samples, size=self.native
+        )
+
+    def config(self, seed: int, extra: list[str] = ()):
+        from jetvit.train.config import load_config
+
+        b = self.budget
+        stage = f"{{resolution: {self.native}, steps: STEPS, batch_size: {b.batch_size}, lr: {b.lr}, warmup_steps: 2}}"
+        overrides = [
+            f"teacher={self.teacher_dir}",
+            f"data.source={self.images_dir}",
+            f"score.resolution={self.native}",
+            f"score.options={{samples: {b.score_samples}, offset: {SEARCH_SCORE_OFFSET}, size: {self.native}, "
+            f"head: {self.teacher_dir / 'seg_head'}}}",
+            f"budget.resolution={4 * self.native}",
+            f"step1.stages=[{stage.replace('STEPS', str(b.step1_steps))}]",
+            f"step2.stages=[{stage.replace('STEPS', str(b.step2_steps))}]",
+            f"finetune.stages=[{stage.replace('STEPS', '1')}]",
+            f"step1.beam.width={b.beam_width}",
+            "step1.beam.max_rounds=null",
+            f"step2.beam.width={b.beam_width}",
+            "step2.max_full=3",
+            f"run.seed={seed}",
+            f"run.checkpoint_every={max(1, b.distill_steps)}",
+            "run.log_every=10",
+        ]
+        return load_config(DEMO_CONFIG, [*overrides, *extra])
+
+    def search(self, seed: int) -> dict[str, Any]:
+        """Run the search for `seed` (resumable) and read the architectures off its trajectory."""
+        from jetvit.train.pipeline import run_search
+
+        out = self.work / f"seed{seed}" / "search"
+        if not (out / "summary.json").is_file():
+            run_search(self.config(seed), out)
+        summary = json.loads((out / "summary.json").read_text())
+        traj = json.loads((out / "trajectory.json").read_text())
+        archs = {0: summary["step1_arch"]}
+        for rnd in traj["step2"]["rounds"]:
+            if not rnd["candidates"]:
+                continue
+            best = max(rnd["candidates"], key=lambda c: c["score"])
+            archs.setdefault(best["arch"].count("F"), best["arch"])
+        return {"step1_arch": summary["step1_arch"], "step2_archs": archs, "summary": summary}
+
+    def run(self, seed: int, arch: str, *, linear: dict | None = None, inherit: str = "all") -> dict[str, Any]:
+        """Convert, distill `distill_steps` steps, score. Cached in the work folder by (seed, arch, options)."""
+        from jetvit.conversion import convert
+        from jetvit.model import LinearAttnConfig
+        from jetvit.train.data import ImageSet, open_source, split_holdout
+        from jetvit.train.distill import Phase, resolve_targets, train_phase
+        from jetvit.train.pipeline import setup_runtime
+
+        lin = dataclasses.asdict(LinearAttnConfig(**(linear or {})))
+        key = f"{arch}-{lin['kernel']}-{lin['conv']}-rope{int(lin['rope'])}-{inherit}"
+        out = self.work / f"seed{seed}" / "runs" / key
+        done = out / "result.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        cfg = self.config(seed)
+        rt = setup_runtime(cfg)
+        source = open_source(str(self.images_dir))
+        train_idx, _ = split_holdout(len(source), cfg.data.holdout)
+        student = convert(self.teacher, arch, inherit=inherit, linear=LinearAttnConfig(**lin), seed=seed)
+        start = self.evaluator(student)
+        stage = dataclasses.replace(cfg.step1.stages[0], steps=self.budget.distill_steps)
+        summary = train_phase(
+            Phase("distill", [stage]),
+            student,
+            teacher=self.teacher,
+            images=ImageSet(source, train_idx),
+            cfg=cfg,
+            rt=rt,
+            ckpt_path=out / "ckpt.pt",
+            targets=resolve_targets("last", self.teacher),
+        )
+        result = {
+            "arch": arch,
+            "linear": lin,
+            "inherit": inherit,
+            "seed": seed,
+            "miou_at_conversion": start,
+            "miou": self.evaluator(student.eval()),
+            "final_feature_loss": summary["final_loss"],
+            "train_seconds": summary["seconds"],
+        }
+        out.mkdir(parents=True, exist_ok=True)
+        done.write_text(json.dumps(result, indent=1) + "\n")
+        (out / "ckpt.pt").unlink(missing_ok=True)  # the number is what we keep; checkpoints are large
+        return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Timing
+
+
+def step_times(lab: Lab) -> dict[str, dict[str, float]]:
+    """Median seconds of one distillation training step (student forward, backward, AdamW) per linear variant."""
+    from jetvit.bench.harness import summarize, time_interleaved
+    from jetvit.conversion import convert
+    from jetvit.model import LinearAttnConfig
+
+    torch.manual_seed(0)
+    x = torch.randn(lab.budget.step_time_batch, 3, lab.native, lab.native)
+    runners = {}
+    for name, lin in LINEAR_VARIANTS.items():
+        student = convert(lab.teacher, "L" * lab.depth, linear=LinearAttnConfig(**lin)).train()
+        opt = torch.optim.AdamW(student.parameters(), lr=1e-6)
+
+        def step(x, student=student, opt=opt):
+            loss = student(x).square().mean()  # the loss's own cost is negligible; the step is what is timed
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        runners[name] = step
+    times = time_interleaved(runners, x, repeats=lab.budget.repeats, warmup=1, device="cpu")
+    return {name: {k: v / 1e3 for k, v in summarize(t).items() if isinstance(v, float)} for name, t in times.items()}
+
+
+def latencies(lab: Lab, archs: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Median batch-1 latency (ms) of each architecture at the native side and at 4x it, interleaved."""
+    from jetvit.bench.harness import BenchOptions, make_runner, summarize, time_interleaved
+    from jetvit.conversion import convert
+
+    opts = BenchOptions(resolutions=[(lab.native, lab.native)], repeats=lab.budget.repeats, memory=False)
+    unique = sorted(set(archs.values()))
+    runners = {a: make_runner(convert(lab.teacher, a), opts) for a in unique}
+    out: dict[str, dict[str, Any]] = {a: {} for a in unique}
+    for side in (lab.native, 4 * lab.native):
+        x = torch.randn(1, 3, side, side)
+        times = time_interleaved(runners, x, repeats=lab.budget.repeats, warmup=1, device="cpu")
+        for a, t in times.items():
+            out[a][f"{side}x{side}"] = summarize(t)["median"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tables
+
+
+def mean_sd(values: list[float]) -> str:
+    v = [100 * x for x in values]
+    if len(v) == 1:
+        return f"{v[0]:.2f}"
+    return f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}"
+
+
+def write_tables(out: Path, res: dict[str, Any]) -> str:
+    seeds = res["seeds"]
+    md = [
+        "# Replication of the JetViT paper's findings on the built-in teacher",
+        "",
+        f"Teacher: `{res['teacher']}` ({res['teacher_arch']}, keyshapes, native {res['native']}x{res['native']}). "
+        f"Budget `{res['budget_name']}`: {json.dumps(res['budget'])}. Seeds {seeds}; numbers are the mean ± sample "
+        f"standard deviation over seeds of the keyshapes val mIoU (%) on {res['budget']['eval_samples']} samples, "
+        "each after converting the teacher to the row's architecture and distilling its last block for "
+        f"{res['budget']['distill_steps']} steps. The paper's column is DINOv3 on Cityscapes: a different teacher, "
+        "task and budget, so compare orderings and gaps, not values.",
+        "",
+        f"Command: `{res['command']}`; took {res['seconds'] / 60:.1f} min on {res['machine']}.",
+        "",
+        "## Search (Step 1: linear vs window; Step 2: full attention put back)",
+        "",
+        "| row | architecture per seed | ours, mIoU (%) | paper, mIoU (%) |",
+        "|---|---|---|---|",
+    ]
+    for name, row in res["search_table"].items():
+        archs = ", ".join(f"`{a}`" for a in row["archs"])
+        md.append(f"| {name} | {archs} | {mean_sd(row['miou'])} | {PAPER.get(name, '-')} |")
+    md += ["", "Full-attention positions chosen by Step 2 (0-based block index), per seed:", ""]
+    for seed, archs in res["positions"].items():
+        parts = [f"{k} F: {v}" for k, v in archs.items()]
+        md.append(f"- seed {seed}: " + "; ".join(parts))
+    md += [
+        "",
+        "## Linear block (pure linear architecture)",
+        "",
+        "| variant | ours, mIoU (%) | ours, step time (s) | paper, mIoU (%) | paper, step time (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in res["linear_table"].items():
+        p = PAPER[name]
+        md.append(f"| {name} | {mean_sd(row['miou'])} | {row['step_time']:.3f} | {p[0]} | {p[1]} |")
+    md += [
+        "",
+        f"Step time: median over {res['budget']['repeats']} interleaved repeats of one student training step "
+        f"(forward, backward, AdamW) at batch {res['budget']['step_time_batch']}, {res['native']}x{res['native']}, "
+        "CPU; the teacher's forward, the same for every row, is left out.",
+        "",
+        "## Weight inheritance (pure linear architecture)",
+        "",
+        "| initialisation | ours, mIoU (%) | ours, mIoU at conversion (%) | paper |",
+        "|---|---|---|---|",
+    ]
+    for name, row in res["inherit_table"].items():
+        md.append(f"| {name} | {mean_sd(row['miou'])} | {mean_sd(row['miou_at_conversion'])} | {PAPER[name]} |")
+    md += [
+        "",
+        "## RoPE in the linear blocks (`LinearAttnConfig.rope`, pure linear architecture)",
+        "",
+        "| rope | ours, mIoU (%) |",
+        "|---|---|",
+    ]
+    for name, row in res["rope_table"].items():
+        md.append(f"| {name} | {mean_sd(row['miou'])} |")
+    md += [
+        "",
+        f"Better by this measurement: **{res['rope_choice']}**.",
+        "",
+        "## Speed (batch-1 latency, CPU, median of interleaved repeats)",
+        "",
+        "| row | architecture | " + " | ".join(f"{r} ms (speedup)" for r in res["speed_resolutions"]) + " |",
+        "|---|---|" + "---|" * len(res["speed_resolutions"]),
+    ]
+    for name, row in res["speed_table"].items():
+        cells = [f"{row[r]['ms']:.1f} ({row[r]['speedup']:.2f}x)" for r in res["speed_resolutions"]]
+        md.append(f"| {name} | `{row['arch']}` | " + " | ".join(cells) + " |")
+    md += [
+        "",
+        "Paper: DINOv3-B with 2 F blocks 12.86 -> 8.27 ms on an H100 at high resolution (1.56x latency, "
+        "1.64x throughput); DAv2-L 1.79x throughput.",
+        "",
+    ]
+    text = "\n".join(md)
+    (out / "replication.md").write_text(text)
+    return text
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def tiny_teacher(work: Path) -> Path:
+    """A 4-block, width-32 teacher at 32x32 (4x4 patches, 2x2-patch windows), trained for a few steps."""
+    from jetvit.demo.teacher import TEACHER_JSON, TeacherRecipe, train_teacher
+
+    out = work / "tiny-teacher"
+    if not (out / TEACHER_JSON).is_file():
+        recipe = TeacherRecipe(
+            dim=32, depth=4, num_heads=2, mlp_hidden=64, size=32, window_size=2, steps=3, batch_size=2, warmup=1,
+            eval_every=3, val_samples=4, monitor_samples=2,
+        )  # fmt: skip
+        train_teacher(recipe, out, progress=False)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jetvit.demo.teacher import ASSET_DIR
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", default=str(ASSET_DIR), help="a teacher directory written by the pretraining script")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="small")
+    p.add_argument("--tiny", action="store_true", help="a tiny teacher and budget, for tests (seeds 0 1)")
+    args = p.parse_args(argv)
+    start = time.perf_counter()
+    out = Path(args.out)
+    work = out / "replication-work"
+    work.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        args.budget, teacher_dir = "tiny", tiny_teacher(work)
+        args.seeds = args.seeds if argv and "--seeds" in argv else [0, 1]
+    else:
+        teacher_dir = Path(args.teacher)
+    lab = Lab(teacher_dir, work, BUDGETS[args.budget])
+    L, W = "L" * lab.depth, "W" * lab.depth
+    log = lambda m: print(f"[replicate {time.perf_counter() - start:6.0f}s] {m}", flush=True)  # noqa: E731
+
+    teacher_miou = lab.evaluator(lab.teacher)
+    search_rows: dict[str, dict[str, list]] = {}
+    linear_rows: dict[str, dict[str, Any]] = {k: {"miou": []} for k in LINEAR_VARIANTS}
+    inherit_rows: dict[str, dict[str, list]] = {
+        k: {"miou": [], "miou_at_conversion": []} for k in PAPER if "inherit" in k
+    }
+    rope_rows: dict[str, dict[str, list]] = {"rope on (default)": {"miou": []}, "rope off": {"miou": []}}
+    positions: dict[int, dict[int, list[int]]] = {}
+    speed_archs = {"teacher": "F" * lab.depth, "pure L": L, "pure W": W}
+
+    def add(row: str, arch: str, miou: float) -> None:
+        r = search_rows.setdefault(row, {"archs": [], "miou": []})
+        r["archs"].append(arch)
+        r["miou"].append(miou)
+
+    for seed in args.seeds:
+        log(f"seed {seed}: search")
+        found = lab.search(seed)
+        add("teacher", "F" * lab.depth, teacher_miou)
+        for name, arch in (("pure L", L), ("pure W", W), ("Step 1 (L/W)", found["step1_arch"])):
+            log(f"seed {seed}: {name} {arch}")
+            add(name, arch, lab.run(seed, arch)["miou"])
+        positions[seed] = {}
+        for k in range(4):
+            arch = found["step2_archs"].get(k)
+            if arch is None:
+                continue
+            log(f"seed {seed}: Step 2 with {k} F {arch}")
+            add(f"Step 2, {k} F", arch, lab.run(seed, arch)["miou"])
+            positions[seed][k] = [i for i, c in enumerate(arch) if c == "F"]
+            if seed == args.seeds[0]:
+                speed_archs[f"Step 2, {k} F" if k else "Step 1 (L/W)"] = arch
+        for name, lin in LINEAR_VARIANTS.items():
+            log(f"seed {seed}: linear block {name}")
+            linear_rows[name]["miou"].append(lab.run(seed, L, linear=lin)["miou"])
+        for name, inherit in (("inherit all", "all"), ("inherit MLP only", "mlp")):
+            log(f"seed {seed}: {name}")
+            r = lab.run(seed, L, inherit=inherit)
+            inherit_rows[name]["miou"].append(r["miou"])
+            inherit_rows[name]["miou_at_conversion"].append(r["miou_at_conversion"])
+        for name, rope in (("rope on (default)", True), ("rope off", False)):
+            log(f"seed {seed}: linear blocks with {name}")
+            rope_rows[name]["miou"].append(lab.run(seed, L, linear={"rope": rope})["miou"])
+
+    log("step times")
+    for name, t in step_times(lab).items():
+        linear_rows[name]["step_time"] = t["median"]
+    log("latencies")
+    lat = latencies(lab, speed_archs)
+    resolutions = [f"{s}x{s}" for s in (lab.native, 4 * lab.native)]
+    teacher_lat = lat["F" * lab.depth]
+    speed = {
+        name: {"arch": a, **{r: {"ms": lat[a][r], "speedup": teacher_lat[r] / lat[a][r]} for r in resolutions}}
+        for name, a in speed_archs.items()
+    }
+    on, off = (statistics.mean(rope_rows[k]["miou"]) for k in rope_rows)
+    import platform
+
+    res = {
+        "teacher": str(teacher_dir),
+        "teacher_arch": lab.teacher.arch,
+        "native": lab.native,
+        "budget_name": args.budget,
+        "budget": dataclasses.asdict(lab.budget),
+        "seeds": args.seeds,
+        "command": "python benchmarks/replicate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "search_table": search_rows,
+        "positions": {str(k): v for k, v in positions.items()},
+        "linear_table": linear_rows,
+        "inherit_table": inherit_rows,
+        "rope_table": rope_rows,
+        "rope_choice": "rope on" if on > off else "rope off" if off > on else "tie",
+        "speed_table": speed,
+        "speed_resolutions": resolutions,
+        "seconds": time.perf_counter() - start,
+    }
+    (out / "replication.json").write_text(json.dumps(res, indent=1) + "\n")
+    print(write_tables(out, res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
