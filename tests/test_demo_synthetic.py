@@ -30,7 +30,7 @@ def test_labels_follow_the_scene():
     iy, ix = np.unravel_index(depth.argmin().item(), depth.shape)
     assert abs(iy - ky * 128) <= 1 and abs(ix - kx * 128) <= 1
     for s in scene.shapes:
-        expected = (2 if s.kind == "disk" else 4) + (0 if s.match else 1)
+        expected = 2 if s.match else 3
         assert seg[int(s.cy * 128), int(s.cx * 128)] == expected
         if s.match:
             assert s.hue == scene.key[4]
@@ -42,8 +42,8 @@ def test_classes_are_balanced_between_match_and_other():
     counts = np.zeros(synthetic.NUM_CLASSES)
     for i in range(40):
         for s in synthetic.sample_scene(0, "train", i).shapes:
-            counts[(2 if s.kind == "disk" else 4) + (0 if s.match else 1)] += 1
-    assert counts[2:].min() > 0.15 * counts[2:].sum()
+            counts[2 if s.match else 3] += 1
+    assert counts[2:].min() > 0.4 * counts[2:].sum()
 
 
 def test_written_folder_reads_back_bit_identical(tmp_path):
