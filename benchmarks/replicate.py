@@ -4,7 +4,8 @@
     python benchmarks/replicate.py --tiny --out /tmp/rep                     # a tiny teacher trained on the spot
 
 Writes OUT/replication.md (our numbers with the paper's beside them) and OUT/replication.json (everything, per
-seed); work files (data, checkpoints, per-run results) go to OUT/replication-work and a rerun reuses finished runs.
+seed); work files (data, checkpoints, per-run results) go to --work (default runs/replicate, not committed) and a
+rerun reuses finished runs.
 
 What runs, per seed (the seed sets the distillation data order, the supernet path sampling and the
 initialisation of the tensors the teacher has no counterpart for):
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -145,6 +147,7 @@ class Lab:
         out = self.work / f"seed{seed}" / "search"
         if not (out / "summary.json").is_file():
             run_search(self.config(seed), out)
+            shutil.rmtree(out / "ckpt", ignore_errors=True)  # supernet checkpoints are large; the run is done
         summary = json.loads((out / "summary.json").read_text())
         traj = json.loads((out / "trajectory.json").read_text())
         archs = {0: summary["step1_arch"]}
@@ -361,15 +364,17 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--teacher", default=str(ASSET_DIR), help="a teacher directory written by the pretraining script")
-    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where replication.md/.json go")
+    p.add_argument("--work", default=None, help="data, checkpoints, per-run results (default: runs/replicate)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", choices=sorted(BUDGETS), default="small")
     p.add_argument("--tiny", action="store_true", help="a tiny teacher and budget, for tests (seeds 0 1)")
     args = p.parse_args(argv)
     start = time.perf_counter()
     out = Path(args.out)
-    work = out / "replication-work"
+    work = Path(args.work) if args.work else (out / "replication-work" if args.tiny else ROOT / "runs" / "replicate")
     work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
         args.budget, teacher_dir = "tiny", tiny_teacher(work)
         args.seeds = args.seeds if argv and "--seeds" in argv else [0, 1]
