@@ -60,7 +60,9 @@ def plot_beam(trajectories: dict[str, dict[str, Any]], path: str | Path, *, scor
     from matplotlib.ticker import MaxNLocator
 
     plt = _figure()
-    fig, axes = plt.subplots(1, len(trajectories), figsize=(5 * len(trajectories), 3.5), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(trajectories), figsize=(5 * len(trajectories), 3.5), squeeze=False, layout="constrained"
+    )
     for ax, (name, traj) in zip(axes[0], trajectories.items()):
         best, xs_best, ys_best = float("-inf"), [], []
         for rnd in traj["rounds"]:
