@@ -82,8 +82,16 @@ def is_jetvit_dir(path: str | os.PathLike) -> bool:
         return False
 
 
-def load(directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"):
-    """Load a model written by `save`. Strict: a missing, unexpected or mis-shaped tensor raises ValueError."""
+def load(
+    directory: str | os.PathLike,
+    *,
+    map_location: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+):
+    """Load a model written by `save` (eval mode; tensors on `map_location`, cast to `dtype` when given).
+
+    Strict: a missing, unexpected or mis-shaped tensor raises ValueError. The model is built on the meta device and
+    takes the file's tensors as they are, so loading costs one copy of the weights, not two."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -105,17 +113,37 @@ def load(directory: str | os.PathLike, *, map_location: str | torch.device = "cp
         raise ValueError(f"{cfg_path} is not a jetvit config (format={meta.get('format')!r})")
     if not weights_path.is_file():
         raise FileNotFoundError(f"{directory} has a config but no weights: {WEIGHTS_NAME} is missing")
-    model = HybridViT(ViTConfig.from_dict(meta["config"]))
+    cfg = ViTConfig.from_dict(meta["config"])
     try:
         state = load_file(str(weights_path), device=str(map_location))
     except (SafetensorError, OSError, RuntimeError) as e:
         raise ValueError(f"cannot read {weights_path} (truncated or corrupt?): {e}") from e
-    load_state_dict_strict(model, state, source=str(weights_path))
+    return build_from_state_dict(HybridViT, cfg, state, source=str(weights_path), dtype=dtype)
+
+
+def build_from_state_dict(
+    model_cls: type[torch.nn.Module],
+    cfg: Any,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str,
+    dtype: torch.dtype | None = None,
+) -> torch.nn.Module:
+    """`model_cls(cfg)` built on the meta device (no random init, no memory), then given `state`'s tensors
+    (cast to `dtype` when given) strictly. Returns the model in eval mode."""
+    with torch.device("meta"):
+        model = model_cls(cfg)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    load_state_dict_strict(model, state, source=source, assign=True)
     return model.eval()
 
 
-def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
-    """`load_state_dict(strict=True)` with an error that names every missing, unexpected and mis-shaped tensor."""
+def load_state_dict_strict(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str, assign: bool = False
+) -> None:
+    """`load_state_dict(strict=True)` with an error that names every missing, unexpected and mis-shaped tensor.
+    `assign=True` makes the model's parameters the given tensors (for a model built on the meta device)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -133,4 +161,4 @@ def load_state_dict_strict(model: torch.nn.Module, state: dict[str, torch.Tensor
         if shapes:
             parts.append(f"shape mismatches: {shapes}")
         raise ValueError("; ".join(parts))
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=True, assign=assign)

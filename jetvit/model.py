@@ -212,17 +212,16 @@ class Attention(nn.Module):
         self.num_heads, self.head_dim = cfg.num_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim, bias=cfg.qkv_bias)
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=cfg.proj_bias)
+        # The teacher has no k bias: the k third of `qkv.bias` is held at zero in the forward (never a buffer, so
+        # a model built on the meta device and loaded with `assign=True` has nothing left to materialise).
         self.mask_k_bias = cfg.qkv_bias and not cfg.k_bias
-        if self.mask_k_bias:
-            mask = torch.ones(3 * cfg.dim)
-            mask[cfg.dim : 2 * cfg.dim] = 0
-            self.register_buffer("qkv_bias_mask", mask, persistent=False)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, D) -> q, k, v, each (B, H, N, d)."""
         bias = self.qkv.bias
         if self.mask_k_bias:
-            bias = bias * self.qkv_bias_mask
+            D = bias.shape[0] // 3
+            bias = torch.cat((bias[:D], torch.zeros_like(bias[D : 2 * D]), bias[2 * D :]))
         B, N, _ = x.shape
         qkv = F.linear(x, self.qkv.weight, bias).reshape(B, N, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, d)

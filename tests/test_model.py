@@ -280,3 +280,13 @@ def test_load_errors_name_the_problem(tmp_path):
     (tmp_path / "m2" / "config.json").write_bytes((tmp_path / "m3" / "config.json").read_bytes())
     with pytest.raises(ValueError, match=r"missing tensors: \['blocks.4"):
         jetvit.load(tmp_path / "m2")
+
+
+def test_load_in_bf16_builds_on_meta_and_keeps_outputs(tmp_path, images):
+    model = randomise(HybridViT(tiny_cfg(arch="LWFL")))
+    jetvit.save(model, tmp_path / "m")
+    low = jetvit.load_teacher(tmp_path / "m", dtype=torch.bfloat16)
+    assert {p.dtype for p in low.parameters()} == {torch.bfloat16}
+    assert not any(p.is_meta for p in low.parameters())
+    ref = model(images)
+    assert (low(images.bfloat16()).float() - ref).abs().max() < 0.05 * ref.abs().max()

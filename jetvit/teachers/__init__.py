@@ -27,6 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from jetvit.model import HybridViT, ViTConfig
 from jetvit.teachers import common
 
@@ -46,8 +48,11 @@ def load_teacher(
     revision: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> HybridViT:
-    """Load a pretrained teacher (or a saved hybrid) as a `HybridViT` in eval mode, fp32, on the CPU.
+    """Load a pretrained teacher (or a saved hybrid) as a `HybridViT` in eval mode on the CPU, in `dtype` (fp32 by
+    default; `torch.bfloat16` halves the memory of a large teacher). The model is built on the meta device and
+    takes the checkpoint's tensors, so a 7B teacher costs one copy of its weights, never a random init as well.
 
     src: a `jetvit.save` directory, a Hugging Face model directory, an official checkpoint file, or a Hub id.
     Options for official checkpoint files only (their size is otherwise read from the tensors' shapes):
@@ -68,16 +73,17 @@ def load_teacher(
     path = Path(src)
     if path.is_dir():
         _reject_official_options(official_opts, path)
-        return _load_dir(path)
+        return _load_dir(path, dtype)
     if path.is_file():
-        return _load_file(path, **official_opts)
+        return _load_file(path, dtype, **official_opts)
     if path.suffix in WEIGHT_SUFFIXES or not _HUB_ID.match(str(src)):
         raise FileNotFoundError(
             f"no such file or directory: {src} (expected a model directory, a checkpoint file {WEIGHT_SUFFIXES}, "
             f"or a Hub id like 'facebook/dinov3-vits16-pretrain-lvd1689m')"
         )
     _reject_official_options(official_opts, path)
-    return _load_dir(_hub_snapshot(str(src), revision=revision, cache_dir=cache_dir, local_files_only=local_files_only))
+    snapshot = _hub_snapshot(str(src), revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
+    return _load_dir(snapshot, dtype)
 
 
 def _reject_official_options(opts: dict[str, Any], src: Path) -> None:
@@ -108,11 +114,11 @@ def _hub_snapshot(repo_id: str, *, revision: str | None, cache_dir: Any, local_f
     return Path(folder)
 
 
-def _load_dir(path: Path) -> HybridViT:
+def _load_dir(path: Path, dtype: torch.dtype) -> HybridViT:
     from jetvit import io
 
     if io.is_jetvit_dir(path):
-        return io.load(path)
+        return io.load(path, dtype=dtype)
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         raise ValueError(
@@ -128,7 +134,7 @@ def _load_dir(path: Path) -> HybridViT:
         raise ValueError(f"{path}: unsupported model_type {model_type!r} in config.json; supported: {HF_MODEL_TYPES}")
     cfg, convert = _hf_converter(hf_config)
     sd = common.read_hf_weights(path)
-    return _build(cfg, convert(sd, cfg, source=str(path)), source=str(path))
+    return _build(cfg, convert(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
 
 
 def _hf_converter(hf_config: dict[str, Any]):
@@ -149,7 +155,7 @@ def _hf_converter(hf_config: dict[str, Any]):
     return hf_dinov2.config_from_hf(hf_config), hf_dinov2.convert_state_dict
 
 
-def _load_file(path: Path, **opts: Any) -> HybridViT:
+def _load_file(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
     from jetvit.teachers import official_dinov2, official_dinov3
 
     sd = common.read_weights(path)
@@ -160,10 +166,10 @@ def _load_file(path: Path, **opts: Any) -> HybridViT:
                 f"options {sorted(dinov3_opts)} apply to Depth-Anything-V2 checkpoints, not DINOv3 ({path})"
             )
         cfg = official_dinov3.config_from_state_dict(sd, size=opts["size"], num_heads=opts["num_heads"])
-        return _build(cfg, official_dinov3.convert_state_dict(sd, cfg, source=str(path)), source=str(path))
+        return _build(cfg, official_dinov3.convert_state_dict(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
     if official_dinov2.is_official_dav2(sd) or official_dinov2.is_official_dinov2(sd):
         cfg = official_dinov2.config_from_state_dict(sd, path=path, **opts)
-        return _build(cfg, official_dinov2.convert_state_dict(sd, cfg, source=str(path)), source=str(path))
+        return _build(cfg, official_dinov2.convert_state_dict(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
     if any(
         k.startswith(("embeddings.", "backbone.embeddings.", "encoder.layer.", "model.layer.", "layer.")) for k in sd
     ):
@@ -178,12 +184,13 @@ def _load_file(path: Path, **opts: Any) -> HybridViT:
     )
 
 
-def _build(cfg: ViTConfig, sd: dict, *, source: str) -> HybridViT:
-    from jetvit.io import load_state_dict_strict
+def _build(cfg: ViTConfig, sd: dict, *, source: str, dtype: torch.dtype) -> HybridViT:
+    from jetvit.io import build_from_state_dict
 
-    model = HybridViT(cfg)
-    load_state_dict_strict(model, {k: v.float() for k, v in sd.items()}, source=source)
-    return model.eval()
+    # Cast every tensor (official checkpoints may be bf16) and make it contiguous and owned: assign=True keeps
+    # the tensors themselves, and converters may hand over views (split fused weights).
+    sd = {k: v.to(dtype).contiguous().clone() if v.dtype != dtype else v.contiguous() for k, v in sd.items()}
+    return build_from_state_dict(HybridViT, cfg, sd, source=source)
 
 
 def describe_size(cfg: ViTConfig) -> str:
