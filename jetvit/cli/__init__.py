@@ -23,7 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jetvit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="jetvit",
+        description="Make pretrained vision foundation ViTs fast at high resolution: convert a full-attention "
+        "teacher into a linear/window/full hybrid, search the per-block kinds, fine-tune, evaluate, benchmark.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         try:
