@@ -311,7 +311,7 @@ class LinearAttention(Attention):
         if self.conv_kind != "none":
             out = out + self.local_conv(v[:, :, P:], layout.grid)
         if P:
-            out = torch.cat((ops.prefix_attention(qr, kr, v, P), out), dim=2)
+            out = ops.join_prefix(ops.prefix_attention(qr, kr, v, P), out)  # (B, H, N, d)
         return out
 
     def local_conv(self, v: Tensor, grid: tuple[int, int]) -> Tensor:

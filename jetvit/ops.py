@@ -31,6 +31,17 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, num_prefix: int) -> Tensor:
     return torch.cat((prefix, patches), dim=2)
 
 
+def join_prefix(prefix: Tensor, patches: Tensor) -> Tensor:
+    """Concatenate prefix (B, H, P, d) and patch (B, H, h*w, d) outputs along the tokens into a (B, H, N, d) view of
+    a (B, N, H, d)-contiguous buffer, so that the attention's `transpose(1, 2).reshape(B, N, H*d)` before `proj` is
+    free: one copy instead of a `cat` and a transposing copy."""
+    B, Hn, P, d = prefix.shape
+    out = prefix.new_empty(B, P + patches.shape[2], Hn, d)  # (B, N, H, d)
+    out[:, :P] = prefix.transpose(1, 2)
+    out[:, P:] = patches.transpose(1, 2)
+    return out.transpose(1, 2)  # (B, H, N, d)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Window attention
 
@@ -96,8 +107,7 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int], 
     out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask)
     out = window_unpartition(out, B, grid, (hp, wp), window)  # (B, H, h*w, d)
     if P:
-        out_prefix = F.scaled_dot_product_attention(q[:, :, :P], k, v)  # (B, H, P, d)
-        out = torch.cat((out_prefix, out), dim=2)
+        out = join_prefix(F.scaled_dot_product_attention(q[:, :, :P], k, v), out)  # (B, H, N, d)
     return out
 
 
@@ -139,8 +149,10 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, eps: float = 1e-6) -> T
     """
     dtype = v.dtype
     with torch.autocast(device_type=q.device.type, enabled=False):
-        v1 = F.pad(v.float(), (0, 1), value=1.0)  # (B, H, N, d+1): the last column carries the normaliser
-        state = k.float().transpose(-1, -2) @ v1  # (B, H, d, d+1)
+        k = k.float()
+        state = k.transpose(-1, -2) @ v.float()  # (B, H, d, d)
+        # The normaliser rides in the same matmul as the output: an extra state column sum_j phi(k_j).
+        state = torch.cat((state, k.sum(dim=2).unsqueeze(-1)), dim=-1)  # (B, H, d, d+1)
         out = q.float() @ state  # (B, H, Nq, d+1)
         out = out[..., :-1] / (out[..., -1:] + eps)
     return out.to(dtype)
