@@ -6,7 +6,8 @@
 
 The control trains the same architecture with only `W` blocks, the same way, and its scores are recorded in the
 teacher's `teacher.json` under "control": the task must need global context, so the control must score clearly lower.
-`--control-from DIR` records an already trained control instead of training one.
+`--control-from DIR` records an already trained control instead of training one; `--rescore` recomputes the recorded
+scores of already trained models (e.g. after a change of the evaluation code) without training.
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ def control_summary(record: dict) -> dict:
     return {"arch": record["arch"], "val": record["val"], "train_seconds": record["train_seconds"]}
 
 
+def rescore(directory: Path) -> dict:
+    """Recompute the validation scores of a trained teacher with the current evaluation code; rewrite its record."""
+    from jetvit.demo.teacher import final_scores, load_builtin
+
+    model, seg_head, depth_head, record = load_builtin(directory)
+    record["val"] = final_scores(model, seg_head, depth_head, samples=record["val"]["samples"],
+                                 seed=record["recipe"]["data_seed"])  # fmt: skip
+    atomic_write_json(directory / TEACHER_JSON, record)
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ASSET_DIR), help="where the teacher goes (default: the committed asset)")
@@ -52,18 +64,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-control", action="store_true", help="do not train the all-W control")
     p.add_argument("--control-from", default=None, help="record this already trained control instead")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="do not train: recompute the recorded scores of --out (and --control-from)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
     recipe = parse_recipe(args.set, args.arch)
-    record = train_teacher(recipe, args.out, progress=not args.no_progress)
+    if args.rescore:
+        record = rescore(Path(args.out))
+    else:
+        record = train_teacher(recipe, args.out, progress=not args.no_progress)
     print(
         f"{record['arch']}: val mIoU {record['val']['miou']:.4f}, depth AbsRel {record['val']['depth_abs_rel']:.4f}"
         f" ({record['train_seconds']:.0f} s)"
     )
     control = None
     if args.control_from:
-        control = json.loads((Path(args.control_from) / TEACHER_JSON).read_text())
+        control_dir = Path(args.control_from)
+        control = rescore(control_dir) if args.rescore else json.loads((control_dir / TEACHER_JSON).read_text())
     elif not args.no_control:
         control = train_teacher(
             dataclasses.replace(recipe, arch="W" * recipe.depth), args.control_out, progress=not args.no_progress

@@ -162,6 +162,26 @@ def evaluate(
     }
 
 
+def final_scores(
+    model: HybridViT, seg_head: LinearSegHead, depth_head: nn.Module, *, samples: int, seed: int = 0
+) -> dict[str, Any]:
+    """The recorded validation scores: `evaluate`'s, with the segmentation numbers recomputed by
+    `jetvit.tasks.segmentation.evaluate_segmentation` (image by image, whole native images), the code path of
+    `jetvit eval`, so that `jetvit eval` on the same samples reproduces the recorded mIoU."""
+    from jetvit.tasks.segmentation import evaluate_segmentation
+
+    size = model.cfg.img_size
+    scores = evaluate(model, seg_head, depth_head, samples=samples, size=size, seed=seed)
+    data = synthetic.KeyShapes(split="val", length=samples, size=size, seed=seed, target="seg")
+    seg = evaluate_segmentation(model, seg_head, data, short_side=size, crop=size, stride=size, progress=False)
+    scores.update(
+        miou=seg["miou"],
+        pixel_acc=seg["pixel_acc"],
+        per_class_iou=dict(zip(synthetic.CLASS_NAMES, seg["per_class_iou"])),
+    )
+    return scores
+
+
 def train_teacher(recipe: TeacherRecipe, out: str | os.PathLike, *, progress: bool = True) -> dict[str, Any]:
     """Pretrain `recipe.arch` from scratch on keyshapes and save it to `out` (see the module docstring).
 
@@ -218,8 +238,8 @@ def train_teacher(recipe: TeacherRecipe, out: str | os.PathLike, *, progress: bo
             log.info("%s", json.dumps(row))
             bar.write(json.dumps(row))
     train_seconds = time.perf_counter() - start
-    final = evaluate(model, seg_head, depth_head, samples=recipe.val_samples, seed=recipe.data_seed)
     model.eval(), seg_head.eval(), depth_head.eval()
+    final = final_scores(model, seg_head, depth_head, samples=recipe.val_samples, seed=recipe.data_seed)
     save(model, out)
     # "probe" holds the evaluation geometry `jetvit eval` reads: whole native-resolution images, one window each.
     native = {"eval_short_side": recipe.size, "eval_crop": recipe.size, "eval_stride": recipe.size, "layer": -1}
