@@ -94,3 +94,36 @@ def test_parse_res_and_options():
         parse_res("1024by2048")
     with pytest.raises(ValueError, match="dtype"):
         BenchOptions(resolutions=[(64, 64)], dtype="fp16")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["flash", "efficient", "math"])
+def test_bench_cli_on_cuda_with_bf16_compile_and_sdpa_backend(tmp_path, backend):
+    out = tmp_path / "bench"
+    argv = [
+        "bench",
+        "--preset",
+        "tiny",
+        "--arch",
+        "FWL",
+        "--res",
+        "64x128",
+        "--repeats",
+        "3",
+        "--device",
+        "cuda",
+        "--dtype",
+        "bf16",
+        "--compile",
+        "--sdpa-backend",
+        backend,
+        "--batch",
+        "4",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    row = json.loads((out / "bench.json").read_text())["rows"][0]
+    assert row["hybrid"]["peak_memory"]["bytes"] > 0 and row["hybrid"]["throughput"]["batch"] == 4
+    assert json.loads((out / "bench.json").read_text())["machine"]["gpu"]
