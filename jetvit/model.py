@@ -303,15 +303,20 @@ class LinearAttention(Attention):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         P = layout.num_prefix
         qr, kr = _rotate(q, k, layout)
+        # The prefix queries' exact attention first, so that no N-sized q/k copy outlives its last use (peak memory).
+        prefix = ops.prefix_attention(qr, kr, v, P) if P else None  # (B, H, P, d)
         if self.use_rope:
             q, k = qr, kr
+        del qr, kr
         phi_q = ops.feature_map(q[:, :, P:], self.kernel, self.focus_p)
         phi_k = ops.feature_map(k, self.kernel, self.focus_p)
+        del q, k
         out = ops.linear_attention(phi_q, phi_k, v, eps=self.eps)  # (B, H, h*w, d)
+        del phi_q, phi_k
         if self.conv_kind != "none":
             out = out + self.local_conv(v[:, :, P:], layout.grid)
-        if P:
-            out = ops.join_prefix(ops.prefix_attention(qr, kr, v, P), out)  # (B, H, N, d)
+        if prefix is not None:
+            out = ops.join_prefix(prefix, out)  # (B, H, N, d)
         return out
 
     def local_conv(self, v: Tensor, grid: tuple[int, int]) -> Tensor:

@@ -90,25 +90,42 @@ def window_attention(q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int], 
     All windows of the batch go through one SDPA call. A window never sees padding as real tokens: padded keys are
     masked, padded queries are dropped.
     """
-    B, Hn, N, d = q.shape
+    B = q.shape[0]
     P = num_prefix
+    # The prefix queries first: their exact attention needs the full q/k, which the caller may then release.
+    out_prefix = F.scaled_dot_product_attention(q[:, :, :P], k, v) if P else None  # (B, H, P, d)
     qw, hp, wp = window_partition(q[:, :, P:], grid, window)  # (B*nW, H, ws^2, d)
-    kw, _, _ = window_partition(k[:, :, P:], grid, window)
-    vw, _, _ = window_partition(v[:, :, P:], grid, window)
-    nw = qw.shape[0] // B
-    if P:
-        # Every window also sees the prefix keys/values: (B, H, P, d) -> (B*nW, H, P, d)
-        kp = k[:, None, :, :P].expand(B, nw, Hn, P, d).reshape(B * nw, Hn, P, d)
-        vp = v[:, None, :, :P].expand(B, nw, Hn, P, d).reshape(B * nw, Hn, P, d)
-        kw, vw = torch.cat((kp, kw), dim=2), torch.cat((vp, vw), dim=2)
+    kw = window_partition_with_prefix(k, grid, window, P)  # (B*nW, H, P + ws^2, d)
+    vw = window_partition_with_prefix(v, grid, window, P)
     mask = window_key_mask(grid, window, P, q.device)
     if mask is not None:
         mask = mask.repeat(B, 1, 1, 1)  # (B*nW, 1, 1, P + ws^2), batch-major like the windows
     out = F.scaled_dot_product_attention(qw, kw, vw, attn_mask=mask)
     out = window_unpartition(out, B, grid, (hp, wp), window)  # (B, H, h*w, d)
-    if P:
-        out = join_prefix(F.scaled_dot_product_attention(q[:, :, :P], k, v), out)  # (B, H, N, d)
+    if out_prefix is not None:
+        out = join_prefix(out_prefix, out)  # (B, H, N, d)
     return out
+
+
+def window_partition_with_prefix(x: Tensor, grid: tuple[int, int], window: int, num_prefix: int) -> Tensor:
+    """Keys or values for `window_attention`: (B, H, P + h*w, d) -> (B * nW, H, P + window*window, d), every window
+    led by the P prefix tokens. Written straight into one buffer: no partitioned copy re-joined with the prefix."""
+    B, Hn, _, d = x.shape
+    h, w = grid
+    P = num_prefix
+    hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
+    nh, nw = hp // window, wp // window
+    out = x.new_empty(B, nh, nw, Hn, P + window * window, d)
+    if P:
+        out[:, :, :, :, :P] = x[:, None, None, :, :P]  # (B, 1, 1, H, P, d) broadcast to every window
+    patches = x[:, :, P:].reshape(B, Hn, h, w, d)  # a view
+    if (hp, wp) != (h, w):
+        patches = F.pad(patches, (0, 0, 0, wp - w, 0, hp - h))  # (B, H, hp, wp, d)
+    patches = patches.reshape(B, Hn, nh, window, nw, window, d).permute(
+        0, 2, 4, 1, 3, 5, 6
+    )  # (B, nh, nw, H, ws, ws, d)
+    out[:, :, :, :, P:].unflatten(4, (window, window)).copy_(patches)
+    return out.reshape(B * nh * nw, Hn, P + window * window, d)
 
 
 def window_attention_naive(
