@@ -52,6 +52,7 @@ class BenchOptions:
     sdpa_backend: str | None = None  # CUDA: "flash" | "cudnn" | "efficient" | "math"; None lets PyTorch pick
     threads: int | None = None  # CPU threads (torch.set_num_threads); None keeps the default
     max_batch: int = 1024
+    clock: str = "wall"  # CPU only: "wall" (perf_counter) | "process" (CPU time of this process; see time_interleaved)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("fp32", "bf16"):
@@ -66,6 +67,8 @@ class BenchOptions:
             raise ValueError(f"need repeats >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.clock not in ("wall", "process") or (self.clock == "process" and self.device != "cpu"):
+            raise ValueError(f"clock must be 'wall', or 'process' on CPU, got {self.clock!r} on {self.device}")
         if not self.resolutions:
             raise ValueError("give at least one resolution (--res HxW)")
 
@@ -134,9 +137,15 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_interleaved(runners: dict[str, Runner], x: Tensor, *, repeats: int, warmup: int, device: str) -> dict:
+def time_interleaved(
+    runners: dict[str, Runner], x: Tensor, *, repeats: int, warmup: int, device: str, clock: str = "wall"
+) -> dict:
     """Milliseconds per call of each runner on x, the runners alternating within each repeat (order flipped every
-    repeat). Returns name -> list of `repeats` timings."""
+    repeat). Returns name -> list of `repeats` timings.
+
+    clock "process" (CPU) measures the CPU time the process used instead of wall time: on a machine shared with
+    other jobs it leaves out the time the process waited for a core. It is meaningful with one thread only (with
+    more, OpenMP threads spinning at barriers count as busy)."""
     names = list(runners)
     for name in names:
         for _ in range(warmup):
@@ -145,11 +154,11 @@ def time_interleaved(runners: dict[str, Runner], x: Tensor, *, repeats: int, war
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
-            times[name].append(_time_one(runners[name], x, device))
+            times[name].append(_time_one(runners[name], x, device, clock))
     return times
 
 
-def _time_one(run: Runner, x: Tensor, device: str) -> float:
+def _time_one(run: Runner, x: Tensor, device: str, clock: str = "wall") -> float:
     if device == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -157,9 +166,10 @@ def _time_one(run: Runner, x: Tensor, device: str) -> float:
         end.record()
         end.synchronize()
         return start.elapsed_time(end)
-    t0 = time.perf_counter()
+    now = time.process_time if clock == "process" else time.perf_counter
+    t0 = now()
     run(x)
-    return (time.perf_counter() - t0) * 1e3
+    return (now() - t0) * 1e3
 
 
 def summarize(samples: list[float]) -> dict[str, Any]:
@@ -307,7 +317,9 @@ def run_benchmark(
         torch.manual_seed(0)
         x = torch.randn(1, 3, *res, device=device)
         log(f"[{res[0]}x{res[1]}] latency at batch 1: warm-up {opts.warmup}, {opts.repeats} interleaved repeats")
-        lat = time_interleaved(runners, x, repeats=opts.repeats, warmup=opts.warmup, device=opts.device)
+        lat = time_interleaved(
+            runners, x, repeats=opts.repeats, warmup=opts.warmup, device=opts.device, clock=opts.clock
+        )
         for name, m in models.items():
             flops = m.flops(*res)["total"]
             if opts.head and m.depth_head is not None and not m.flops(*res)["head"]:

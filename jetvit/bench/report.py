@@ -16,7 +16,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = [
         f"teacher `{result['models']['teacher']['arch']}` vs hybrid `{result['models']['hybrid']['arch']}`, "
         f"{opts['device']} {where}, {opts['dtype']}, {'compiled' if opts['compile'] else 'eager'}, "
-        f"batch 1 latency over {opts.get('repeats_per_input') or opts['repeats']} interleaved repeats "
+        f"{'CPU-time' if opts.get('clock') == 'process' else 'wall-clock'} batch 1 latency over "
+        f"{opts.get('repeats_per_input') or opts['repeats']} interleaved repeats "
         f"(warm-up {opts['warmup']}), torch {m['torch']}",
         "",
         "| resolution | tokens | teacher ms | hybrid ms | speedup (pairs min-max) | ideal (FLOPs) | measured/ideal "

@@ -36,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="force one SDPA backend (CUDA); default lets PyTorch choose",
     )
+    p.add_argument(
+        "--clock",
+        choices=["wall", "process"],
+        default="wall",
+        help="CPU timing clock: wall time, or this process's CPU time (one thread; for shared machines)",
+    )
     p.add_argument("--head", action="store_true", help="time backbone + depth head (models with a DPT head)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--out", default="bench-results", help="output directory for bench.json/.md/.png")
@@ -58,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         head=args.head,
         sdpa_backend=args.sdpa_backend,
         threads=args.threads,
+        clock=args.clock,
     )
     if args.preset:
         from jetvit.bench.presets import preset_config
@@ -91,7 +98,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     out += ["--arch", args.arch]
     for r in args.res:
         out += ["--res", r]
-    for flag in ("batch", "dtype", "device", "repeats", "warmup", "threads", "sdpa_backend", "out"):
+    for flag in ("batch", "dtype", "device", "repeats", "warmup", "threads", "sdpa_backend", "clock", "out"):
         v = getattr(args, flag)
         if v is not None:
             out += [f"--{flag.replace('_', '-')}", str(v)]
