@@ -21,7 +21,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         f"(warm-up {opts['warmup']}), torch {m['torch']}",
         "",
         "| resolution | tokens | teacher ms | hybrid ms | speedup (pairs min-max) | ideal (FLOPs) | measured/ideal "
-        "| teacher peak MB | hybrid peak MB | memory ratio | throughput img/s (teacher / hybrid, batch) |",
+        "| teacher peak MiB | hybrid peak MiB | memory ratio | throughput img/s (teacher / hybrid, batch) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
