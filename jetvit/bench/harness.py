@@ -388,15 +388,9 @@ def _speedup(row: dict[str, Any], lat: dict[str, list[float]]) -> dict[str, Any]
 
 
 def build_pair(teacher: HybridViT, arch: str) -> HybridViT:
-    """The hybrid `arch` of `teacher`, with the teacher's weights (every kind inherits `qkv`, `proj`, norms, MLP)."""
-    cfg = dataclasses.replace(teacher.cfg, arch=arch)
-    try:
-        from jetvit.convert import convert  # the real weight inheritance, when that module is present
-    except ImportError:
-        hybrid = HybridViT(cfg)
-        missing, _ = hybrid.load_state_dict(teacher.state_dict(), strict=False)
-        assert all(".attn.conv" in k for k in missing), missing  # only the L blocks' new convolutions are fresh
-        return hybrid
+    """The hybrid `arch` of `teacher` with every weight inherited (`jetvit.convert`)."""
+    from jetvit.conversion import convert
+
     return convert(teacher, arch)
 
 
