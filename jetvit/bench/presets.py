@@ -15,18 +15,20 @@ from __future__ import annotations
 from typing import Any
 
 from jetvit.model import ViTConfig
+from jetvit.teachers import released
 
 
-def _dinov3(dim: int, depth: int, heads: int, mlp: str, hidden: int, *, qkv_bias: bool = True) -> dict[str, Any]:
+def _dinov3(name: str) -> dict[str, Any]:
+    size = released.DINOV3[name]
     return dict(
         family="dinov3",
         patch_size=16,
-        dim=dim,
-        depth=depth,
-        num_heads=heads,
-        mlp=mlp,
-        mlp_hidden=hidden,
-        qkv_bias=qkv_bias,
+        dim=size.dim,
+        depth=size.depth,
+        num_heads=size.heads,
+        mlp=size.mlp,
+        mlp_hidden=size.mlp_hidden,
+        qkv_bias=name not in released.DINOV3_NO_QKV_BIAS,
         k_bias=False,
         num_registers=4,
         norm_eps=1e-5,
@@ -34,41 +36,42 @@ def _dinov3(dim: int, depth: int, heads: int, mlp: str, hidden: int, *, qkv_bias
     )
 
 
-def _dav2(dim: int, depth: int, heads: int, mlp: str, hidden: int, features: int, out: list[int], layers: list[int]):
-    head = dict(in_dim=dim, features=features, out_channels=out, layers=layers)
+def _dav2(name: str) -> dict[str, Any]:
+    size = released.DINOV2[name]
+    head = released.DAV2_HEADS[size.dim]
     return dict(
         family="depth_anything_v2",
         img_size=518,
         patch_size=14,
-        dim=dim,
-        depth=depth,
-        num_heads=heads,
-        mlp=mlp,
-        mlp_hidden=hidden,
+        dim=size.dim,
+        depth=size.depth,
+        num_heads=size.heads,
+        mlp=size.mlp,
+        mlp_hidden=size.mlp_hidden,
         qkv_bias=True,
         k_bias=True,
         num_registers=0,
         norm_eps=1e-6,
         pos_embed="learned",
         pos_interp="official",
-        depth_head=head,
+        depth_head=dict(in_dim=size.dim, features=head.features, out_channels=head.out_channels, layers=head.layers),
     )
 
 
 # name -> the ViTConfig fields of that architecture (everything but `arch`)
 PRESETS: dict[str, dict[str, Any]] = {
-    "dinov3-s": _dinov3(384, 12, 6, "gelu", 1536),
-    "dinov3-s+": _dinov3(384, 12, 6, "swiglu", 1536),
-    "dinov3-b": _dinov3(768, 12, 12, "gelu", 3072),
-    "dinov3-l": _dinov3(1024, 24, 16, "gelu", 4096),
-    "dinov3-l+": _dinov3(1024, 24, 16, "swiglu", 4096),
-    "dinov3-h+": _dinov3(1280, 32, 20, "swiglu", 5120),
-    "dinov3-7b": _dinov3(4096, 40, 32, "swiglu", 8192, qkv_bias=False),
-    "dav2-s": _dav2(384, 12, 6, "gelu", 1536, 64, [48, 96, 192, 384], [2, 5, 8, 11]),
-    "dav2-b": _dav2(768, 12, 12, "gelu", 3072, 128, [96, 192, 384, 768], [2, 5, 8, 11]),
-    "dav2-l": _dav2(1024, 24, 16, "gelu", 4096, 256, [256, 512, 1024, 1024], [4, 11, 17, 23]),
-    "dav2-g": _dav2(1536, 40, 24, "swiglu", 4096, 384, [1536] * 4, [9, 19, 29, 39]),
-    "tiny": dict(_dinov3(64, 3, 2, "gelu", 128), window_size=4),
+    "dinov3-s": _dinov3("vits16"),
+    "dinov3-s+": _dinov3("vits16plus"),
+    "dinov3-b": _dinov3("vitb16"),
+    "dinov3-l": _dinov3("vitl16"),
+    "dinov3-l+": _dinov3("vitl16plus"),
+    "dinov3-h+": _dinov3("vith16plus"),
+    "dinov3-7b": _dinov3("vit7b16"),
+    "dav2-s": _dav2("vits14"),
+    "dav2-b": _dav2("vitb14"),
+    "dav2-l": _dav2("vitl14"),
+    "dav2-g": _dav2("vitg14"),
+    "tiny": dict(_dinov3("vits16"), dim=64, depth=3, num_heads=2, mlp_hidden=128, window_size=4),
 }
 
 

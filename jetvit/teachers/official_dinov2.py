@@ -24,22 +24,13 @@ from torch import Tensor
 
 from jetvit.heads import DPTConfig
 from jetvit.model import ViTConfig
+from jetvit.teachers import released
 from jetvit.teachers.common import Chunk, KeyTable, apply_key_table, block_indices, ensure
 
 # name -> (dim, depth, heads, mlp); DAv2 names use the same letters (vits, vitb, vitl, vitg).
-RELEASED: dict[str, tuple[int, int, int, str]] = {
-    "vits14": (384, 12, 6, "gelu"),
-    "vitb14": (768, 12, 12, "gelu"),
-    "vitl14": (1024, 24, 16, "gelu"),
-    "vitg14": (1536, 40, 24, "swiglu"),
-}
+RELEASED: dict[str, tuple[int, int, int, str]] = {name: size[:4] for name, size in released.DINOV2.items()}
 # DAv2 head: backbone width -> the 0-based blocks its DPT head reads.
-DAV2_HEAD_LAYERS: dict[int, list[int]] = {
-    384: [2, 5, 8, 11],
-    768: [2, 5, 8, 11],
-    1024: [4, 11, 17, 23],
-    1536: [9, 19, 29, 39],
-}
+DAV2_HEAD_LAYERS: dict[int, list[int]] = {dim: head.layers for dim, head in released.DAV2_HEADS.items()}
 METRIC_MAX_DEPTH = {"hypersim": 20.0, "vkitti": 80.0}  # released metric DAv2 models: indoor, outdoor
 NORM_EPS = 1e-6
 DAV2_PREFIX = "pretrained."

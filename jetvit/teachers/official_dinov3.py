@@ -17,18 +17,11 @@ import torch
 from torch import Tensor
 
 from jetvit.model import ViTConfig
+from jetvit.teachers import released
 from jetvit.teachers.common import KeyTable, apply_key_table, block_indices, ensure, zero_k_bias
 
 # name -> (dim, depth, heads, mlp)
-RELEASED: dict[str, tuple[int, int, int, str]] = {
-    "vits16": (384, 12, 6, "gelu"),
-    "vits16plus": (384, 12, 6, "swiglu"),
-    "vitb16": (768, 12, 12, "gelu"),
-    "vitl16": (1024, 24, 16, "gelu"),
-    "vitl16plus": (1024, 24, 16, "swiglu"),
-    "vith16plus": (1280, 32, 20, "swiglu"),
-    "vit7b16": (4096, 40, 32, "swiglu"),
-}
+RELEASED: dict[str, tuple[int, int, int, str]] = {name: size[:4] for name, size in released.DINOV3.items()}
 NORM_EPS = 1e-5
 ROPE_BASE = 100.0
 
