@@ -1,0 +1,38 @@
+"""`make demo`'s runner end to end on a tiny teacher: search, eval and bench through the real CLI, then the report."""
+
+import json
+import subprocess
+import sys
+
+from jetvit.demo.teacher import TeacherRecipe, train_teacher
+
+
+def test_demo_runner_end_to_end_on_a_tiny_teacher(tmp_path):
+    teacher = tmp_path / "teacher"
+    recipe = TeacherRecipe(
+        dim=32, depth=4, num_heads=2, mlp_hidden=64, size=32, window_size=2, steps=2, batch_size=2, warmup=1,
+        eval_every=2, val_samples=2, monitor_samples=2,
+    )  # fmt: skip
+    train_teacher(recipe, teacher, progress=False)
+    stage = "{resolution: 32, steps: 2, batch_size: 2, lr: 1.0e-3}"
+    overrides = [
+        "score.resolution=32", "score.options.samples=2", "score.options.size=32", "budget.resolution=128",
+        f"step1.stages=[{stage}]", f"step2.stages=[{stage}]", f"finetune.stages=[{stage}]", "step1.beam.max_rounds=1",
+        "step2.beam.max_rounds=1", "data.holdout=2",
+    ]  # fmt: skip
+    cmd = [sys.executable, "-m", "jetvit.demo.run", "--out", str(tmp_path / "demo"), "--teacher", str(teacher),
+           "--train-images", "6", "--val-images", "2", "--figures", "1"]  # fmt: skip
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
+    out = tmp_path / "demo"
+    summary = json.loads((out / "search" / "summary.json").read_text())
+    assert len(summary["arch"]) == 4 and summary["arch"].count("F") <= 1
+    results = json.loads((out / "eval" / "results.json").read_text())["results"]
+    assert set(results) == {"teacher", "student"}
+    bench = json.loads((out / "bench" / "bench.json").read_text())
+    assert [row["res"] for row in bench["rows"]] == [[32, 32], [128, 128]]
+    report = (out / "REPORT.md").read_text()
+    assert summary["arch"] in report and "eval/figures/000.png" in report
+    assert (out / "eval" / "figures" / "000.png").is_file() and (out / "search" / "architecture.png").is_file()
+    assert f"student  {summary['arch']}" in proc.stdout and "speedup at 128x128" in proc.stdout
