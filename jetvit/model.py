@@ -50,7 +50,11 @@ class LinearAttnConfig:
     conv: str = "dynamic"  # "none" | "static" (depthwise conv on V) | "dynamic" (squeeze dynamic conv)
     conv_size: int = 5  # k of the k x k depthwise kernel
     conv_hidden: int = 64  # width of the kernel generator's hidden layer
-    rope: bool = True  # rotate q/k by RoPE before the kernel (RoPE families only)
+    # Rotate q/k by RoPE before the kernel (RoPE families only). Off by default, chosen by measurement: on the
+    # built-in teacher a pure-L student scored 41.61 +- 1.04 mIoU without and 40.43 +- 1.95 with it (3 seeds,
+    # benchmarks/results/replication.md): no better within the spread, and the rotation is a large share of an L
+    # block's elementwise time (benchmarks/results/profile-cpu-dinov3s-1024.md). The conv supplies position.
+    rope: bool = False
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
@@ -245,6 +249,13 @@ def _rotate(q: Tensor, k: Tensor, layout: TokenLayout) -> tuple[Tensor, Tensor]:
     return ops.apply_rope(q, cos, sin, layout.num_prefix), ops.apply_rope(k, cos, sin, layout.num_prefix)
 
 
+def _rotate_keys(k: Tensor, layout: TokenLayout) -> Tensor:
+    if layout.rope is None:
+        return k
+    cos, sin = layout.rope
+    return ops.apply_rope(k, cos.to(k.dtype), sin.to(k.dtype), layout.num_prefix)
+
+
 class FullAttention(Attention):
     """`F`: the teacher's softmax attention over all tokens."""
 
@@ -302,12 +313,17 @@ class LinearAttention(Attention):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         P = layout.num_prefix
-        qr, kr = _rotate(q, k, layout)
         # The prefix queries' exact attention first, so that no N-sized q/k copy outlives its last use (peak memory).
-        prefix = ops.prefix_attention(qr, kr, v, P) if P else None  # (B, H, P, d)
+        # It always sees the teacher's rotated keys; prefix queries themselves are never rotated.
         if self.use_rope:
-            q, k = qr, kr
-        del qr, kr
+            q, k = _rotate(q, k, layout)
+            prefix = ops.prefix_attention(q, k, v, P) if P else None  # (B, H, P, d)
+        elif P:
+            kr = _rotate_keys(k, layout)  # only the keys: prefix queries are never rotated
+            prefix = ops.prefix_attention(q, kr, v, P)  # (B, H, P, d)
+            del kr
+        else:
+            prefix = None
         phi_q = ops.feature_map(q[:, :, P:], self.kernel, self.focus_p)
         phi_k = ops.feature_map(k, self.kernel, self.focus_p)
         del q, k

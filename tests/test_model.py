@@ -117,11 +117,11 @@ def test_linear_attention_equals_explicit_kernel_matrix(kernel):
     assert (fast - ref).abs().max() < 1e-5
 
 
-@pytest.mark.parametrize("conv", ["none", "static", "dynamic"])
-def test_linear_block_equals_naive_reference(conv):
+@pytest.mark.parametrize("conv,rope", [("none", False), ("static", False), ("dynamic", False), ("dynamic", True)])
+def test_linear_block_equals_naive_reference(conv, rope):
     """The whole `L` attention (prefix softmax + linear patch attention + depthwise conv) against an O(N^2)
     implementation written with explicit matrices and a loop-based convolution."""
-    cfg = tiny_cfg(arch="LLLL", linear=LinearAttnConfig(conv=conv, conv_size=3))
+    cfg = tiny_cfg(arch="LLLL", linear=LinearAttnConfig(conv=conv, conv_size=3, rope=rope))
     attn = randomise(HybridViT(cfg)).blocks[0].attn
     x = torch.randn(2, 5 + 35, 32, generator=torch.Generator().manual_seed(4))
     layout = TokenLayout((5, 7), 5, rope_tables((5, 7), 8, 100.0, x.device))
@@ -129,8 +129,14 @@ def test_linear_block_equals_naive_reference(conv):
 
     q, k, v = attn.project(x)
     cos, sin = layout.rope
-    q, k = ops.apply_rope(q, cos, sin, 5), ops.apply_rope(k, cos, sin, 5)
-    prefix = torch.softmax(q[:, :, :5] @ k.transpose(-1, -2) / 8**0.5, -1) @ v
+
+    def rotate(t):  # the textbook half-split rotation of the patch tokens
+        return torch.cat((t[:, :, :5], t[:, :, 5:] * cos + ops.rotate_half(t[:, :, 5:]) * sin), dim=2)
+
+    qr, kr = rotate(q), rotate(k)
+    prefix = torch.softmax(qr[:, :, :5] @ kr.transpose(-1, -2) / 8**0.5, -1) @ v  # prefix: the teacher's attention
+    if rope:
+        q, k = qr, kr
     patches = ops.linear_attention_naive(torch.relu(q[:, :, 5:]), torch.relu(k), v)
     if conv != "none":
         vg = v[:, :, 5:].permute(0, 1, 3, 2).reshape(2, 32, 5, 7)
