@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from jetvit.model import LinearAttnConfig
 from jetvit.train.config import Config, StageConfig, dump_yaml, load_config
 
 
@@ -30,6 +31,7 @@ def test_load_and_override(tmp_path):
     assert cfg.step1.stages[0].steps == 9 and cfg.step1.stages[0].size == (32, 32)
     assert cfg.step2.beam.width == 5
     assert cfg.distill.targets == [1, 3]
+    assert cfg.supernet.linear == LinearAttnConfig()  # the library's L-block defaults unless set
     assert cfg.step1.stages[0].lr == pytest.approx(1e-4)  # default filled in
     # The resolved YAML reloads to the same config.
     again = load_config(_write(tmp_path, dump_yaml(cfg)))
@@ -48,6 +50,8 @@ def test_load_and_override(tmp_path):
         ("budget.max_flops_ratio=1.5", "budget.max_flops_ratio"),
         ("arch=LXW", "arch 'LXW'"),
         ("novalue", "not of the form key=value"),
+        ("supernet.linear.cnov=static", "unknown config key 'supernet.linear.cnov'"),
+        ("supernet.linear.conv=sideways", "linear.conv must be"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(tmp_path, override, message):
@@ -90,3 +94,9 @@ def test_packaged_copies_match_configs_dir(name):
 
     root = Path(__file__).resolve().parent.parent
     assert (root / "jetvit" / "configs" / f"{name}.yaml").read_text() == (root / "configs" / f"{name}.yaml").read_text()
+
+
+def test_linear_block_options_override(tmp_path):
+    cfg = load_config(_write(tmp_path, BASE), ["supernet.linear.rope=true", "supernet.linear.conv=static"])
+    assert cfg.supernet.linear == LinearAttnConfig(rope=True, conv="static")
+    assert load_config(_write(tmp_path, dump_yaml(cfg))) == cfg

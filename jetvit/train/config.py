@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from jetvit.model import LinearAttnConfig
+
 SCHEDULES = ("cosine", "linear", "constant")
 TARGET_PRESETS = ("last", "dpt")
 
@@ -96,6 +98,9 @@ class SupernetConfig:
     # paths better in our measurement, at twice the block memory; see jetvit.search.supernet).
     share: bool = False
     window_size: int | None = None  # W blocks' window side in patches; None: the teacher config's
+    # The L blocks' options (kernel, convolution, RoPE...: jetvit.model.LinearAttnConfig); the library's defaults
+    # unless set, whatever options a saved teacher's config happens to carry.
+    linear: LinearAttnConfig = field(default_factory=LinearAttnConfig)
 
 
 @dataclass

@@ -421,6 +421,9 @@ def _prepare(cfg: Config, out: Path, rt: Runtime) -> dict[str, Any]:
     source = open_source(cfg.data.source)
     train_idx, held_idx = split_holdout(len(source), cfg.data.holdout)
     teacher = load_teacher_model(cfg.teacher, rt.device, cfg.teacher_options)
+    # The hybrids' L-block options come from the run's config: every supernet and student is derived from the
+    # teacher's config (an all-F teacher does not read them).
+    teacher.cfg = dataclasses.replace(teacher.cfg, linear=cfg.supernet.linear)
     depth_teacher = None
     wants_depth = (cfg.finetune.depth_weight or 0) > 0 or cfg.distill.depth_weight > 0
     if wants_depth:
