@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jetvit._config import from_dict
+
 # Each intermediate feature: the patch map (B, D, h, w) and the prefix tokens (B, P, D), both after the final norm.
 Features = list[tuple[Tensor, Tensor]]
 
@@ -67,11 +69,7 @@ class DPTConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DPTConfig:
         """Build from a dict (e.g. a saved `config.json` section); unknown keys are an error."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DPTConfig keys {unknown}; accepted: {sorted(known)}")
-        return cls(**d)
+        return from_dict(cls, d, "DPTConfig")
 
 
 class ResidualConvUnit(nn.Module):
@@ -267,11 +265,7 @@ class LinearSegConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LinearSegConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown LinearSegConfig keys {unknown}; accepted: {sorted(known)}")
-        return cls(**d)
+        return from_dict(cls, d, "LinearSegConfig")
 
 
 class LinearSegHead(nn.Module):

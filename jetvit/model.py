@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jetvit import ops
+from jetvit._config import check_keys
 
 ARCH_LETTERS = "FWL"
 FAMILIES = ("dinov3", "dinov2", "dinov2_reg", "depth_anything_v2", "jetvit")
@@ -127,16 +128,9 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; accepted: {sorted(known)}")
-        d = dict(d)
+        check_keys(cls, d, "model config")
         if isinstance(d.get("linear"), dict):
-            lin_known = {f.name for f in dataclasses.fields(LinearAttnConfig)}
-            bad = sorted(set(d["linear"]) - lin_known)
-            if bad:
-                raise ValueError(f"unknown linear-attention config keys {bad}; accepted: {sorted(lin_known)}")
+            check_keys(LinearAttnConfig, d["linear"], "linear-attention config")
         return cls(**d)
 
 
