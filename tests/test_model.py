@@ -296,3 +296,13 @@ def test_load_in_bf16_builds_on_meta_and_keeps_outputs(tmp_path, images):
     assert not any(p.is_meta for p in low.parameters())
     ref = model(images)
     assert (low(images.bfloat16()).float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+@pytest.mark.parametrize("prefix", [0, 5])
+def test_apply_rope_equals_textbook_rotation(prefix):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, prefix + 35, 8, generator=g)
+    cos, sin = rope_tables((5, 7), 8, 100.0, x.device)
+    patches = x[:, :, prefix:]
+    ref = torch.cat((x[:, :, :prefix], patches * cos + ops.rotate_half(patches) * sin), dim=2)
+    torch.testing.assert_close(ops.apply_rope(x, cos, sin, prefix), ref, atol=1e-6, rtol=1e-6)
