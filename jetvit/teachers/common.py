@@ -181,3 +181,39 @@ def ensure(cond: bool, msg: str) -> None:
     """Raise ValueError(msg) unless `cond`: for checks of a checkpoint's content, which is user input."""
     if not cond:
         raise ValueError(msg)
+
+
+def resolve_heads(
+    released: dict[str, tuple[int, int, int, str]],
+    shape: tuple[int, int, str],
+    *,
+    family: str,
+    size: str | None,
+    num_heads: int | None,
+    fallback: int | None = None,
+) -> int:
+    """The number of heads of an official checkpoint with (dim, depth, mlp) `shape`: from a released `size` name
+    (checked against the shape), else `num_heads`, else `fallback` (read from the file), else the released size of
+    that width. ValueError when none applies or the heads do not divide the width."""
+    dim, depth, mlp = shape
+    if size is not None:
+        ensure(size in released, f"unknown {family} size {size!r}; released sizes: {sorted(released)}")
+        r_dim, r_depth, heads, r_mlp = released[size]
+        ensure(
+            (r_dim, r_depth, r_mlp) == (dim, depth, mlp),
+            f"size {size!r} is dim {r_dim}, depth {r_depth}, {r_mlp} MLP but the checkpoint has "
+            f"dim {dim}, depth {depth}, {mlp} MLP",
+        )
+    elif num_heads is not None:
+        heads = num_heads
+    elif fallback is not None:
+        heads = fallback
+    else:
+        by_dim = {d: h for d, _, h, _ in released.values()}
+        ensure(
+            dim in by_dim,
+            f"cannot tell the number of heads of a dim-{dim} {family} checkpoint: pass size= or num_heads=",
+        )
+        heads = by_dim[dim]
+    ensure(heads > 0 and dim % heads == 0, f"num_heads {heads} does not divide the width {dim}")
+    return heads

@@ -25,7 +25,7 @@ from torch import Tensor
 from jetvit.heads import DPTConfig
 from jetvit.model import ViTConfig
 from jetvit.teachers import released
-from jetvit.teachers.common import Chunk, KeyTable, apply_key_table, block_indices, ensure
+from jetvit.teachers.common import Chunk, KeyTable, apply_key_table, block_indices, ensure, resolve_heads
 
 # name -> (dim, depth, heads, mlp); DAv2 names use the same letters (vits, vitb, vitl, vitg).
 RELEASED: dict[str, tuple[int, int, int, str]] = {name: size[:4] for name, size in released.DINOV2.items()}
@@ -90,22 +90,7 @@ def backbone_config_from_state_dict(
     else:
         raise ValueError(f"official DINOv2 checkpoint without {b0}fc1 or {b0}w12 weights")
     size = _resolve_size(size)
-    if size is not None:
-        r_dim, r_depth, heads, r_mlp = RELEASED[size]
-        ensure(
-            (r_dim, r_depth, r_mlp) == (dim, depth, mlp),
-            f"size {size!r} is dim {r_dim}, depth {r_depth}, {r_mlp} MLP but the checkpoint has "
-            f"dim {dim}, depth {depth}, {mlp} MLP",
-        )
-    elif num_heads is not None:
-        heads = num_heads
-    else:
-        by_dim = {d: h for d, _, h, _ in RELEASED.values()}
-        ensure(
-            dim in by_dim, f"cannot tell the number of heads of a dim-{dim} DINOv2 checkpoint: pass size= or num_heads="
-        )
-        heads = by_dim[dim]
-    ensure(heads > 0 and dim % heads == 0, f"num_heads {heads} does not divide the width {dim}")
+    heads = resolve_heads(RELEASED, (dim, depth, mlp), family="DINOv2", size=size, num_heads=num_heads)
     registers = sd[f"{p}register_tokens"].shape[1] if f"{p}register_tokens" in sd else 0
     qkv_bias = f"{p}blocks.0.attn.qkv.bias" in sd
     return ViTConfig(

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from jetvit.model import ViTConfig
 from jetvit.teachers import released
-from jetvit.teachers.common import KeyTable, apply_key_table, block_indices, ensure, zero_k_bias
+from jetvit.teachers.common import KeyTable, apply_key_table, block_indices, ensure, resolve_heads, zero_k_bias
 
 # name -> (dim, depth, heads, mlp)
 RELEASED: dict[str, tuple[int, int, int, str]] = {name: size[:4] for name, size in released.DINOV3.items()}
@@ -76,25 +76,10 @@ def config_from_state_dict(
     else:
         raise ValueError("official DINOv3 checkpoint without blocks.0.mlp.fc1 or blocks.0.mlp.w1 weights")
     periods = sd.get("rope_embed.periods")
-    if size is not None:
-        ensure(size in RELEASED, f"unknown DINOv3 size {size!r}; released sizes: {sorted(RELEASED)}")
-        r_dim, r_depth, heads, r_mlp = RELEASED[size]
-        ensure(
-            (r_dim, r_depth, r_mlp) == (dim, depth, mlp),
-            f"size {size!r} is dim {r_dim}, depth {r_depth}, {r_mlp} MLP but the checkpoint has "
-            f"dim {dim}, depth {depth}, {mlp} MLP",
-        )
-    elif num_heads is not None:
-        heads = num_heads
-    elif periods is not None:
-        heads = dim // (4 * periods.numel())
-    else:
-        by_dim = {d: h for d, _, h, _ in RELEASED.values()}
-        ensure(
-            dim in by_dim, f"cannot tell the number of heads of a dim-{dim} DINOv3 checkpoint: pass size= or num_heads="
-        )
-        heads = by_dim[dim]
-    ensure(heads > 0 and dim % heads == 0, f"num_heads {heads} does not divide the width {dim}")
+    fallback = dim // (4 * periods.numel()) if periods is not None else None  # head_dim / 4 periods
+    heads = resolve_heads(
+        RELEASED, (dim, depth, mlp), family="DINOv3", size=size, num_heads=num_heads, fallback=fallback
+    )
     head_dim = dim // heads
     if periods is not None:
         ensure(
