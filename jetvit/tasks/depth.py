@@ -67,20 +67,9 @@ def evaluate_depth(
     align defaults to "disparity" for relative heads and "none" for metric ones. Returns DepthMetrics.compute()
     plus "seconds". on_prediction(index, image, depth_gt, prediction (H, W)) is called per image.
     """
-    from tqdm import tqdm
-
     head = depth_head_of(model, head).eval()
     metrics = DepthMetrics(align=align or default_align(head), min_depth=min_depth, max_depth=max_depth)
-    start = time.perf_counter()
-    for i in tqdm(range(len(dataset)), desc="eval depth", disable=not progress, dynamic_ncols=True):
-        image, gt = dataset[i]
-        pred = predict_depth(model, image[None], head=head, short_side=short_side)[0].cpu()
-        metrics.update(pred, gt)
-        if on_prediction is not None:
-            on_prediction(i, image, gt, pred)
-    result = metrics.compute()
-    result["seconds"] = time.perf_counter() - start
-    return result
+    return _run(model, dataset, head, metrics, "eval depth", short_side, progress, on_prediction)
 
 
 @torch.no_grad()
@@ -96,19 +85,34 @@ def evaluate_da2k(
 ) -> dict[str, Any]:
     """DA2K pair-ordering accuracy over `dataset` (samples (image, pairs)). larger_is_closer defaults to True for
     relative (disparity-like) heads and False for metric (depth) heads."""
-    from tqdm import tqdm
-
     head = depth_head_of(model, head).eval()
     if larger_is_closer is None:
         larger_is_closer = not head.cfg.metric
     acc = DA2KAccuracy(larger_is_closer=larger_is_closer)
+    return _run(model, dataset, head, acc, "eval DA2K", short_side, progress, on_prediction)
+
+
+def _run(
+    model: nn.Module,
+    dataset: Any,
+    head: DPTHead,
+    metric: Any,
+    desc: str,
+    short_side: int,
+    progress: bool,
+    on_prediction: Callable[[int, Tensor, Any, Tensor], None] | None,
+) -> dict[str, Any]:
+    """Predict every sample (image, target) of `dataset`, feed `metric.update(pred, target)`, return
+    `metric.compute()` plus "seconds"."""
+    from tqdm import tqdm
+
     start = time.perf_counter()
-    for i in tqdm(range(len(dataset)), desc="eval DA2K", disable=not progress, dynamic_ncols=True):
-        image, pairs = dataset[i]
+    for i in tqdm(range(len(dataset)), desc=desc, disable=not progress, dynamic_ncols=True):
+        image, target = dataset[i]
         pred = predict_depth(model, image[None], head=head, short_side=short_side)[0].cpu()
-        acc.update(pred, pairs)
+        metric.update(pred, target)
         if on_prediction is not None:
-            on_prediction(i, image, pairs, pred)
-    result = acc.compute()
+            on_prediction(i, image, target, pred)
+    result = metric.compute()
     result["seconds"] = time.perf_counter() - start
     return result
