@@ -10,10 +10,12 @@ rerun reuses finished runs.
 What runs, per seed (the seed sets the distillation data order, the supernet path sampling and the
 initialisation of the tensors the teacher has no counterpart for):
 
-- search: `jetvit.train.pipeline.run_search` with configs/demo.yaml at this budget and an F budget of 3; the Step 1
-  (L/W) architecture and the best architecture of each Step 2 round (1, 2, 3 F blocks) are read from the trajectory;
-- every row of every table is then the same experiment: `jetvit.convert(teacher, arch, inherit=..., linear=...)`,
-  feature distillation of the last block for `distill_steps` steps (`jetvit.train.distill.train_phase`), and the
+- search: `jetvit.pipeline.run_search` with the demo config (jetvit/configs/demo.yaml) at this budget and an F
+  budget of 3; the Step 1 (L/W) architecture and the best architecture of each Step 2 round (1, 2, 3 F blocks) are
+  read from the trajectory;
+- every row of every table is then the same experiment: `jetvit.train.distill.distill_arch` (the teacher converted
+  to the row's architecture with the row's inheritance and L-block options, feature distillation of the last block
+  for `distill_steps` steps, the same function `jetvit distill` runs), and the
   keyshapes val mIoU of the teacher's linear head on the student's features, on `eval_samples` samples (the search
   scores on a disjoint slice of the val split). Rows that are the same experiment share one run.
 
@@ -37,10 +39,11 @@ from typing import Any
 
 import torch
 
+from jetvit.io import atomic_write_json, atomic_write_text
 from jetvit.model import LinearAttnConfig
+from jetvit.train.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO_CONFIG = ROOT / "configs" / "demo.yaml"
 SEARCH_SCORE_OFFSET = 256  # the search scores on val samples 256.. ; final numbers use val samples 0..eval_samples-1
 # The RoPE-in-L rows (rotate q/k before the kernel or not); "(default)" marks the model's current default, which
 # every other row of the replication uses.
@@ -124,34 +127,47 @@ class Lab:
             teacher=self.teacher, head=str(teacher_dir / "seg_head"), samples=budget.eval_samples, size=self.native
         )
 
-    def config(self, seed: int, extra: list[str] = ()):
-        from jetvit.train.config import load_config
+    def config(self, seed: int) -> Config:
+        """The demo config at this budget, on this lab's teacher and data, for `seed`."""
+        from jetvit.train.config import StageConfig, load_config, validate
 
         b = self.budget
-        stage = f"{{resolution: {self.native}, steps: STEPS, batch_size: {b.batch_size}, lr: {b.lr}, warmup_steps: 2}}"
-        overrides = [
-            f"teacher={self.teacher_dir}",
-            f"data.source={self.images_dir}",
-            f"score.resolution={self.native}",
-            f"score.options={{samples: {b.score_samples}, offset: {SEARCH_SCORE_OFFSET}, size: {self.native}, "
-            f"head: {self.teacher_dir / 'seg_head'}}}",
-            f"budget.resolution={4 * self.native}",
-            f"step1.stages=[{stage.replace('STEPS', str(b.step1_steps))}]",
-            f"step2.stages=[{stage.replace('STEPS', str(b.step2_steps))}]",
-            f"finetune.stages=[{stage.replace('STEPS', '1')}]",
-            f"step1.beam.width={b.beam_width}",
-            "step1.beam.max_rounds=null",
-            f"step2.beam.width={b.beam_width}",
-            "step2.max_full=3",
-            f"run.seed={seed}",
-            f"run.checkpoint_every={max(1, b.distill_steps)}",
-            "run.log_every=10",
-        ]
-        return load_config(DEMO_CONFIG, [*overrides, *extra])
+        cfg = load_config("demo")
+        stage = StageConfig(resolution=self.native, steps=1, batch_size=b.batch_size, lr=b.lr, warmup_steps=2)
+        options = {"samples": b.score_samples, "offset": SEARCH_SCORE_OFFSET, "size": self.native}
+        cfg = dataclasses.replace(
+            cfg,
+            teacher=str(self.teacher_dir),
+            data=dataclasses.replace(cfg.data, source=str(self.images_dir)),
+            score=dataclasses.replace(
+                cfg.score, resolution=self.native, options={**options, "head": str(self.teacher_dir / "seg_head")}
+            ),
+            budget=dataclasses.replace(cfg.budget, resolution=4 * self.native),
+            step1=dataclasses.replace(
+                cfg.step1,
+                stages=[dataclasses.replace(stage, steps=b.step1_steps)],
+                beam=dataclasses.replace(cfg.step1.beam, width=b.beam_width, max_rounds=None),
+            ),
+            step2=dataclasses.replace(
+                cfg.step2,
+                stages=[dataclasses.replace(stage, steps=b.step2_steps)],
+                beam=dataclasses.replace(cfg.step2.beam, width=b.beam_width),
+                max_full=3,
+            ),
+            # The search's own fine-tuning is skipped (1 step): every row is distilled alike by `run` instead.
+            finetune=dataclasses.replace(cfg.finetune, stages=[stage]),
+            run=dataclasses.replace(cfg.run, seed=seed, checkpoint_every=max(1, b.distill_steps), log_every=10),
+        )
+        validate(cfg)
+        return cfg
+
+    def distill_stages(self) -> list:
+        b = self.budget
+        return [dataclasses.replace(self.config(0).finetune.stages[0], steps=b.distill_steps)]
 
     def search(self, seed: int) -> dict[str, Any]:
         """Run the search for `seed` (resumable) and read the architectures off its trajectory."""
-        from jetvit.train.pipeline import run_search
+        from jetvit.pipeline import run_search
 
         out = self.work / f"seed{seed}" / "search"
         if not (out / "summary.json").is_file():
@@ -168,12 +184,12 @@ class Lab:
         return {"step1_arch": summary["step1_arch"], "step2_archs": archs, "summary": summary}
 
     def run(self, seed: int, arch: str, *, linear: dict | None = None, inherit: str = "all") -> dict[str, Any]:
-        """Convert, distill `distill_steps` steps, score. Cached in the work folder by (seed, arch, options)."""
-        from jetvit.conversion import convert
+        """Convert, distill `distill_steps` steps (`jetvit.train.distill.distill_arch`), score. Cached in the work
+        folder by (seed, arch, options)."""
         from jetvit.model import LinearAttnConfig
+        from jetvit.runtime import setup_runtime
         from jetvit.train.data import ImageSet, open_source, split_holdout
-        from jetvit.train.distill import Phase, resolve_targets, train_phase
-        from jetvit.train.pipeline import setup_runtime
+        from jetvit.train.distill import distill_arch, resolve_targets, student_for
 
         lin = dataclasses.asdict(LinearAttnConfig(**(linear or {})))
         key = f"{arch}-{lin['kernel']}-{lin['conv']}-rope{int(lin['rope'])}-{inherit}"
@@ -182,22 +198,22 @@ class Lab:
         if done.is_file():
             return json.loads(done.read_text())
         cfg = self.config(seed)
-        rt = setup_runtime(cfg)
+        rt = setup_runtime(cfg.run)
         source = open_source(str(self.images_dir))
         train_idx, _ = split_holdout(len(source), cfg.data.holdout)
         t0 = time.perf_counter()
-        student = convert(self.teacher, arch, inherit=inherit, linear=LinearAttnConfig(**lin), seed=seed)
-        start = self.evaluator(student)
-        stage = dataclasses.replace(cfg.step1.stages[0], steps=self.budget.distill_steps)
-        summary = train_phase(
-            Phase("distill", [stage]),
-            student,
-            teacher=self.teacher,
+        start = self.evaluator(student_for(self.teacher, arch, cfg, inherit=inherit, linear=lin))
+        student, summary = distill_arch(
+            self.teacher,
+            arch,
             images=ImageSet(source, train_idx),
             cfg=cfg,
             rt=rt,
             ckpt_path=out / "ckpt.pt",
             targets=resolve_targets("last", self.teacher),
+            stages=self.distill_stages(),
+            inherit=inherit,
+            linear=lin,
         )
         result = {
             "arch": arch,
@@ -210,8 +226,7 @@ class Lab:
             "train_seconds": summary["seconds"],
             "seconds": time.perf_counter() - t0,
         }
-        out.mkdir(parents=True, exist_ok=True)
-        done.write_text(json.dumps(result, indent=1) + "\n")
+        atomic_write_json(done, result)
         (out / "ckpt.pt").unlink(missing_ok=True)  # the number is what we keep; checkpoints are large
         return result
 
@@ -353,7 +368,7 @@ def write_tables(out: Path, res: dict[str, Any]) -> str:
         "",
     ]
     text = "\n".join(md)
-    (out / "replication.md").write_text(text)
+    atomic_write_text(out / "replication.md", text)
     return text
 
 
@@ -483,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": time.perf_counter() - start,
         "compute": compute,
     }
-    (out / "replication.json").write_text(json.dumps(res, indent=1) + "\n")
+    atomic_write_json(out / "replication.json", res)
     print(write_tables(out, res))
     return 0
 

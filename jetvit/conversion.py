@@ -1,4 +1,11 @@
-"""Weight inheritance: a teacher (any `HybridViT`, usually all-`F`) -> a new hybrid with another architecture."""
+"""Weight inheritance: a teacher (any `HybridViT`, usually all-`F`) -> a hybrid with another architecture.
+
+`inherit_block` is the one rule, used by `convert` (a whole model) and by the supernet (each candidate of a block):
+the new block takes every tensor of the source block that it has under the same name and shape, i.e. the attention
+projections `qkv`/`proj`, the norms, LayerScales and MLP, and a kind's extras (the `L` block's convolution) only
+when the source block is of the same kind. What is not inherited keeps its documented initialisation (zero
+convolution kernels: a fresh `L` block is plain ReLU linear attention).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,33 @@ import dataclasses
 from typing import Any
 
 import torch
+from torch import nn
 
-from jetvit.model import HybridViT, LinearAttnConfig, validate_arch
+from jetvit.model import Block, HybridViT, LinearAttnConfig, validate_arch
 
 INHERIT_MODES = ("all", "mlp")
 # Parameters that `inherit="mlp"` re-initialises: the attention projections (the paper's ablation baseline).
-_ATTN_PROJECTIONS = (".attn.qkv.", ".attn.proj.")
+ATTN_PROJECTIONS = ("attn.qkv.", "attn.proj.")
+# Parameters a block may legitimately lack a source for: the kinds' extras.
+KIND_EXTRAS = ("attn.conv",)
+
+
+def inherit_block(src: nn.Module, dst: Block, *, inherit: str = "all") -> None:
+    """Copy into `dst` (in place) every tensor of block `src` that `dst` has under the same name and shape; with
+    `inherit="mlp"` the attention projections are left at `dst`'s own (seeded) initialisation. The copies are new
+    tensors, never views of `src`'s."""
+    if inherit not in INHERIT_MODES:
+        raise ValueError(f"inherit must be one of {INHERIT_MODES}, got {inherit!r}")
+    own = dst.state_dict()
+    inherited = {
+        n: t.detach().clone()
+        for n, t in src.state_dict().items()
+        if n in own and own[n].shape == t.shape and not (inherit == "mlp" and n.startswith(ATTN_PROJECTIONS))
+    }
+    missing = [n for n in own if n not in inherited]
+    allowed = KIND_EXTRAS + (ATTN_PROJECTIONS if inherit == "mlp" else ())
+    assert all(n.startswith(allowed) for n in missing), f"block tensors without a source: {missing}"
+    dst.load_state_dict(inherited, strict=False)
 
 
 def convert(
@@ -26,10 +54,9 @@ def convert(
     """A new `HybridViT` with architecture `arch`, initialised from `model`; `model` is left untouched.
 
     inherit: `all` copies every tensor the teacher has (Q, K, V, O, MLP, norms, LayerScale, embeddings, heads);
-    `mlp` copies everything but the attention projections `qkv`/`proj`, which are re-initialised (seeded).
-    Parameters the teacher has no counterpart for (the `L` blocks' convolution) start from their documented
-    initialisation (zero kernels: a fresh `L` block is plain ReLU linear attention). Returns a model in eval mode
-    on the teacher's device and dtype, whose inherited tensors are copies, never views, of the teacher's.
+    `mlp` copies everything but the attention projections `qkv`/`proj`, which are re-initialised (seeded by `seed`,
+    as are the `L` blocks' new parameters). Returns a model in eval mode on the teacher's device and dtype, whose
+    inherited tensors are copies, never views, of the teacher's.
     """
     if inherit not in INHERIT_MODES:
         raise ValueError(f"inherit must be one of {INHERIT_MODES}, got {inherit!r}")
@@ -46,17 +73,12 @@ def convert(
         student = HybridViT(new_cfg)
     student.to(device=param.device, dtype=param.dtype)
 
-    teacher_state = model.state_dict()
-    student_state = student.state_dict()
-    inherited = {}
-    for name, tensor in teacher_state.items():
-        if name not in student_state:
-            raise ValueError(f"teacher tensor {name!r} has no place in the converted model")
-        if inherit == "mlp" and any(p in name for p in _ATTN_PROJECTIONS):
-            continue
-        inherited[name] = tensor.detach().clone()
-    missing, unexpected = student.load_state_dict(inherited, strict=False)
-    assert not unexpected, unexpected
-    new_params = [k for k in missing if not any(p in k for p in _ATTN_PROJECTIONS)]
-    assert all(".attn.conv" in k for k in new_params), f"uninherited tensors outside the L-block conv: {new_params}"
+    # Everything outside the blocks (embeddings, final norm, heads) is the same structure in every architecture.
+    outside = {n: t.detach().clone() for n, t in model.state_dict().items() if not n.startswith("blocks.")}
+    missing, unexpected = student.load_state_dict(outside, strict=False)
+    if unexpected:
+        raise ValueError(f"teacher tensors {unexpected} have no place in the converted model")
+    assert all(n.startswith("blocks.") for n in missing), f"uninherited tensors outside the blocks: {missing}"
+    for src, dst in zip(model.blocks, student.blocks):
+        inherit_block(src, dst, inherit=inherit)
     return student.eval()

@@ -30,9 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jetvit import ops
-from jetvit._config import check_keys
+from jetvit._config import from_dict
 
-ARCH_LETTERS = "FWL"
 FAMILIES = ("dinov3", "dinov2", "dinov2_reg", "depth_anything_v2", "jetvit")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -51,10 +50,9 @@ class LinearAttnConfig:
     conv: str = "dynamic"  # "none" | "static" (depthwise conv on V) | "dynamic" (squeeze dynamic conv)
     conv_size: int = 5  # k of the k x k depthwise kernel
     conv_hidden: int = 64  # width of the kernel generator's hidden layer
-    # Rotate q/k by RoPE before the kernel (RoPE families only). Off by default, chosen by measurement: on the
-    # built-in teacher a pure-L student scored 41.61 +- 1.04 mIoU without and 40.43 +- 1.95 with it (3 seeds,
-    # benchmarks/results/replication.md): no better within the spread, and the rotation is a large share of an L
-    # block's elementwise time (benchmarks/results/profile-cpu-dinov3s-1024.md). The conv supplies position.
+    # Rotate q/k by RoPE before the kernel (RoPE families only). Off by default, chosen by measurement (no better
+    # within the spread over seeds, and a large share of an L block's elementwise time): docs/DESIGN.md has the
+    # numbers. The convolution supplies position.
     rope: bool = False
     eps: float = 1e-6
 
@@ -128,21 +126,20 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ViTConfig:
-        check_keys(cls, d, "model config")
-        if isinstance(d.get("linear"), dict):
-            check_keys(LinearAttnConfig, d["linear"], "linear-attention config")
-        return cls(**d)
+        """Build from a dict (a saved `config.json`): unknown keys and values of the wrong type are errors."""
+        return from_dict(cls, d, "model config")
 
 
-def validate_arch(arch: str, depth: int) -> str:
-    """Check an architecture string: `depth` letters from F/W/L (case-insensitive). Returns it upper-cased."""
-    if not isinstance(arch, str):
-        raise ValueError(f"architecture must be a string of F/W/L letters, got {type(arch).__name__}")
+def validate_arch(arch: str, depth: int | None = None) -> str:
+    """Check an architecture string: one letter per block from `ARCH_LETTERS` (case-insensitive), `depth` of them
+    when given. Returns it upper-cased."""
+    if not isinstance(arch, str) or not arch.strip():
+        raise ValueError(f"architecture must be a non-empty string of F/W/L letters, got {arch!r}")
     a = arch.strip().upper()
     bad = sorted({c for c in a if c not in ARCH_LETTERS})
     if bad:
         raise ValueError(f"architecture {arch!r} has unknown letters {bad}; use F (full), W (window), L (linear)")
-    if len(a) != depth:
+    if depth is not None and len(a) != depth:
         raise ValueError(f"architecture {arch!r} has {len(a)} letters but the model has {depth} blocks")
     return a
 
@@ -253,7 +250,12 @@ def _rotate_keys(k: Tensor, layout: TokenLayout) -> Tensor:
 class FullAttention(Attention):
     """`F`: the teacher's softmax attention over all tokens."""
 
-    kind = "F"
+    kind, name = "F", "full"
+
+    def flops(self, grid: tuple[int, int], num_prefix: int) -> int:
+        """Attention-specific FLOPs for one image: QK^T and AV over all N tokens."""
+        N = grid[0] * grid[1] + num_prefix
+        return 4 * N * N * self.num_heads * self.head_dim
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         q, k = _rotate(q, k, layout)
@@ -264,11 +266,19 @@ class WindowAttention(Attention):
     """`W`: softmax attention within non-overlapping `window_size` x `window_size` windows of the patch grid, plus
     the prefix tokens. Grids the window does not divide are padded at the bottom/right and the padding masked."""
 
-    kind = "W"
+    kind, name = "W", "window"
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__(cfg)
         self.window_size = cfg.window_size
+
+    def flops(self, grid: tuple[int, int], num_prefix: int) -> int:
+        """QK^T and AV within (padded) windows, each window also seeing the prefix keys, plus the prefix queries'
+        attention over all N tokens. Padded windows count: they are computed."""
+        h, w = grid
+        ws, P, D = self.window_size, num_prefix, self.num_heads * self.head_dim
+        padded = math.ceil(h / ws) * ws * math.ceil(w / ws) * ws
+        return 4 * padded * (ws * ws + P) * D + 4 * P * (h * w + P) * D
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         q, k = _rotate(q, k, layout)
@@ -287,11 +297,12 @@ class LinearAttention(Attention):
     - `none`: plain linear attention.
     """
 
-    kind = "L"
+    kind, name = "L", "linear"
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__(cfg)
         lin = cfg.linear
+        self.conv_hidden = lin.conv_hidden
         self.kernel, self.focus_p, self.eps = lin.kernel, lin.focus_p, lin.eps
         self.use_rope = lin.rope
         self.conv_kind, self.conv_size = lin.conv, lin.conv_size
@@ -304,6 +315,22 @@ class LinearAttention(Attention):
         elif lin.conv == "static":
             self.conv = nn.Conv2d(D, D, ks, padding=ks // 2, groups=D, bias=False)
             nn.init.zeros_(self.conv.weight)
+
+    def flops(self, grid: tuple[int, int], num_prefix: int) -> int:
+        """phi(K)^T V over all N keys, the patch queries against that state and its normaliser column, the prefix
+        queries' exact attention over all N tokens, and the convolution (plus the kernel generator of the dynamic one).
+        The normaliser itself is a sum over the keys, not a matmul: left out like the other reductions. The focusing
+        kernel is elementwise but costly, so it gets an estimate, 4 N D (about 2 per element of phi(q) and phi(k))."""
+        Np, P, D, d = grid[0] * grid[1], num_prefix, self.num_heads * self.head_dim, self.head_dim
+        N, ks = Np + P, self.conv_size
+        flops = 2 * N * D * d + 2 * Np * D * (d + 1) + 4 * P * N * D
+        if self.kernel == "focus":
+            flops += 4 * N * D
+        if self.conv_kind != "none":
+            flops += 2 * Np * D * ks * ks
+        if self.conv_kind == "dynamic":
+            flops += 2 * (D * self.conv_hidden + self.conv_hidden * D * ks * ks)
+        return flops
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         P = layout.num_prefix
@@ -342,7 +369,10 @@ class LinearAttention(Attention):
         return y.reshape(B, Hn, d, Np).transpose(-1, -2)
 
 
-ATTN_KINDS: dict[str, type[Attention]] = {"F": FullAttention, "W": WindowAttention, "L": LinearAttention}
+# From the most to the least expensive; the search's tie-break order (cheapest first) is this order reversed.
+ATTN_KINDS: dict[str, type[Attention]] = {cls.kind: cls for cls in (FullAttention, WindowAttention, LinearAttention)}
+ARCH_LETTERS = "".join(ATTN_KINDS)  # the alphabet of architecture strings
+KIND_NAMES = {k: cls.name for k, cls in ATTN_KINDS.items()}  # "F" -> "full", ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -477,6 +507,21 @@ class HybridViT(nn.Module):
             )
         return height // p, width // p
 
+    def block_indices(self, indices: Sequence[int]) -> list[int]:
+        """0-based block indices (negatives count from the end); raises ValueError naming those out of range."""
+        depth = len(self.blocks)
+        idx = [int(i) + depth if i < 0 else int(i) for i in indices]
+        bad = [i for i, j in zip(indices, idx) if not 0 <= j < depth]
+        if bad:
+            raise ValueError(f"block indices {bad} out of range for a {depth}-block model (0..{depth - 1})")
+        return idx
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Images (B, C, H, W) with values in [0, 1] -> the model's input, normalised with `cfg.mean`/`cfg.std`."""
+        mean = images.new_tensor(self.cfg.mean).view(-1, 1, 1)
+        std = images.new_tensor(self.cfg.std).view(-1, 1, 1)
+        return (images - mean) / std
+
     # -- forward ----------------------------------------------------------------------------------------------
 
     def prepare_tokens(self, x: Tensor) -> tuple[Tensor, TokenLayout]:
@@ -520,11 +565,7 @@ class HybridViT(nn.Module):
         """Features of blocks `indices` (0-based, negatives count from the end) as the official heads read them:
         a list of (patches (B, D, h, w), prefix (B, P, D)), after the final norm when `norm`. Stops after the
         deepest requested block."""
-        depth = len(self.blocks)
-        idx = [i + depth if i < 0 else i for i in indices]
-        bad = [i for i, j in zip(indices, idx) if not 0 <= j < depth]
-        if bad:
-            raise ValueError(f"block indices {bad} out of range for a {depth}-block model")
+        idx = self.block_indices(indices)
         x, layout = self.prepare_tokens(x)
         h, w = layout.grid
         P = layout.num_prefix
@@ -536,6 +577,11 @@ class HybridViT(nn.Module):
                 patches = y[:, P:].transpose(1, 2).reshape(y.shape[0], -1, h, w)  # (B, D, h, w)
                 wanted[i] = (patches, y[:, :P])
         return [wanted[i] for i in idx]
+
+    def token_features(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
+        """The normed tokens of blocks `indices` as (B, N, D) each, prefix tokens first then patches row-major:
+        what distillation matches and the feature scorers compare."""
+        return token_features(self.forward_intermediates(x, indices))
 
     def predict_depth(self, x: Tensor) -> Tensor:
         """Depth (or disparity, for relative models) map (B, H, W) from the DPT head on the hybrid's features."""
@@ -549,34 +595,16 @@ class HybridViT(nn.Module):
     def flops(self, height: int, width: int, *, batch: int = 1) -> dict[str, Any]:
         """Forward FLOPs (a multiply-add counts 2) at an H x W input: per block, embedding, head and total.
 
-        Counts the matmuls and convolutions that dominate; norms, activations and softmax are left out. Window
-        attention counts padded windows, since they are computed.
+        Counts the matmuls and convolutions that dominate; norms, activations and softmax are left out. Each
+        attention kind counts its own part (`Attention.flops`); the projections and the MLP are the same for all.
         """
         cfg = self.cfg
         h, w = self.grid_size(height, width)
-        Np, P, D, d = h * w, cfg.num_prefix_tokens, cfg.dim, cfg.head_dim
+        Np, P, D = h * w, cfg.num_prefix_tokens, cfg.dim
         N = Np + P
         mlp_mults = 3 if cfg.mlp == "swiglu" else 2
         dense = 2 * N * D * 3 * D + 2 * N * D * D + 2 * N * D * cfg.mlp_hidden * mlp_mults
-        per_block = []
-        for blk in self.blocks:
-            kind = blk.kind
-            if kind == "F":
-                attn = 4 * N * N * D
-            elif kind == "W":
-                ws = cfg.window_size
-                padded = math.ceil(h / ws) * ws * math.ceil(w / ws) * ws
-                attn = 4 * padded * (ws * ws + P) * D + 4 * P * N * D
-            else:
-                attn = 2 * N * D * (d + 1) + 2 * Np * D * (d + 1) + 4 * P * N * D
-                if cfg.linear.kernel == "focus":
-                    attn += 4 * N * D
-                ks = cfg.linear.conv_size
-                if cfg.linear.conv != "none":
-                    attn += 2 * Np * D * ks * ks
-                if cfg.linear.conv == "dynamic":
-                    attn += 2 * (D * cfg.linear.conv_hidden + cfg.linear.conv_hidden * D * ks * ks)
-            per_block.append(batch * (dense + attn))
+        per_block = [batch * (dense + blk.attn.flops((h, w), P)) for blk in self.blocks]
         embed = batch * 2 * Np * cfg.in_chans * cfg.patch_size**2 * D
         head = 0
         if self.depth_head is not None and hasattr(self.depth_head, "flops"):
@@ -585,3 +613,8 @@ class HybridViT(nn.Module):
 
     def extra_repr(self) -> str:
         return f"family={self.cfg.family}, arch={self.arch}, window={self.cfg.window_size}"
+
+
+def token_features(feats: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
+    """`forward_intermediates` output -> per block (B, N, D): prefix tokens then patch tokens, row-major."""
+    return [torch.cat((prefix, patches.flatten(2).transpose(1, 2)), dim=1) for patches, prefix in feats]

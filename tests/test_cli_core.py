@@ -18,17 +18,9 @@ transformers = pytest.importorskip("transformers")
 
 
 @pytest.fixture(scope="module")
-def teacher_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    cfg = transformers.DINOv3ViTConfig(
-        hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=2, num_register_tokens=4
-    )
-    hf = transformers.DINOv3ViTModel(cfg).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.1 * torch.randn_like(p))
+def teacher_dir(hf_dinov3, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "hf"
-    hf.save_pretrained(out)
+    hf_dinov3(num_hidden_layers=3).save_pretrained(out)
     return out
 
 
@@ -99,16 +91,12 @@ def test_module_entry_point(teacher_dir: Path) -> None:
     assert "family       dinov3" in proc.stdout and "FFF" in proc.stdout
 
 
-def test_convert_official_dav2_file_with_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from jetvit.model import HybridViT, ViTConfig
-
-    head = {"in_dim": 32, "features": 16, "out_channels": [8, 12, 16, 20], "layers": [0, 1, 2, 3], "head_hidden": 8}
-    cfg = ViTConfig(
-        family="depth_anything_v2", img_size=56, patch_size=14, dim=32, depth=4, num_heads=2, mlp_hidden=64,
-        num_registers=0, k_bias=True, norm_eps=1e-6, pos_embed="learned", depth_head=head,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    source = HybridViT(cfg).state_dict()
+def test_convert_official_dav2_file_with_options(
+    tiny_depth_model, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # patch 14 as released; the head's widths, not the default ones, must be read from the file's shapes
+    head = {"out_channels": [8, 12, 16, 20], "head_hidden": 8}
+    source = tiny_depth_model(img_size=56, patch_size=14, head=head).state_dict()
     # jetvit's names are the official ones; an official DAv2 file puts the backbone under `pretrained.`.
     official = {(k if k.startswith("depth_head.") else f"pretrained.{k}"): v for k, v in source.items()}
     torch.save(official, tmp_path / "dav2_tiny.pth")

@@ -7,20 +7,14 @@ import torch
 
 from jetvit.cli import main
 from jetvit.io import save
-from jetvit.model import HybridViT, ViTConfig
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 
-def saved_hybrid(tmp_path, **kw):
-    cfg = ViTConfig(**{**dict(dim=32, depth=3, num_heads=2, mlp_hidden=64, patch_size=8, window_size=3), **kw})
-    model = HybridViT(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():  # non-trivial values, zero-initialised dynamic-conv generator included
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval(), save(model, tmp_path / "model")
+def saved_hybrid(tiny_model, tmp_path, **kw):
+    model = tiny_model(random_weights=True, window_size=3, **kw)  # the zero-initialised dynamic conv made random too
+    return model, save(model, tmp_path / "model")
 
 
 @pytest.mark.parametrize(
@@ -30,14 +24,14 @@ def saved_hybrid(tmp_path, **kw):
         (dict(family="dinov2", arch="LWF", num_registers=0, pos_embed="learned", img_size=32), "48x40"),  # bicubic
     ],
 )
-def test_onnx_equals_pytorch(tmp_path, capsys, kw, res):
+def test_onnx_equals_pytorch(tiny_model, tmp_path, capsys, kw, res):
     import json
 
     import numpy as np
     import onnx
     import onnxruntime as ort
 
-    model, model_dir = saved_hybrid(tmp_path, **kw)
+    model, model_dir = saved_hybrid(tiny_model, tmp_path, **kw)
     out = tmp_path / "m.onnx"
     assert main(["export", "--model", str(model_dir), "--res", res, "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -57,7 +51,7 @@ def test_onnx_equals_pytorch(tmp_path, capsys, kw, res):
     assert np.abs(got - ref).max() <= 1e-4
 
 
-def test_export_rejects_a_size_that_is_not_a_patch_multiple(tmp_path, capsys):
-    _, model_dir = saved_hybrid(tmp_path, arch="FWL")
+def test_export_rejects_a_size_that_is_not_a_patch_multiple(tiny_model, tmp_path, capsys):
+    _, model_dir = saved_hybrid(tiny_model, tmp_path, arch="FWL")
     assert main(["export", "--model", str(model_dir), "--res", "41x56", "--out", str(tmp_path / "m.onnx")]) == 2
     assert "multiple of the patch size" in capsys.readouterr().err

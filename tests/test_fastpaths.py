@@ -1,5 +1,5 @@
 """Fast paths of the hybrid: each kernel against its naive reference (tolerances stated), no N x N tensor outside
-`F` blocks, and `torch.compile(fullgraph=True)` equal to eager without recompiling for a new batch size."""
+`F` blocks, `torch.compile(fullgraph=True)` equal to eager without recompiling for a new batch size, and bf16."""
 
 from __future__ import annotations
 
@@ -8,19 +8,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from jetvit import ops
-from jetvit.model import HybridViT, ViTConfig
-
-
-def tiny(arch: str, **kw) -> HybridViT:
-    cfg = ViTConfig(
-        **{**dict(dim=32, depth=len(arch), num_heads=2, mlp_hidden=64, patch_size=8, window_size=3), **kw}, arch=arch
-    )
-    model = HybridViT(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():  # non-trivial values everywhere, zero-initialised convolutions included
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval()
 
 
 def qkv(B, H, N, d, seed=0):
@@ -32,17 +19,22 @@ def qkv(B, H, N, d, seed=0):
 # the fp64 explicit kernel matrix 1e-5 relative; the grouped per-image convolution vs the per-channel loop 1e-5.
 
 
-@pytest.mark.parametrize("grid,window,prefix", [((6, 6), 3, 5), ((5, 7), 3, 1), ((4, 4), 8, 0)])
+@pytest.mark.parametrize(
+    "grid,window,prefix",
+    [((6, 6), 3, 5), ((5, 7), 3, 1), ((5, 7), 3, 5), ((4, 9), 4, 0), ((4, 4), 8, 0), ((5, 7), 8, 5)],
+)
 def test_window_attention_matches_reference(grid, window, prefix):
     q, k, v = qkv(2, 2, prefix + grid[0] * grid[1], 8)
     fast = ops.window_attention(q, k, v, grid=grid, window=window, num_prefix=prefix)
     ref = ops.window_attention_naive(q, k, v, grid=grid, window=window, num_prefix=prefix)
+    # The naive reference has no padding at all, so equality also shows that padding never reaches real tokens.
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_linear_attention_matches_reference():
+@pytest.mark.parametrize("kernel", ["relu", "focus"])
+def test_linear_attention_matches_reference(kernel):
     q, k, v = qkv(2, 3, 50, 8)
-    phi_q, phi_k = ops.feature_map(q, "relu"), ops.feature_map(k, "relu")
+    phi_q, phi_k = ops.feature_map(q, kernel), ops.feature_map(k, kernel)
     fast = ops.linear_attention(phi_q, phi_k, v)
     torch.testing.assert_close(fast, ops.linear_attention_naive(phi_q, phi_k, v), atol=1e-5, rtol=1e-5)
 
@@ -57,33 +49,33 @@ def test_per_image_depthwise_conv_matches_reference_eager_and_as_custom_op(batch
     torch.library.opcheck(torch.ops.jetvit.depthwise_conv_per_image.default, (x, w))
 
 
-class _LargestTensors(TorchDispatchMode):
-    """Records the shape of every tensor an op produces."""
+class _OpOutputs(TorchDispatchMode):
+    """Records the op, shape and dtype of every tensor an op produces (below autocast: the dtypes it computed in)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.shapes: list[tuple[str, tuple[int, ...]]] = []
+        self.shapes: list[tuple[str, tuple[int, ...], torch.dtype]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in out if isinstance(out, (tuple, list)) else [out]:
             if isinstance(t, torch.Tensor):
-                self.shapes.append((str(func), tuple(t.shape)))
+                self.shapes.append((str(func), tuple(t.shape), t.dtype))
         return out
 
 
 @pytest.mark.parametrize("kind", ["L", "W"])
-def test_no_n_by_n_tensor_outside_full_blocks(kind):
+def test_no_n_by_n_tensor_outside_full_blocks(tiny_model, kind):
     # 24x24 patches + 5 prefix = 581 tokens. A quadratic buffer has two dimensions of about N (scores (.., N, N),
     # a mask (N, N)); window scores are (B*nW, H, ws^2, P + ws^2) and the linear state (B, H, d, d+1).
-    model = tiny(kind * 2, num_registers=4, window_size=4)
+    model = tiny_model(kind * 2, random_weights=True, num_registers=4, window_size=4)
     x = torch.randn(1, 3, 24 * 8, 24 * 8)
     N = 5 + 24 * 24
 
     def quadratic(shape: tuple[int, ...]) -> bool:
         return sum(n >= N // 2 for n in shape) >= 2
 
-    rec = _LargestTensors()
+    rec = _OpOutputs()
     with torch.inference_mode(), rec:
         model(x)
     assert rec.shapes and not [s for s in rec.shapes if quadratic(s[1])]
@@ -94,13 +86,13 @@ def test_no_n_by_n_tensor_outside_full_blocks(kind):
     assert [s for s in rec.shapes if quadratic(s[1])]
 
 
-def test_compiled_backbone_equals_eager_and_keeps_batch_symbolic():
+def test_compiled_backbone_equals_eager_and_keeps_batch_symbolic(tiny_model):
     """fullgraph=True (a graph break fails), tolerance 1e-4 abs on O(1) tokens; batch 2 -> 3 without recompiling.
 
     Batch 1 is left out on purpose: PyTorch specialises sizes 0 and 1, so batch 1 gets its own graph once."""
     import torch._dynamo as dynamo
 
-    model = tiny("FWL", num_registers=4, window_size=3)
+    model = tiny_model("FWL", random_weights=True, num_registers=4, window_size=3)
     dynamo.reset()
     compiled = torch.compile(model, fullgraph=True)
     g = torch.Generator().manual_seed(1)
@@ -114,14 +106,30 @@ def test_compiled_backbone_equals_eager_and_keeps_batch_symbolic():
     dynamo.reset()
 
 
-def test_bf16_autocast_forward_stays_close_to_fp32():
+def test_bf16_autocast_forward_stays_close_to_fp32(tiny_model):
     """bf16 autocast (8-bit mantissa): tokens within 0.1 abs of fp32 on a tiny random model of unit-scale tokens."""
-    model = tiny("FWL", num_registers=4)
+    model = tiny_model("FWL", random_weights=True, num_registers=4, window_size=3)
     x = torch.randn(1, 3, 5 * 8, 7 * 8, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         ref = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = model(x)
-    assert out.dtype == torch.bfloat16 or out.dtype == torch.float32
     assert torch.isfinite(out).all()
     assert (out.float() - ref).abs().max() < 0.1
+
+
+def test_linear_attention_accumulates_in_fp32_under_bf16_autocast():
+    """The state phi(K)^T V, its normaliser and the queries' products are computed in fp32 under bf16 autocast (bf16
+    loses the sum over thousands of tokens); the result comes back in v's dtype."""
+    q, k, v = (t.bfloat16() for t in qkv(1, 2, 300, 8))
+    phi_q, phi_k = ops.feature_map(q, "relu"), ops.feature_map(k, "relu")
+    rec = _OpOutputs()
+    with torch.autocast("cpu", dtype=torch.bfloat16), rec:
+        out = ops.linear_attention(phi_q, phi_k, v)
+    products = [s for s in rec.shapes if "mm" in s[0] or "sum" in s[0]]
+    assert len(products) >= 3 and all(dtype == torch.float32 for *_, dtype in products), products
+    assert out.dtype == torch.bfloat16
+    # and the probe does see bf16 products when they happen
+    with torch.autocast("cpu", dtype=torch.bfloat16), rec:
+        phi_q @ phi_k.transpose(-1, -2)
+    assert rec.shapes[-1][2] == torch.bfloat16

@@ -14,65 +14,33 @@ from jetvit.heads import (
     dpt_state_dict_from_hf,
 )
 
-transformers = pytest.importorskip("transformers")
-
-HIDDEN, LAYERS, PATCH = 32, 4, 14
-NECK, FUSION = [8, 12, 16, 20], 16
-OUT_INDICES = [1, 2, 3, 4]  # HF stages are 1-based: stage k is the output of block k-1
-
-
-def tiny_depth_anything(kind: str, max_depth: int) -> torch.nn.Module:
-    backbone = transformers.Dinov2Config(
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=2,
-        intermediate_size=64,
-        patch_size=PATCH,
-        image_size=98,
-        out_indices=OUT_INDICES,
-        reshape_hidden_states=False,
-        apply_layernorm=True,
-    )
-    cfg = transformers.DepthAnythingConfig(
-        backbone_config=backbone,
-        patch_size=PATCH,
-        reassemble_hidden_size=HIDDEN,
-        neck_hidden_sizes=NECK,
-        fusion_hidden_size=FUSION,
-        head_hidden_size=8,
-        depth_estimation_type=kind,
-        max_depth=max_depth,
-    )
-    torch.manual_seed(0)
-    model = transformers.DepthAnythingForDepthEstimation(cfg).eval()
-    # Random init leaves many biases at zero; perturb every tensor so a wrong key pairing cannot hide.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-    return model
+NECK = [8, 12, 16, 20]
 
 
 @pytest.mark.parametrize("kind,max_depth", [("relative", 1), ("metric", 20)])
 @pytest.mark.parametrize("size", [(70, 70), (70, 98)])
-def test_dpt_head_matches_hf_depth_anything(kind: str, max_depth: int, size: tuple[int, int]) -> None:
+def test_dpt_head_matches_hf_depth_anything(
+    hf_depth_anything, kind: str, max_depth: int, size: tuple[int, int]
+) -> None:
     torch.set_num_threads(1)
-    hf = tiny_depth_anything(kind, max_depth)
+    hf = hf_depth_anything(kind=kind, max_depth=max_depth)
+    c = hf.config
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         ref = hf(pixel_values=x).predicted_depth  # (B, H, W)
         tokens = hf.backbone(pixel_values=x).feature_maps  # each (B, 1 + h*w, D), normed
-    h, w = size[0] // PATCH, size[1] // PATCH
-    features = [(t[:, 1:].transpose(1, 2).reshape(2, HIDDEN, h, w), t[:, :1]) for t in tokens]
+    h, w = size[0] // c.patch_size, size[1] // c.patch_size
+    features = [(t[:, 1:].transpose(1, 2).reshape(2, c.reassemble_hidden_size, h, w), t[:, :1]) for t in tokens]
 
     head_sd = {k: v for k, v in hf.state_dict().items() if k.startswith(("neck.", "head."))}
     cfg = DPTConfig(
-        in_dim=HIDDEN,
-        features=FUSION,
-        out_channels=NECK,
-        layers=[i - 1 for i in OUT_INDICES],
+        in_dim=c.reassemble_hidden_size,
+        features=c.fusion_hidden_size,
+        out_channels=c.neck_hidden_sizes,
+        layers=[i - 1 for i in c.backbone_config.out_indices],  # HF stages are 1-based: stage k is block k-1's output
         metric=kind == "metric",
         max_depth=max_depth,
-        head_hidden=8,
+        head_hidden=c.head_hidden_size,
     )
     head = DPTHead(cfg).eval()
     head.load_state_dict(dpt_state_dict_from_hf(head_sd), strict=True)
@@ -123,7 +91,7 @@ def test_dpt_clstoken_readout_uses_cls() -> None:
 def test_dpt_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="out_channels"):
         DPTConfig(in_dim=8, features=8, out_channels=[4, 4], layers=[0, 1, 2, 3])
-    with pytest.raises(ValueError, match="unknown DPTConfig keys.*bogus"):
+    with pytest.raises(ValueError, match="unknown DPTConfig key.*bogus"):
         DPTConfig.from_dict({"in_dim": 8, "features": 8, "out_channels": [4] * 4, "layers": [0, 1, 2, 3], "bogus": 1})
     cfg = DPTConfig(in_dim=8, features=8, out_channels=[4] * 4, layers=[0, 1, 2, 3], metric=True)
     assert DPTConfig.from_dict(cfg.to_dict()) == cfg

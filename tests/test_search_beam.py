@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from jetvit.search.beam import beam_search, check_arch, switch_proposals
+from jetvit.model import validate_arch
+from jetvit.search.beam import beam_search, switch_proposals
 
 
 def _hamming_scorer(target: str, calls: Counter):
@@ -100,9 +101,9 @@ def test_resume_after_interruption_reuses_scores_and_ends_the_same():
     assert max(calls.values()) == 1
 
 
-def test_check_arch_rejects_bad_strings():
-    assert check_arch("LWF", 3) == "LWF"
+def test_validate_arch_rejects_bad_strings():
+    assert validate_arch("LWF", 3) == "LWF"
     with pytest.raises(ValueError, match="'LXF'"):
-        check_arch("LXF")
+        validate_arch("LXF")
     with pytest.raises(ValueError, match="4 blocks"):
-        check_arch("LWF", 4)
+        validate_arch("LWF", 4)

@@ -38,23 +38,15 @@ def factory(*, teacher, device, images, targets, metric: str = "mse", **_):
     return LoggingScorer(FeatureScorer(teacher, images, targets, metric=metric, device=device))
 
 
-def _tiny():
-    from jetvit.model import HybridViT, ViTConfig
-
-    torch.manual_seed(0)
-    cfg = ViTConfig(img_size=32, patch_size=8, dim=32, depth=4, num_heads=2, mlp_hidden=64, num_registers=1)
-    return HybridViT(cfg).eval()
-
-
-def test_builtin_and_plugin_scorers_agree_and_teacher_is_perfect():
-    teacher = _tiny()
+def test_builtin_and_plugin_scorers_agree_and_teacher_is_perfect(tiny_model):
+    teacher = tiny_model()
     images = torch.randn(3, 3, 32, 32)
     kw = dict(teacher=teacher, images=images, targets=[1, 3], batch_size=2, device=torch.device("cpu"))
     mse = build_scorer("feature_mse", **kw)
     cos = build_scorer("feature_cosine", **kw)
     plugin = build_scorer("test_search_plugin_scorer:factory", **kw)
     assert mse(teacher) == 0.0 and cos(teacher) == pytest.approx(1.0, abs=1e-6)
-    other = _tiny()
+    other = tiny_model()
     with torch.no_grad():
         for p in other.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -62,8 +54,9 @@ def test_builtin_and_plugin_scorers_agree_and_teacher_is_perfect():
     assert plugin(other) == pytest.approx(mse(other), rel=1e-5) and plugin.name == "plugin_neg_feature_mse"
 
 
-def test_scorer_spec_errors():
-    kw = dict(teacher=_tiny(), images=torch.randn(1, 3, 32, 32), targets=[3], batch_size=1, device=torch.device("cpu"))
+def test_scorer_spec_errors(tiny_model):
+    teacher = tiny_model()
+    kw = dict(teacher=teacher, images=torch.randn(1, 3, 32, 32), targets=[3], batch_size=1, device=torch.device("cpu"))
     with pytest.raises(ValueError, match="'feature_l1' is not one of"):
         build_scorer("feature_l1", **kw)
     with pytest.raises(ValueError, match="cannot import 'nope'"):

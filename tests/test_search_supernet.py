@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from jetvit.conversion import convert
-from jetvit.model import HybridViT, ViTConfig
 from jetvit.search.supernet import (
     build_supernet,
     count_parameters,
     extract,
     path_state_dict,
-    sample_arch,
+    sample_path,
     set_arch,
 )
 
 
-def tiny_teacher(seed: int = 0, **kw) -> HybridViT:
-    torch.manual_seed(seed)
-    cfg = dict(img_size=32, patch_size=8, dim=32, depth=4, num_heads=2, mlp_hidden=64, num_registers=1, window_size=2)
-    cfg.update(kw)
-    return HybridViT(ViTConfig(**cfg)).eval()
-
-
 @pytest.mark.parametrize("share", [True, False])
-def test_paths_equal_converted_models(share):
-    teacher = tiny_teacher()
+def test_paths_equal_converted_models(tiny_model, share):
+    teacher = tiny_model()
     net = build_supernet(teacher, ["LW"] * 4, share=share).eval()
     x = torch.randn(2, 3, 32, 32)
     for arch in ["LLLL", "WLWL", "WWWW"]:
@@ -44,8 +35,8 @@ def test_paths_equal_converted_models(share):
     assert teacher.arch == "FFFF"  # untouched
 
 
-def test_sharing_ties_inherited_tensors_only():
-    teacher = tiny_teacher()
+def test_sharing_ties_inherited_tensors_only(tiny_model):
+    teacher = tiny_model()
     shared = build_supernet(teacher, ["LW"] * 4, share=True)
     separate = build_supernet(teacher, ["LW"] * 4, share=False)
     blk = shared.blocks[1].candidates
@@ -63,8 +54,8 @@ def test_sharing_ties_inherited_tensors_only():
     assert n_sep == n_teacher + block_params + n_extras
 
 
-def test_training_one_path_moves_shared_tensors_for_both():
-    teacher = tiny_teacher()
+def test_training_one_path_moves_shared_tensors_for_both(tiny_model):
+    teacher = tiny_model()
     net = build_supernet(teacher, ["LW"] * 4, share=True)
     set_arch(net, "LLLL")
     w_before = net.blocks[0].candidates["W"].attn.proj.weight.detach().clone()
@@ -76,8 +67,8 @@ def test_training_one_path_moves_shared_tensors_for_both():
     assert not torch.equal(net.blocks[0].candidates["W"].attn.proj.weight, w_before)
 
 
-def test_step2_supernet_from_extracted_model_and_errors():
-    teacher = tiny_teacher()
+def test_step2_supernet_from_extracted_model_and_errors(tiny_model):
+    teacher = tiny_model()
     step1 = extract(build_supernet(teacher, ["LW"] * 4), "LWWL")
     net = build_supernet(step1, [k + "F" for k in "LWWL"])
     set_arch(net, "LFWL")
@@ -91,9 +82,9 @@ def test_step2_supernet_from_extracted_model_and_errors():
         build_supernet(teacher, ["LL"] * 4)
 
 
-def test_sample_arch_is_seeded_and_covers_candidates():
+def test_sample_path_is_seeded_and_covers_candidates():
     choices = ["LW", "LW", "WF", "L"]
-    a = [sample_arch(choices, np.random.default_rng([1, s])) for s in range(40)]
-    b = [sample_arch(choices, np.random.default_rng([1, s])) for s in range(40)]
+    a = [sample_path(choices, seed=1, phase="step1", step=s) for s in range(40)]
+    b = [sample_path(choices, seed=1, phase="step1", step=s) for s in range(40)]
     assert a == b
     assert {x[0] for x in a} == {"L", "W"} and {x[2] for x in a} == {"W", "F"} and {x[3] for x in a} == {"L"}

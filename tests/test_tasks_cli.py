@@ -12,20 +12,11 @@ from PIL import Image
 
 import jetvit
 from jetvit.cli import main
-from jetvit.model import HybridViT, ViTConfig
 from jetvit.tasks.depth import predict_depth
 
 torch.set_num_threads(1)
 COLOURS = np.array([[255, 0, 0], [0, 0, 255], [0, 255, 0]], dtype=np.uint8)
 SIZE = 32
-
-
-def randomise(model: HybridViT, seed: int = 0) -> HybridViT:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval()
 
 
 def write_seg_folder(root: Path, n: int, seed: int) -> None:
@@ -40,11 +31,9 @@ def write_seg_folder(root: Path, n: int, seed: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def seg_setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def seg_setup(tiny_model, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("seg")
-    torch.manual_seed(0)
-    cfg = ViTConfig(dim=32, depth=3, num_heads=2, mlp_hidden=64, patch_size=8, num_registers=1, window_size=2)
-    teacher = HybridViT(cfg).eval()
+    teacher = tiny_model(depth=3)
     jetvit.save(teacher, root / "teacher")
     jetvit.save(jetvit.convert(teacher, "LWF"), root / "student")
     write_seg_folder(root / "data" / "train", 6, seed=0)
@@ -104,20 +93,8 @@ def test_eval_user_mistakes_are_one_line_errors(seg_setup: dict[str, Path], tmp_
     assert "no segmentation head" in capsys.readouterr().err
 
 
-def tiny_depth_teacher() -> HybridViT:
-    head = dict(in_dim=32, features=16, out_channels=[8, 8, 16, 16], layers=[0, 1, 2, 3])
-    cfg = ViTConfig(
-        family="depth_anything_v2", img_size=32, patch_size=8, dim=32, depth=4, num_heads=2, mlp_hidden=64,
-        num_registers=0, k_bias=True, norm_eps=1e-6, pos_embed="learned", window_size=2, depth_head=head,
-    )  # fmt: skip
-    model = randomise(HybridViT(cfg))
-    with torch.no_grad():
-        model.depth_head.scratch.output_conv2[2].bias.fill_(1.0)  # keep the relative ReLU output positive
-    return model
-
-
-def test_eval_depth_and_da2k(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    teacher = tiny_depth_teacher()
+def test_eval_depth_and_da2k(tiny_depth_model, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    teacher = tiny_depth_model()
     jetvit.save(teacher, tmp_path / "teacher")
     jetvit.save(jetvit.convert(teacher, "LLWF"), tmp_path / "student")
     data = tmp_path / "data"

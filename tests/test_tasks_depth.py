@@ -11,39 +11,12 @@ import torch
 from PIL import Image
 
 import jetvit
-from jetvit.model import HybridViT, ViTConfig
-from jetvit.tasks.datasets import DA2K, DepthFolder, normalize
+from jetvit.tasks.datasets import DA2K, DepthFolder
 from jetvit.tasks.depth import evaluate_da2k, evaluate_depth, predict_depth
 from jetvit.tasks.scorers import DepthScorer, SegmentationScorer, fixed_subset
 
 torch.set_num_threads(1)
 SHORT = 32  # inference short side: a multiple of the patch, so images of that size are not resized
-
-
-def tiny_depth_teacher(*, metric: bool = False) -> HybridViT:
-    head = dict(in_dim=32, features=16, out_channels=[8, 8, 16, 16], layers=[0, 1, 2, 3], metric=metric)
-    cfg = ViTConfig(
-        family="depth_anything_v2",
-        img_size=32,
-        patch_size=8,
-        dim=32,
-        depth=4,
-        num_heads=2,
-        mlp_hidden=64,
-        num_registers=0,
-        k_bias=True,
-        norm_eps=1e-6,
-        pos_embed="learned",
-        window_size=2,
-        depth_head=head,
-    )
-    model = HybridViT(cfg)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
-        model.depth_head.scratch.output_conv2[2].bias.fill_(1.0)  # keep the relative ReLU output positive
-    return model.eval()
 
 
 def write_images(root: Path, n: int, size: tuple[int, int] = (SHORT, 48)) -> None:
@@ -53,28 +26,28 @@ def write_images(root: Path, n: int, size: tuple[int, int] = (SHORT, 48)) -> Non
         Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
 
 
-def test_depth_head_on_all_full_hybrid_equals_teacher() -> None:
-    teacher = tiny_depth_teacher()
+def test_depth_head_on_all_full_hybrid_equals_teacher(tiny_depth_model) -> None:
+    teacher = tiny_depth_model()
     image = torch.rand(2, 3, SHORT, 48)
     student = jetvit.convert(teacher, "FFFF")
     ref = predict_depth(teacher, image, short_side=SHORT)
     with torch.no_grad():
-        torch.testing.assert_close(ref, teacher.predict_depth(normalize(image)))  # no resize at the native size
+        torch.testing.assert_close(ref, teacher.predict_depth(teacher.normalize(image)))  # no resize at the native size
     torch.testing.assert_close(predict_depth(student, image, head=teacher.depth_head, short_side=SHORT), ref)
     other = jetvit.convert(teacher, "LWLF")
     assert not torch.allclose(predict_depth(other, image, head=teacher.depth_head, short_side=SHORT), ref)
 
 
-def test_predict_depth_resizes_to_patch_multiples_and_back() -> None:
-    teacher = tiny_depth_teacher()
+def test_predict_depth_resizes_to_patch_multiples_and_back(tiny_depth_model, tiny_model) -> None:
+    teacher = tiny_depth_model()
     out = predict_depth(teacher, torch.rand(1, 3, 21, 30), short_side=SHORT)  # 21x30 -> 32x48 (rounded up) -> back
     assert out.shape == (1, 21, 30) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="no depth head"):
-        predict_depth(HybridViT(ViTConfig(dim=32, depth=1, num_heads=2)), torch.rand(1, 3, 32, 32))
+        predict_depth(tiny_model(depth=1), torch.rand(1, 3, 32, 32))
 
 
-def test_relative_depth_eval_is_perfect_against_its_own_aligned_prediction(tmp_path: Path) -> None:
-    teacher = tiny_depth_teacher()
+def test_relative_depth_eval_is_perfect_against_its_own_aligned_prediction(tiny_depth_model, tmp_path: Path) -> None:
+    teacher = tiny_depth_model()
     write_images(tmp_path, 3)
     (tmp_path / "depth").mkdir()
     for i in range(3):
@@ -111,8 +84,8 @@ def test_relative_depth_eval_is_perfect_against_its_own_aligned_prediction(tmp_p
     assert scorer.name == "delta1" and scorer(jetvit.convert(teacher, "FFFF")) == 1.0
 
 
-def test_da2k_eval_and_scorer(tmp_path: Path) -> None:
-    teacher = tiny_depth_teacher()
+def test_da2k_eval_and_scorer(tiny_depth_model, tmp_path: Path) -> None:
+    teacher = tiny_depth_model()
     write_images(tmp_path, 2)
     table = {}
     for i in range(2):
@@ -135,10 +108,10 @@ def test_da2k_eval_and_scorer(tmp_path: Path) -> None:
         DepthScorer(teacher.depth_head, data, score="rmse")
 
 
-def test_segmentation_scorer_records_time() -> None:
+def test_segmentation_scorer_records_time(tiny_depth_model) -> None:
     from jetvit.heads import LinearSegConfig, LinearSegHead
 
-    teacher = tiny_depth_teacher()
+    teacher = tiny_depth_model()
     head = LinearSegHead(LinearSegConfig(in_dim=32, num_classes=3)).eval()
     data = [(torch.rand(3, SHORT, 48), torch.randint(0, 3, (SHORT, 48))) for _ in range(3)]
     scorer = SegmentationScorer(head, data, size=2, short_side=SHORT, crop=SHORT, stride=16)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from jetvit.model import HybridViT, ViTConfig
 from jetvit.tasks.datasets import IGNORE
 from jetvit.tasks.segmentation import (
     ProbeConfig,
@@ -85,12 +84,6 @@ def test_random_scale_crop_keeps_image_and_label_aligned() -> None:
 # ------------------------------------------------------------------------------------------------ probe
 
 
-def tiny_model() -> HybridViT:
-    torch.manual_seed(0)
-    cfg = ViTConfig(dim=32, depth=2, num_heads=2, mlp_hidden=64, patch_size=8, num_registers=1, window_size=2)
-    return HybridViT(cfg).eval()
-
-
 class Quadrants(torch.utils.data.Dataset):
     """Images whose class is the colour of each 8x8 patch: learnable by a linear probe on patch features."""
 
@@ -108,8 +101,8 @@ class Quadrants(torch.utils.data.Dataset):
         return self.colours[label].permute(2, 0, 1).clone(), label
 
 
-def test_probe_learns_a_linearly_separable_task_and_round_trips(tmp_path: Path) -> None:
-    model = tiny_model()
+def test_probe_learns_a_linearly_separable_task_and_round_trips(tiny_model, tmp_path: Path) -> None:
+    model = tiny_model(depth=2)
     data = Quadrants(6)
     cfg = ProbeConfig(iterations=60, batch_size=4, crop=32, scale_min=1.0, scale_max=1.0, lr=1e-2, warmup=0)
     logs: list[dict] = []
@@ -129,10 +122,11 @@ def test_probe_learns_a_linearly_separable_task_and_round_trips(tmp_path: Path) 
         load_probe(tmp_path)
 
 
-def test_probe_config_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match="unknown probe config keys.*bogus"):
+def test_probe_config_rejects_bad_values(tiny_model) -> None:
+    with pytest.raises(ValueError, match="unknown probe config key.*bogus"):
         ProbeConfig.from_dict({"bogus": 1})
     with pytest.raises(ValueError, match="eval_stride"):
         ProbeConfig(eval_crop=64, eval_stride=128)
+    model = tiny_model(depth=2)
     with pytest.raises(ValueError, match="multiples of the patch size 8"):
-        train_probe(tiny_model(), Quadrants(1), ProbeConfig(iterations=1, crop=30), num_classes=3, progress=False)
+        train_probe(model, Quadrants(1), ProbeConfig(iterations=1, crop=30), num_classes=3, progress=False)

@@ -21,23 +21,14 @@ import jetvit
 from jetvit.heads import dpt_hf_to_official_keys
 from jetvit.teachers import load_teacher
 
-transformers = pytest.importorskip("transformers")
+pytest.importorskip("transformers")
 
-D, HEADS = 32, 2
+D, HEADS = 32, 2  # width and heads of the shared tiny HF models (conftest.py)
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-
-
-def _perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    # Random init leaves biases at zero and LayerScale at one; perturb every tensor so a wrong pairing cannot hide.
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
 
 
 def _hf_hidden_states(hf: torch.nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -67,32 +58,20 @@ def _save_5x(hf: torch.nn.Module, directory: Path) -> Path:
 # DINOv3
 
 
-def tiny_dinov3(*, gated: bool, bias: str, rope_theta: float = 100.0) -> torch.nn.Module:
-    cfg = transformers.DINOv3ViTConfig(
-        hidden_size=D,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_attention_heads=HEADS,
-        num_register_tokens=4,
-        patch_size=16,
-        use_gated_mlp=gated,
-        hidden_act="silu" if gated else "gelu",
-        query_bias=bias != "none",
-        value_bias=bias != "none",
-        key_bias=bias == "qkv",
-        layerscale_value=0.5,
-        rope_theta=rope_theta,
-    )
-    torch.manual_seed(0)
-    return _perturb(transformers.DINOv3ViTModel(cfg))
+def dinov3_options(*, gated: bool, bias: str) -> dict[str, object]:
+    """`hf_dinov3` overrides: a SwiGLU or a GELU MLP; q/v biases (the released models), none, or q/k/v."""
+    return dict(
+        use_gated_mlp=gated, hidden_act="silu" if gated else "gelu", query_bias=bias != "none",
+        value_bias=bias != "none", key_bias=bias == "qkv",
+    )  # fmt: skip
 
 
 DINOV3_CASES = [(False, "qv"), (True, "qv"), (False, "none"), (True, "qkv")]
 
 
 @pytest.mark.parametrize("gated,bias", DINOV3_CASES)
-def test_hf_dinov3_matches_transformers(tmp_path: Path, gated: bool, bias: str) -> None:
-    hf = tiny_dinov3(gated=gated, bias=bias)
+def test_hf_dinov3_matches_transformers(hf_dinov3, tmp_path: Path, gated: bool, bias: str) -> None:
+    hf = hf_dinov3(**dinov3_options(gated=gated, bias=bias))
     hf.save_pretrained(tmp_path / "hub")
     stored = {k for k in __import__("safetensors").safe_open(str(tmp_path / "hub/model.safetensors"), "pt").keys()}
     assert "layer.0.norm1.weight" in stored  # the Hub (4.x) naming
@@ -149,8 +128,8 @@ def official_dinov3_state_dict(hf: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("gated,rope_theta", [(False, 100.0), (True, 1000.0)])
-def test_official_dinov3_pth_matches_transformers(tmp_path: Path, gated: bool, rope_theta: float) -> None:
-    hf = tiny_dinov3(gated=gated, bias="qv", rope_theta=rope_theta)
+def test_official_dinov3_pth_matches_transformers(hf_dinov3, tmp_path: Path, gated: bool, rope_theta: float) -> None:
+    hf = hf_dinov3(**dinov3_options(gated=gated, bias="qv"), rope_theta=rope_theta)
     torch.save(official_dinov3_state_dict(hf), tmp_path / "dinov3_tiny.pth")
     model = load_teacher(tmp_path / "dinov3_tiny.pth")  # heads from rope_embed.periods
     assert (model.cfg.num_heads, model.cfg.depth, model.cfg.num_registers, model.cfg.k_bias) == (HEADS, 2, 4, False)
@@ -186,18 +165,9 @@ def test_official_dinov3_size_is_read_from_shapes(tmp_path: Path) -> None:
 # DINOv2 and DINOv2-with-registers
 
 
-def tiny_dinov2(*, registers: bool, swiglu: bool) -> torch.nn.Module:
-    kw = dict(hidden_size=D, num_hidden_layers=2, num_attention_heads=HEADS, mlp_ratio=2, image_size=70, patch_size=14)
-    torch.manual_seed(0)
-    if registers:
-        cfg = transformers.Dinov2WithRegistersConfig(**kw, num_register_tokens=4, use_swiglu_ffn=swiglu)
-        return _perturb(transformers.Dinov2WithRegistersModel(cfg))
-    return _perturb(transformers.Dinov2Model(transformers.Dinov2Config(**kw, use_swiglu_ffn=swiglu)))
-
-
 @pytest.mark.parametrize("registers,swiglu", [(False, False), (False, True), (True, False)])
-def test_hf_dinov2_matches_transformers(tmp_path: Path, registers: bool, swiglu: bool) -> None:
-    hf = tiny_dinov2(registers=registers, swiglu=swiglu)
+def test_hf_dinov2_matches_transformers(hf_dinov2, tmp_path: Path, registers: bool, swiglu: bool) -> None:
+    hf = hf_dinov2(registers=registers, swiglu=swiglu)
     hf.save_pretrained(tmp_path / "hub")
     model = load_teacher(tmp_path / "hub")
     assert model.cfg.family == ("dinov2_reg" if registers else "dinov2")
@@ -215,34 +185,6 @@ def test_hf_dinov2_matches_transformers(tmp_path: Path, registers: bool, swiglu:
 # ---------------------------------------------------------------------------------------------------------------
 # Depth-Anything-V2
 
-NECK, FUSION = [8, 12, 16, 20], 16
-
-
-def tiny_depth_anything(*, kind: str = "relative", max_depth: float = 1, swiglu: bool = False) -> torch.nn.Module:
-    backbone = transformers.Dinov2Config(
-        hidden_size=D,
-        num_hidden_layers=4,
-        num_attention_heads=HEADS,
-        mlp_ratio=2,
-        patch_size=14,
-        image_size=70,
-        out_indices=[1, 2, 3, 4],
-        reshape_hidden_states=False,
-        use_swiglu_ffn=swiglu,
-    )
-    cfg = transformers.DepthAnythingConfig(
-        backbone_config=backbone,
-        patch_size=14,
-        reassemble_hidden_size=D,
-        neck_hidden_sizes=NECK,
-        fusion_hidden_size=FUSION,
-        head_hidden_size=8,
-        depth_estimation_type=kind,
-        max_depth=max_depth,
-    )
-    torch.manual_seed(0)
-    return _perturb(transformers.DepthAnythingForDepthEstimation(cfg))
-
 
 def _assert_depth(model: torch.nn.Module, hf: torch.nn.Module, x: torch.Tensor) -> None:
     with torch.no_grad():
@@ -255,8 +197,8 @@ def _assert_depth(model: torch.nn.Module, hf: torch.nn.Module, x: torch.Tensor) 
 
 
 @pytest.mark.parametrize("kind,max_depth", [("relative", 1), ("metric", 20)])
-def test_hf_depth_anything_matches_transformers(tmp_path: Path, kind: str, max_depth: float) -> None:
-    hf = tiny_depth_anything(kind=kind, max_depth=max_depth)
+def test_hf_depth_anything_matches_transformers(hf_depth_anything, tmp_path: Path, kind: str, max_depth: float) -> None:
+    hf = hf_depth_anything(kind=kind, max_depth=max_depth)
     hf.save_pretrained(tmp_path / "hub")
     model = load_teacher(tmp_path / "hub")
     head = model.cfg.depth_head
@@ -303,8 +245,8 @@ def official_dinov2_state_dict(sd: dict[str, torch.Tensor], cfg, *, src: str = "
 
 
 @pytest.mark.parametrize("registers", [False, True])
-def test_official_dinov2_pth(tmp_path: Path, registers: bool) -> None:
-    hf = tiny_dinov2(registers=registers, swiglu=False)
+def test_official_dinov2_pth(hf_dinov2, tmp_path: Path, registers: bool) -> None:
+    hf = hf_dinov2(registers=registers)
     torch.save(official_dinov2_state_dict(hf.state_dict(), hf.config), tmp_path / "dinov2.pth")
     model = load_teacher(tmp_path / "dinov2.pth", num_heads=HEADS)
     assert model.cfg.family == ("dinov2_reg" if registers else "dinov2")
@@ -325,8 +267,8 @@ def official_dav2_state_dict(hf: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind,swiglu", [("relative", False), ("metric", True)])
-def test_official_dav2_pth_matches_transformers(tmp_path: Path, kind: str, swiglu: bool) -> None:
-    hf = tiny_depth_anything(kind=kind, max_depth=20 if kind == "metric" else 1, swiglu=swiglu)
+def test_official_dav2_pth_matches_transformers(hf_depth_anything, tmp_path: Path, kind: str, swiglu: bool) -> None:
+    hf = hf_depth_anything(kind=kind, max_depth=20 if kind == "metric" else 1, swiglu=swiglu)
     name = "depth_anything_v2_metric_hypersim_vitt.pth" if kind == "metric" else "depth_anything_v2_vitt.pth"
     torch.save(official_dav2_state_dict(hf), tmp_path / name)
     # A tiny width is no released size: say the heads and the head's blocks; metric/max_depth come from the name.
@@ -343,8 +285,8 @@ def test_official_dav2_pth_matches_transformers(tmp_path: Path, kind: str, swigl
     _assert_depth(model, hf, x)
 
 
-def test_official_dav2_uses_official_pos_embed_interpolation(tmp_path: Path) -> None:
-    hf = tiny_depth_anything()
+def test_official_dav2_uses_official_pos_embed_interpolation(hf_depth_anything, tmp_path: Path) -> None:
+    hf = hf_depth_anything()
     sd = official_dav2_state_dict(hf)
     torch.save(sd, tmp_path / "dav2.pth")
     model = load_teacher(tmp_path / "dav2.pth", num_heads=HEADS, head_layers=[0, 1, 2, 3], metric=False)
@@ -396,8 +338,8 @@ def test_official_dav2_released_size_from_shapes() -> None:
 # Other sources: jetvit directories, Hub ids
 
 
-def test_jetvit_dir_round_trip(tmp_path: Path) -> None:
-    hf = tiny_dinov3(gated=False, bias="qv")
+def test_jetvit_dir_round_trip(hf_dinov3, tmp_path: Path) -> None:
+    hf = hf_dinov3()
     hf.save_pretrained(tmp_path / "hub")
     teacher = load_teacher(tmp_path / "hub")
     student = jetvit.convert(teacher, "LW", window_size=2)
@@ -408,8 +350,8 @@ def test_jetvit_dir_round_trip(tmp_path: Path) -> None:
         assert torch.equal(v, again.state_dict()[k]), k
 
 
-def test_hub_id_resolves_from_local_cache_offline(tmp_path: Path) -> None:
-    hf = tiny_dinov2(registers=False, swiglu=False)
+def test_hub_id_resolves_from_local_cache_offline(hf_dinov2, tmp_path: Path) -> None:
+    hf = hf_dinov2()
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "cache" / "models--tiny-org--tiny-dinov2"
     hf.save_pretrained(repo / "snapshots" / commit)
@@ -446,8 +388,8 @@ def test_missing_and_unknown_sources(tmp_path: Path) -> None:
         load_teacher(tmp_path / "w.ckpt")
 
 
-def test_truncated_checkpoints_raise(tmp_path: Path) -> None:
-    hf = tiny_dinov3(gated=False, bias="qv")
+def test_truncated_checkpoints_raise(hf_dinov3, tmp_path: Path) -> None:
+    hf = hf_dinov3()
     hf.save_pretrained(tmp_path / "hub")
     st = tmp_path / "hub" / "model.safetensors"
     st.write_bytes(st.read_bytes()[: st.stat().st_size // 2])
@@ -477,8 +419,8 @@ def test_untrusted_pickle_never_runs_code(tmp_path: Path) -> None:
     assert not (tmp_path / "pwned").exists()
 
 
-def test_unexpected_and_missing_tensors_are_named(tmp_path: Path) -> None:
-    hf = tiny_dinov3(gated=False, bias="qv")
+def test_unexpected_and_missing_tensors_are_named(hf_dinov3, tmp_path: Path) -> None:
+    hf = hf_dinov3()
     sd = official_dinov3_state_dict(hf)
     sd["blocks.0.attn.extra"] = torch.zeros(1)
     del sd["blocks.1.ls2.gamma"]
@@ -496,7 +438,7 @@ def test_unexpected_and_missing_tensors_are_named(tmp_path: Path) -> None:
         load_teacher(tmp_path / "hub")
 
 
-def test_official_options_rejected_for_hf_dirs(tmp_path: Path) -> None:
-    tiny_dinov3(gated=False, bias="qv").save_pretrained(tmp_path / "hub")
+def test_official_options_rejected_for_hf_dirs(hf_dinov3, tmp_path: Path) -> None:
+    hf_dinov3().save_pretrained(tmp_path / "hub")
     with pytest.raises(ValueError, match="official checkpoint files only"):
         load_teacher(tmp_path / "hub", size="vits16")

@@ -8,22 +8,23 @@ import pytest
 import torch
 
 from jetvit.conversion import convert
-from jetvit.model import HybridViT, ViTConfig
+from jetvit.runtime import Runtime
+from jetvit.search.budget import FlopBudget
+from jetvit.search.supernet import sample_path
 from jetvit.train.config import StageConfig, load_config
 from jetvit.train.data import ImageSet, SampleImages
-from jetvit.train.distill import Phase, Runtime, lr_at, path_for_step, resolve_targets, ssi_mse, train_phase
-from jetvit.train.pipeline import FlopBudget
+from jetvit.train.distill import Phase, lr_at, resolve_targets, ssi_mse, train_phase
 
 HEAD = {"in_dim": 32, "features": 16, "out_channels": [8, 16, 32, 32], "layers": [0, 1, 2, 3]}
 
 
-def tiny(**kw) -> HybridViT:
-    torch.manual_seed(0)
-    base = dict(img_size=32, patch_size=8, dim=32, depth=4, num_heads=2, mlp_hidden=64, num_registers=1, window_size=2)
-    return HybridViT(ViTConfig(**{**base, **kw})).eval().requires_grad_(False)
+@pytest.fixture
+def tiny(tiny_model):
+    """`tiny(**overrides)`: the shared tiny model, frozen as a teacher."""
+    return lambda **kw: tiny_model(**kw).requires_grad_(False)
 
 
-def test_targets():
+def test_targets(tiny):
     plain, with_head = tiny(), tiny(depth_head=HEAD)
     assert resolve_targets("last", plain) == [3]
     assert resolve_targets("dpt", with_head) == [0, 1, 2, 3]
@@ -49,22 +50,22 @@ def test_lr_schedules():
 
 def test_paths_depend_only_on_seed_phase_and_step():
     choices = ["LW"] * 6
-    a = [path_for_step(choices, seed=0, phase="step1", step=s) for s in range(20)]
-    assert a == [path_for_step(choices, seed=0, phase="step1", step=s) for s in range(20)]
-    assert a != [path_for_step(choices, seed=1, phase="step1", step=s) for s in range(20)]
+    a = [sample_path(choices, seed=0, phase="step1", step=s) for s in range(20)]
+    assert a == [sample_path(choices, seed=0, phase="step1", step=s) for s in range(20)]
+    assert a != [sample_path(choices, seed=1, phase="step1", step=s) for s in range(20)]
 
 
-def test_flop_budget():
+def test_flop_budget(tiny):
     teacher = tiny()
     cfg = load_config("tiny", ["teacher=x", "budget.resolution=64", "budget.max_flops_ratio=0.9"])
-    budget = FlopBudget(teacher, cfg)
+    budget = FlopBudget.from_config(teacher.cfg, cfg.budget)
     assert budget.teacher_flops == teacher.flops(64, 64)["total"]
     assert budget.reason("LLLL") is None
     assert "over the budget" in budget.reason("FFFF")
     assert budget.flops("LLWF") == convert(teacher, "LLWF").flops(64, 64)["total"]
 
 
-def test_phase_with_depth_pseudo_labels_and_resume(tmp_path):
+def test_phase_with_depth_pseudo_labels_and_resume(tiny, tmp_path):
     teacher = tiny(depth_head=HEAD)
     cfg = load_config("tiny", ["teacher=x", "run.checkpoint_every=1", "run.log_every=1"])
     stages = [StageConfig(resolution=32, steps=2, batch_size=2, lr=1e-3)]

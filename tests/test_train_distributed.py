@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_train_pipeline import STEP1, TESTS, make_teacher
+from test_train_pipeline import STEP1, TESTS
 
 import jetvit
 
@@ -26,9 +26,9 @@ def _digests_agree(phase_result: dict) -> None:
     assert len(digests) == 2 and digests[0] == digests[1], digests
 
 
-def test_two_process_distill_gives_identical_weights(tmp_path):
+def test_two_process_distill_gives_identical_weights(tiny_teacher_dir, tmp_path):
     """Cheap version for the default run: a fixed architecture, a few steps with gradient accumulation."""
-    teacher = make_teacher(tmp_path / "teacher")
+    teacher = tiny_teacher_dir
     out = tmp_path / "distill"
     proc = torchrun("distill", "--config", "tiny", "--arch", "LWWF", "--set", f"teacher={teacher}",
                     "--set", "finetune.stages=[{resolution: 32, steps: 3, batch_size: 4, micro_batch_size: 1}]",
@@ -41,8 +41,8 @@ def test_two_process_distill_gives_identical_weights(tmp_path):
 
 
 @pytest.mark.distributed
-def test_two_process_search_samples_the_same_paths(tmp_path):
-    teacher = make_teacher(tmp_path / "teacher")
+def test_two_process_search_samples_the_same_paths(tiny_teacher_dir, tmp_path):
+    teacher = tiny_teacher_dir
     out = tmp_path / "search"
     proc = torchrun("search", "--config", "tiny", "--set", f"teacher={teacher}", "--set", STEP1, "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -17,7 +17,6 @@ from PIL import Image
 
 import jetvit
 from jetvit.cli import main
-from jetvit.model import HybridViT, ViTConfig
 
 TESTS = Path(__file__).resolve().parent
 STEP1 = (
@@ -26,18 +25,9 @@ STEP1 = (
 )
 
 
-def make_teacher(path: Path) -> Path:
-    torch.manual_seed(0)
-    cfg = ViTConfig(
-        img_size=32, patch_size=8, dim=32, depth=4, num_heads=2, mlp_hidden=64, num_registers=1, window_size=2
-    )
-    jetvit.save(HybridViT(cfg), path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory) -> Path:
-    return make_teacher(tmp_path_factory.mktemp("teacher") / "tiny")
+def teacher(tiny_teacher_dir: Path) -> Path:
+    return tiny_teacher_dir  # the shared tiny teacher, saved once a session (read only)
 
 
 def cli(*args: str, env: dict | None = None, wait: bool = True):

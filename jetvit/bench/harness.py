@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import platform
 import statistics
@@ -29,10 +30,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from jetvit.model import HybridViT
 
+logger = logging.getLogger(__name__)
 Runner = Callable[[Tensor], Any]
 
 
@@ -291,9 +293,17 @@ def _cpu_model() -> str:
 
 
 def run_benchmark(
-    teacher: HybridViT, hybrid: HybridViT, opts: BenchOptions, *, command: str, log: Callable[[str], None] = print
+    teacher: HybridViT,
+    hybrid: HybridViT,
+    opts: BenchOptions,
+    *,
+    command: str,
+    log: Callable[[str], None] = logger.info,
 ) -> BenchResult:
-    """Measure teacher and hybrid at every resolution of `opts`; see the module docstring for the method."""
+    """Measure teacher and hybrid at every resolution of `opts`; see the module docstring for the method.
+
+    log: receives a line before each measurement and one result line per resolution (default: this module's
+    logger; `jetvit bench` prints them)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
     device = torch.device(opts.device)
@@ -392,9 +402,3 @@ def build_pair(teacher: HybridViT, arch: str) -> HybridViT:
     from jetvit.conversion import convert
 
     return convert(teacher, arch)
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()

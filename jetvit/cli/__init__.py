@@ -1,12 +1,15 @@
-"""The `jetvit` command line: one module per subcommand, imported only when that subcommand runs.
+"""The `jetvit` command line: one module per subcommand.
 
-Each module in `COMMANDS` defines `add_arguments(parser)` and `run(args) -> int`.
+Each module in `COMMANDS` defines `add_arguments(parser)` and `run(args) -> int`. `build_parser` imports every one
+of them to add its options; they are light (argparse only, plus `jetvit.cli.common`) and import torch and the rest
+of jetvit inside `run`, so that `jetvit --help` and usage errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 # name -> (module, one-line help)
@@ -30,19 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue  # subcommand not built in this checkout
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text, description=help_text)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
 
+def setup_logging() -> None:
+    """The library reports through `logging.getLogger("jetvit...")`; the command line shows INFO and above on
+    stdout, prefixed `[jetvit]`."""
+    root = logging.getLogger("jetvit")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("[jetvit] %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    setup_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from jetvit.bench.harness import BenchOptions, build_pair, parse_res, run_benchmark
     from jetvit.bench.report import markdown_table, write_outputs
-    from jetvit.model import HybridViT
+    from jetvit.model import HybridViT, validate_arch
 
     opts = BenchOptions(
         resolutions=[parse_res(r) for r in args.res],
@@ -71,17 +71,11 @@ def run(args: argparse.Namespace) -> int:
 
         teacher = HybridViT(preset_config(args.preset))
     else:
-        try:
-            from jetvit.teachers import load_teacher
-        except ImportError as e:
-            raise ValueError(
-                f"--teacher needs jetvit.teachers, which cannot be imported here ({e}); use --preset"
-            ) from e
+        from jetvit.teachers import load_teacher
+
         teacher = load_teacher(args.teacher)
     if args.head and teacher.depth_head is None:
         raise ValueError("--head needs a model with a depth head (a Depth-Anything-V2 teacher or dav2-* preset)")
-    from jetvit.model import validate_arch
-
     arch = validate_arch(args.arch, teacher.cfg.depth)
     hybrid = build_pair(teacher, arch)
     command = "jetvit bench " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else _argv(args))

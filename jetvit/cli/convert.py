@@ -8,43 +8,8 @@ Every weight the hybrid shares with the teacher is inherited (`--inherit all`), 
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-
-def add_teacher_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options that only official checkpoint files need (their config is read from the tensors' shapes)."""
-    g = parser.add_argument_group("official checkpoint files (.pth) only")
-    g.add_argument(
-        "--size", help="released size name, e.g. vitl16 (DINOv3) or vitl (DINOv2/DAv2); default: from shapes"
-    )
-    g.add_argument("--num-heads", type=int, help="number of heads of a non-released size")
-    g.add_argument(
-        "--head-layers", type=_int_list, metavar="I,J,K,L", help="the 4 blocks a DAv2 depth head reads (non-released)"
-    )
-    g.add_argument(
-        "--metric",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="DAv2 head is metric (sigmoid * max depth) or relative; default: from the released file name",
-    )
-    g.add_argument("--max-depth", type=float, help="metric DAv2 max depth in metres (20 indoor, 80 outdoor)")
-
-
-def teacher_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "size": args.size,
-        "num_heads": args.num_heads,
-        "head_layers": args.head_layers,
-        "metric": args.metric,
-        "max_depth": args.max_depth,
-    }
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",")]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated block indices like 4,11,17,23, got {text!r}") from e
+from jetvit.cli.common import add_teacher_source_arguments, teacher_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

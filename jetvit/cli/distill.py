@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from jetvit.cli.search import add_config_arguments
+from jetvit.cli.common import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from jetvit.pipeline import run_distill
     from jetvit.train.config import load_config
-    from jetvit.train.pipeline import run_distill
 
     overrides = list(args.overrides) + ([f"arch={args.arch}"] if args.arch else [])
     cfg = load_config(args.config, overrides)

@@ -17,9 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from jetvit.cli.probe import default_device, limit, load_source
+from jetvit.cli.common import limit, load_source
 
 TASKS = ("seg", "depth")
 DATASETS = {"seg": ("cityscapes", "ade20k", "folder"), "depth": ("folder", "da2k")}
@@ -57,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--annotations", default="annotations.json", help="da2k: annotation file (relative to --data)")
     p.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images")
     p.add_argument("--figures", type=int, default=4, help="number of side-by-side figures to save")
-    p.add_argument("--device", default=default_device())
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -139,7 +137,7 @@ def _eval_seg(args: argparse.Namespace, models: dict[str, Any], out: Path) -> tu
     )
     if data.num_classes != head.cfg.num_classes:
         raise ValueError(f"the head predicts {head.cfg.num_classes} classes, the dataset has {data.num_classes}")
-    data = limit(data, args.max_images)
+    data = limit(data, args.max_images, option="--max-images")
     options = {
         "short_side": args.short_side or probe.get("eval_short_side", 512),
         "crop": args.crop or probe.get("eval_crop", 512),
@@ -167,6 +165,8 @@ def _eval_seg(args: argparse.Namespace, models: dict[str, Any], out: Path) -> tu
 
 
 def _eval_depth(args: argparse.Namespace, models: dict[str, Any], out: Path) -> tuple[str, dict, list[str]]:
+    import numpy as np
+
     from jetvit.tasks.datasets import DA2K, DepthFolder
     from jetvit.tasks.depth import evaluate_da2k, evaluate_depth
     from jetvit.tasks.visualize import colour_depth, image_rgb, robust_range, save_panels
@@ -185,7 +185,7 @@ def _eval_depth(args: argparse.Namespace, models: dict[str, Any], out: Path) -> 
     results = {}
     if args.dataset == "da2k":
         kind = "da2k"
-        data = limit(DA2K(args.data, annotations=args.annotations), args.max_images)
+        data = limit(DA2K(args.data, annotations=args.annotations), args.max_images, option="--max-images")
         for name, model in models.items():
             kept[name] = {}
             collect = _collect(kept[name], args.figures)
@@ -199,7 +199,7 @@ def _eval_depth(args: argparse.Namespace, models: dict[str, Any], out: Path) -> 
             )
     else:
         kind = "depth"
-        data = limit(DepthFolder(args.data, depth_scale=args.depth_scale), args.max_images)
+        data = limit(DepthFolder(args.data, depth_scale=args.depth_scale), args.max_images, option="--max-images")
         align = None if args.align == "auto" else args.align
         for name, model in models.items():
             kept[name] = {}

@@ -10,21 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from jetvit.cli.convert import add_teacher_source_arguments, teacher_options
-
-
-def parse_res(text: str) -> tuple[int, int]:
-    """`HxW` or `S` (square) -> (H, W)."""
-    parts = text.lower().split("x")
-    try:
-        hw = [int(p) for p in parts]
-    except ValueError:
-        hw = []
-    if len(hw) == 1:
-        hw = hw * 2
-    if len(hw) != 2 or min(hw) < 1:
-        raise argparse.ArgumentTypeError(f"resolution must be HxW or S (e.g. 512x1024 or 518), got {text!r}")
-    return hw[0], hw[1]
+from jetvit.cli.common import add_teacher_source_arguments, resolution, teacher_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "src", metavar="SRC|DIR", help="teacher (HF dir or Hub id, official .pth) or a jetvit directory"
     )
     parser.add_argument(
-        "--res", type=parse_res, metavar="HxW", help="resolution for FLOPs (default: the model's native size)"
+        "--res", type=resolution, metavar="HxW", help="resolution for FLOPs (default: the model's native size)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
     add_teacher_source_arguments(parser)

@@ -9,22 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        required=True,
-        help="YAML run config, or the name of a shipped one (tiny, dinov3, depth_anything_v2)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set step1.beam.width=4 --set step1.stages.0.steps=100 (repeatable)",
-    )
-    parser.add_argument("--out", required=True, help="run directory: outputs, checkpoints, resume state")
+from jetvit.cli.common import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from jetvit.pipeline import run_search
     from jetvit.train.config import load_config
-    from jetvit.train.pipeline import run_search
 
     cfg = load_config(args.config, args.overrides)
     if cfg.arch is not None:

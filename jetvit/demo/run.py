@@ -27,7 +27,7 @@ from pathlib import Path
 from jetvit.demo.teacher import ASSET_DIR, TEACHER_JSON
 from jetvit.tasks import synthetic
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+DEFAULT_CONFIG = "demo"  # jetvit/configs/demo.yaml, shipped in the package
 
 
 def jetvit_cli(*args: str, log: Path) -> None:
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--teacher", default=str(ASSET_DIR), help="built-in teacher directory")
-    p.add_argument("--config", default=str(DEFAULT_CONFIG), help="search config (default: configs/demo.yaml)")
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="search config: a file or a shipped name (default: demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="search override")
     p.add_argument("--train-images", type=int, default=256, help="distillation images written to OUT/data/train")
     p.add_argument("--val-images", type=int, default=64, help="evaluation samples written to OUT/data/val")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import platform
 import time
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from jetvit.heads import LinearSegConfig, LinearSegHead
 from jetvit.model import HybridViT, ViTConfig
+from jetvit.schedule import lr_factor
 from jetvit.tasks import synthetic
 
 log = logging.getLogger(__name__)
@@ -102,25 +102,11 @@ def build(recipe: TeacherRecipe) -> tuple[HybridViT, LinearSegHead, LinearSegHea
     return model, seg_head, depth_head
 
 
-def normalize(model: HybridViT, image: Tensor) -> Tensor:
-    mean = image.new_tensor(model.cfg.mean)[:, None, None]
-    std = image.new_tensor(model.cfg.std)[:, None, None]
-    return (image - mean) / std
-
-
 def predict(model: HybridViT, seg_head: nn.Module, depth_head: nn.Module, image: Tensor) -> tuple[Tensor, Tensor]:
     """Images (B, 3, H, W) in [0, 1] -> (segmentation logits (B, C, H, W), depth-like map (B, H, W))."""
-    patch = model.forward_intermediates(normalize(model, image), [-1])[0][0]  # (B, D, h, w)
+    patch = model.forward_intermediates(model.normalize(image), [-1])[0][0]  # (B, D, h, w)
     size = image.shape[-2:]
     return seg_head(patch, size), depth_head(patch, size)[:, 0]
-
-
-def lr_at(step: int, recipe: TeacherRecipe) -> float:
-    """Linear warm-up, then cosine decay to zero."""
-    if step < recipe.warmup:
-        return recipe.lr * (step + 1) / recipe.warmup
-    t = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
-    return recipe.lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
 @torch.no_grad()
@@ -209,8 +195,9 @@ def train_teacher(recipe: TeacherRecipe, out: str | os.PathLike, *, progress: bo
     start = time.perf_counter()
     bar = tqdm(range(recipe.steps), desc=f"pretrain {model.arch}", disable=not progress, dynamic_ncols=True)
     for step in bar:
+        lr = lr_factor(step, steps=recipe.steps, warmup=recipe.warmup, base=recipe.lr)  # warm-up, cosine to zero
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, recipe)
+            group["lr"] = lr
         first = step * recipe.batch_size
         images, labels, target = synthetic.batch(
             "train", range(first, first + recipe.batch_size), size=recipe.size, seed=recipe.data_seed
@@ -236,7 +223,6 @@ def train_teacher(recipe: TeacherRecipe, out: str | os.PathLike, *, progress: bo
             }
             history.append(row)
             log.info("%s", json.dumps(row))
-            bar.write(json.dumps(row))
     train_seconds = time.perf_counter() - start
     model.eval(), seg_head.eval(), depth_head.eval()
     final = final_scores(model, seg_head, depth_head, samples=recipe.val_samples, seed=recipe.data_seed)

@@ -15,17 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-ARCH_LETTERS = "FWL"
-COST_ORDER = {"L": 0, "W": 1, "F": 2}  # the efficiency order of the kinds, cheapest first
+from jetvit.model import ARCH_LETTERS
 
-
-def check_arch(arch: str, depth: int | None = None) -> str:
-    """Validate an architecture string: letters F, W, L, one per block."""
-    if not isinstance(arch, str) or not arch or set(arch) - set(ARCH_LETTERS):
-        raise ValueError(f"architecture {arch!r} must be a non-empty string of {', '.join(ARCH_LETTERS)}")
-    if depth is not None and len(arch) != depth:
-        raise ValueError(f"architecture {arch!r} has {len(arch)} letters, the model has {depth} blocks")
-    return arch
+# The kinds cheapest first (`ATTN_KINDS` lists them from the most to the least expensive: F, W, L).
+COST_ORDER = {k: i for i, k in enumerate(reversed(ARCH_LETTERS))}
 
 
 def switch_proposals(src: str, dst: str) -> Callable[[str], list[str]]:

@@ -9,24 +9,24 @@ features of the distillation target blocks:
 The teacher's features are computed once, when the scorer is built, and kept on the CPU.
 
 Downstream scorers (segmentation mIoU, depth accuracy, from `jetvit.tasks`) plug in through the config as
-`score.scorer: "package.module:factory"`; the factory is called with keywords `teacher` (the frozen
-teacher), `device`, `images` (the held-out images, (n, 3, H, W), normalised), `targets` (the distillation
-blocks) and the entries of `score.options`, may ignore what it does not need (`**_`), and returns any
-callable `scorer(model) -> float` (higher is better) with a `.name`. The model it is given is the
-supernet with the candidate path active: a `HybridViT` in every respect the scorer can see.
+`score.scorer: "package.module:factory"`. The factory is called with those of the keywords `teacher` (the frozen
+teacher), `device`, `images` (the held-out images, (n, 3, H, W), normalised), `targets` (the distillation blocks)
+and `autocast` that its signature names, plus the entries of `score.options`; an option the factory does not take
+is an error naming it, never dropped. It returns any callable `scorer(model) -> float` (higher is better) with a
+`.name`. The model it is given is the supernet with the candidate path active: a `HybridViT` in every respect the
+scorer can see.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-from jetvit.train.distill import token_features
 
 BUILTIN = ("feature_mse", "feature_cosine")
 
@@ -68,7 +68,7 @@ class FeatureScorer:
             for i in range(0, len(self.images), self.batch_size):
                 x = self.images[i : i + self.batch_size].to(self.device)
                 with self.autocast() if self.autocast is not None else torch.autocast("cpu", enabled=False):
-                    out.append([f.float() for f in token_features(model.forward_intermediates(x, self.targets))])
+                    out.append([f.float() for f in model.token_features(x, self.targets)])  # each (B, N, D)
         model.train(was_training)
         return out
 
@@ -113,7 +113,15 @@ def build_scorer(
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as e:
         raise ValueError(f"score.scorer {spec!r}: cannot import {attr!r} from {module_name!r} ({e})") from e
-    scorer = factory(teacher=teacher, device=device, images=images, targets=targets, **options)
+    provided = {"teacher": teacher, "device": device, "images": images, "targets": targets, "autocast": autocast}
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(k for k in options if k not in params and not takes_any)
+    if unknown:
+        accepted = sorted(k for k in params if k not in provided)
+        raise ValueError(f"score.options {unknown} are not options of {spec!r}; it takes: {', '.join(accepted)}")
+    kwargs = {k: v for k, v in provided.items() if k in params or takes_any}
+    scorer = factory(**kwargs, **options)
     if not callable(scorer) or not hasattr(scorer, "name"):
         raise ValueError(f"score.scorer {spec!r} returned {scorer!r}, not a callable with a .name")
     return scorer

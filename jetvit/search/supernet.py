@@ -16,32 +16,26 @@ has the teacher's size plus the extras and every sampled path trains the same pr
 `share=False` (the default): each candidate holds its own copy of the whole teacher block, which doubles
 the block parameters (and their optimizer state) and gives each copy only the steps its kind was sampled.
 
-Measured (scratch script, CPU, teacher dim 64 / depth 6 with peaky random attention, 64 px sample photos,
-batch 8, lr 1e-3; 8 fixed L/W paths scored by held-out last-block MSE; Kendall tau of the supernet's
-path ranking against the same paths each distilled alone for the same number of steps):
+Why separate copies by default: in a small measurement the separate supernet ranked paths closer to paths
+distilled alone (Kendall tau) than the shared one, at the same step time; `docs/DESIGN.md` records it. `share: true`
+halves the supernet's block memory for teachers where two copies do not fit (7B scale).
 
-    steps, seed | mean path MSE shared / separate | tau shared / separate | tau of untrained inheritance
-    120, 0      | 0.348 / 0.316                   | -0.36 / 0.14          | 0.79
-    300, 1      | 0.222 / 0.232                   |  0.07 / 0.36          | 0.71
-    300, 2      | 0.331 / 0.345                   | -0.64 / 0.00          | 0.64
-
-Sharing gives a slightly lower loss per path after 300 steps, but the separate supernet ranked the paths
-better in all three runs, and ranking is what the beam search consumes; the time per step was the same
-within noise (105-109 ms). Hence separate by default; `supernet.share: true` halves the supernet's block
-memory for teachers where two copies do not fit (7B scale). The evidence is a toy: redo the measurement
-at scale before trusting the default there.
+Single-path sampling: `sample_path(choices, seed=..., phase=..., step=...)` is the path trained at a step, a pure
+function of its arguments, so every process trains the same path and a resumed run the same sequence.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import zlib
 
+import numpy as np
 import torch
 from torch import nn
 
-from jetvit.model import Block, HybridViT
-from jetvit.search.beam import check_arch
+from jetvit.conversion import inherit_block
+from jetvit.model import ARCH_LETTERS, Block, HybridViT, validate_arch
 
 # Submodules of a Block (and of its attention) that every candidate inherits, and shares when share=True.
 SHARED_BLOCK_PARTS = ("norm1", "ls1", "norm2", "mlp", "ls2")
@@ -74,10 +68,6 @@ class SwitchableBlock(nn.Module):
         return f"choices={self.choices}, active={self.active}"
 
 
-def is_switchable(block: nn.Module) -> bool:
-    return hasattr(block, "candidates") and hasattr(block, "active")
-
-
 def build_supernet(
     base: HybridViT,
     choices: list[str],
@@ -94,8 +84,10 @@ def build_supernet(
     if len(choices) != depth:
         raise ValueError(f"{len(choices)} candidate sets given for a {depth}-block model")
     for i, c in enumerate(choices):
-        if not c or len(set(c)) != len(c) or set(c) - set("FWL"):
-            raise ValueError(f"candidate set {c!r} of block {i} must be distinct letters from F, W, L")
+        if not c or len(set(c)) != len(c) or set(c) - set(ARCH_LETTERS):
+            raise ValueError(
+                f"candidate set {c!r} of block {i} must be distinct letters from {', '.join(ARCH_LETTERS)}"
+            )
     changes = {"arch": "".join(c[0] for c in choices)}
     if window_size is not None:
         changes["window_size"] = window_size
@@ -109,12 +101,7 @@ def build_supernet(
         candidates = {}
         for k in kinds:
             blk = Block(cfg, k).to(device=param.device, dtype=param.dtype)
-            own = blk.state_dict()
-            # Everything block i of `base` has that fits (the same kind also brings its extras).
-            inherited = {n: t for n, t in src.state_dict().items() if n in own and own[n].shape == t.shape}
-            missing = set(own) - set(inherited)
-            assert all(".conv" in n for n in missing), f"block {i} kind {k}: not inherited {sorted(missing)}"
-            blk.load_state_dict(inherited, strict=False)
+            inherit_block(src, blk)
             candidates[k] = blk
         if share:
             first = candidates[kinds[0]]
@@ -127,13 +114,9 @@ def build_supernet(
     return net.train(base.training)
 
 
-def choices_of(supernet: HybridViT) -> list[str]:
-    return [blk.choices for blk in supernet.blocks]
-
-
 def set_arch(supernet: HybridViT, arch: str) -> None:
     """Make `arch` the active path; raises ValueError when a block does not hold that kind."""
-    check_arch(arch, len(supernet.blocks))
+    arch = validate_arch(arch, len(supernet.blocks))
     for i, (blk, k) in enumerate(zip(supernet.blocks, arch)):
         if k not in blk.candidates:
             raise ValueError(f"architecture {arch!r}: block {i} has candidates {blk.choices}, not {k!r}")
@@ -141,14 +124,28 @@ def set_arch(supernet: HybridViT, arch: str) -> None:
         blk.active = k
 
 
-def sample_arch(choices: list[str], rng) -> str:
-    """One uniformly random path (single-path sampling): each block's kind drawn independently."""
+def sample_path(choices: list[str], *, seed: int, phase: str, step: int) -> str:
+    """The single path trained at optimizer step `step` of a phase (counted over its stages): each block's kind
+    drawn uniformly and independently from `choices[i]`, by a generator seeded with (seed, phase, step)."""
+    rng = np.random.default_rng([seed, zlib.crc32(phase.encode()), 2 << 40, step])
     return "".join(c[int(rng.integers(len(c)))] for c in choices)
+
+
+class PathSampler:
+    """`Phase.choose_path` of a supernet phase: at each optimizer step, activate `sample_path(...)` and return it."""
+
+    def __init__(self, choices: list[str], *, seed: int, phase: str) -> None:
+        self.choices, self.seed, self.phase = list(choices), seed, phase
+
+    def __call__(self, supernet: HybridViT, step: int) -> str:
+        path = sample_path(self.choices, seed=self.seed, phase=self.phase, step=step)
+        set_arch(supernet, path)
+        return path
 
 
 def path_state_dict(supernet: HybridViT, arch: str) -> dict[str, torch.Tensor]:
     """The tensors of path `arch`, named as in a plain `HybridViT` with that architecture."""
-    check_arch(arch, len(supernet.blocks))
+    arch = validate_arch(arch, len(supernet.blocks))
     out = {}
     for name, t in supernet.state_dict().items():
         parts = name.split(".")
@@ -165,7 +162,7 @@ def extract(supernet: HybridViT, arch: str) -> HybridViT:
     """A plain `HybridViT` with architecture `arch` and the supernet's weights for that path (copies)."""
     from jetvit.io import load_state_dict_strict
 
-    cfg = dataclasses.replace(supernet.cfg, arch=check_arch(arch, len(supernet.blocks)))
+    cfg = dataclasses.replace(supernet.cfg, arch=validate_arch(arch, len(supernet.blocks)))
     param = next(supernet.parameters())
     model = HybridViT(cfg).to(device=param.device, dtype=param.dtype)
     state = {k: v.detach().clone() for k, v in path_state_dict(supernet, arch).items()}

@@ -1,7 +1,7 @@
 """Readers for the segmentation and depth evaluation data, each a map-style dataset of (image, target) samples.
 
-image: float tensor (3, H, W), RGB in [0, 1], not normalised (`normalize` applies the ImageNet statistics the
-teachers expect). Targets:
+image: float tensor (3, H, W), RGB in [0, 1], not normalised (`HybridViT.normalize` applies the model's statistics).
+Targets:
 - segmentation: int64 (H, W), train ids in [0, num_classes) or `IGNORE` (255);
 - depth: float32 (H, W) in metres (or the file's units / `depth_scale`), 0 where there is no measurement;
 - DA2K: the list of point pairs of the image, `{"point1": [y, x], "point2": [y, x], "closer_point": ...}`.
@@ -27,8 +27,6 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 IGNORE = 255
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 CITYSCAPES_CLASSES = (
@@ -45,13 +43,6 @@ def cityscapes_label_lut() -> np.ndarray:
     for train_id, label_id in enumerate(CITYSCAPES_TRAIN_LABEL_IDS):
         lut[label_id] = train_id
     return lut
-
-
-def normalize(image: Tensor) -> Tensor:
-    """(..., 3, H, W) RGB in [0, 1] -> ImageNet-normalised, as DINOv2/v3 and Depth-Anything expect."""
-    mean = image.new_tensor(IMAGENET_MEAN)[:, None, None]
-    std = image.new_tensor(IMAGENET_STD)[:, None, None]
-    return (image - mean) / std
 
 
 def read_image(path: Path) -> Tensor:
@@ -94,19 +85,36 @@ def _pair_by_stem(images: list[Path], targets: dict[str, Path], images_dir: Path
     return [(p, targets[p.stem]) for p in images]
 
 
-class SegmentationDataset(Dataset):
+class ImageTargetPairs(Dataset):
+    """(image path, target path) pairs -> samples (image, target) of the same size; subclasses read the targets."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read_target(self, path: Path) -> Tensor:
+        raise NotImplementedError
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        image_path, target_path = self.pairs[i]
+        image, target = read_image(image_path), self.read_target(target_path)
+        if image.shape[1:] != target.shape:
+            raise ValueError(f"{image_path} is {tuple(image.shape[1:])} but {target_path} is {tuple(target.shape)}")
+        return image, target
+
+
+class SegmentationDataset(ImageTargetPairs):
     """(image path, label path) pairs plus a label mapping; subclasses only find the files."""
 
     num_classes: int
     class_names: tuple[str, ...] | None = None
 
     def __init__(self, pairs: list[tuple[Path, Path]], *, num_classes: int, lut: np.ndarray | None = None) -> None:
-        self.pairs = pairs
+        super().__init__(pairs)
         self.num_classes = num_classes
         self.lut = lut  # raw label value -> train id, (256,) uint8, or None to keep the values
-
-    def __len__(self) -> int:
-        return len(self.pairs)
 
     def read_target(self, path: Path) -> Tensor:
         raw = read_index_png(path)
@@ -117,13 +125,6 @@ class SegmentationDataset(Dataset):
                 )
             raw = self.lut[raw]
         return torch.from_numpy(raw.astype(np.int64))
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        image_path, target_path = self.pairs[i]
-        image, target = read_image(image_path), self.read_target(target_path)
-        if image.shape[1:] != target.shape:
-            raise ValueError(f"{image_path} is {tuple(image.shape[1:])} but {target_path} is {tuple(target.shape)}")
-        return image, target
 
 
 class CityscapesSegmentation(SegmentationDataset):
@@ -194,7 +195,7 @@ class FolderSegmentation(SegmentationDataset):
         return target
 
 
-class DepthFolder(Dataset):
+class DepthFolder(ImageTargetPairs):
     """`images/` + `depth/` maps matched by stem: 16-bit PNG (value / depth_scale) or `.npy` (float, as is)."""
 
     def __init__(self, root: str | Path, *, depth_scale: float = 1000.0) -> None:
@@ -205,12 +206,10 @@ class DepthFolder(Dataset):
         images_dir = _require_dir(root, "images")
         depth_dir = _require_dir(root, "depth")
         maps = {p.stem: p for p in depth_dir.iterdir() if p.suffix.lower() in (".png", ".npy")}
-        self.pairs = _pair_by_stem(_images_in(images_dir), maps, images_dir, depth_dir)
+        super().__init__(_pair_by_stem(_images_in(images_dir), maps, images_dir, depth_dir))
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def read_depth(self, path: Path) -> Tensor:
+    def read_target(self, path: Path) -> Tensor:
+        """A depth map -> float32 (H, W), non-finite values set to 0 (invalid)."""
         if path.suffix.lower() == ".npy":
             depth = np.load(path).astype(np.float32)
             if depth.ndim == 3 and depth.shape[0] == 1:
@@ -223,13 +222,6 @@ class DepthFolder(Dataset):
         if depth.ndim != 2:
             raise ValueError(f"{path}: a depth map must be 2-D (H, W), got shape {depth.shape}")
         return torch.from_numpy(np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0))
-
-    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
-        image_path, depth_path = self.pairs[i]
-        image, depth = read_image(image_path), self.read_depth(depth_path)
-        if image.shape[1:] != depth.shape:
-            raise ValueError(f"{image_path} is {tuple(image.shape[1:])} but {depth_path} is {tuple(depth.shape)}")
-        return image, depth
 
 
 class DA2K(Dataset):

@@ -10,7 +10,6 @@ they are (see `jetvit.tasks.metrics`).
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jetvit.heads import DPTHead
+from jetvit.tasks.common import autocast, evaluate_dataset, model_device, resize_short_side
 from jetvit.tasks.metrics import Align, DA2KAccuracy, DepthMetrics
-from jetvit.tasks.segmentation import autocast, model_device, normalize_for, resize_short_side
 
 
 def depth_head_of(model: nn.Module, head: DPTHead | None) -> DPTHead:
@@ -36,7 +35,7 @@ def predict_depth(model: nn.Module, image: Tensor, *, head: DPTHead | None = Non
     """image (B, 3, H, W) RGB in [0, 1] -> depth or disparity (B, H, W) at the image's size, in float32."""
     head = depth_head_of(model, head)
     device = model_device(model)
-    x = normalize_for(model, image.to(device))
+    x = model.normalize(image.to(device))
     x = resize_short_side(x, short_side, multiple=model.cfg.patch_size)  # (B, 3, H', W'), patch multiples
     with autocast(device):
         feats = model.forward_intermediates(x, head.cfg.layers)
@@ -69,7 +68,7 @@ def evaluate_depth(
     """
     head = depth_head_of(model, head).eval()
     metrics = DepthMetrics(align=align or default_align(head), min_depth=min_depth, max_depth=max_depth)
-    return _run(model, dataset, head, metrics, "eval depth", short_side, progress, on_prediction)
+    return _evaluate(model, dataset, head, metrics, "eval depth", short_side, progress, on_prediction)
 
 
 @torch.no_grad()
@@ -89,10 +88,10 @@ def evaluate_da2k(
     if larger_is_closer is None:
         larger_is_closer = not head.cfg.metric
     acc = DA2KAccuracy(larger_is_closer=larger_is_closer)
-    return _run(model, dataset, head, acc, "eval DA2K", short_side, progress, on_prediction)
+    return _evaluate(model, dataset, head, acc, "eval DA2K", short_side, progress, on_prediction)
 
 
-def _run(
+def _evaluate(
     model: nn.Module,
     dataset: Any,
     head: DPTHead,
@@ -102,17 +101,9 @@ def _run(
     progress: bool,
     on_prediction: Callable[[int, Tensor, Any, Tensor], None] | None,
 ) -> dict[str, Any]:
-    """Predict every sample (image, target) of `dataset`, feed `metric.update(pred, target)`, return
-    `metric.compute()` plus "seconds"."""
-    from tqdm import tqdm
+    """`metric` over `dataset` (samples (image, target)) of `head`'s depth predictions."""
 
-    start = time.perf_counter()
-    for i in tqdm(range(len(dataset)), desc=desc, disable=not progress, dynamic_ncols=True):
-        image, target = dataset[i]
-        pred = predict_depth(model, image[None], head=head, short_side=short_side)[0].cpu()
-        metric.update(pred, target)
-        if on_prediction is not None:
-            on_prediction(i, image, target, pred)
-    result = metric.compute()
-    result["seconds"] = time.perf_counter() - start
-    return result
+    def predict(image: Tensor) -> Tensor:  # (3, H, W) -> (H, W)
+        return predict_depth(model, image[None], head=head, short_side=short_side)[0].cpu()
+
+    return evaluate_dataset(dataset, predict, metric, desc=desc, progress=progress, on_prediction=on_prediction)

@@ -125,7 +125,6 @@ def segmentation_scorer(
     short_side: int | None = None,
     crop: int | None = None,
     stride: int | None = None,
-    **_: Any,
 ) -> SegmentationScorer:
     """A `SegmentationScorer` from config options. head: a probe written by `jetvit probe`; without one, a probe is
     trained on the teacher here (on `train_split`, recipe `probe`: `ProbeConfig` fields). The evaluation subset is
@@ -168,7 +167,6 @@ def depth_scorer(
     short_side: int = 518,
     depth_scale: float = 1000.0,
     annotations: str = "annotations.json",
-    **_: Any,
 ) -> DepthScorer:
     """A `DepthScorer` with the teacher's DPT head. dataset: "folder" (depth maps; score delta1 or neg_abs_rel,
     default delta1) or "da2k" (score da2k)."""

@@ -12,14 +12,12 @@ Images: (B, 3, H, W) RGB in [0, 1] from `jetvit.tasks.datasets`; normalised here
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jetvit._config import from_dict
 from jetvit.heads import LinearSegConfig, LinearSegHead
+from jetvit.schedule import lr_factor
+from jetvit.tasks.common import autocast, evaluate_dataset, model_device, resize_short_side
 from jetvit.tasks.datasets import IGNORE
 from jetvit.tasks.metrics import SegMetrics
 
@@ -36,37 +37,8 @@ HEAD_CONFIG = "head.json"
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Shared helpers
+# Features
 # --------------------------------------------------------------------------------------------------------------------
-
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (DINOv3 runs in bf16), plain fp32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def normalize_for(model: nn.Module, image: Tensor) -> Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> normalised with the model's own mean/std (ImageNet for every teacher)."""
-    mean = image.new_tensor(model.cfg.mean)[:, None, None]
-    std = image.new_tensor(model.cfg.std)[:, None, None]
-    return (image - mean) / std
-
-
-def resize_short_side(image: Tensor, short: int, *, multiple: int = 1) -> Tensor:
-    """(B, C, H, W) -> bilinear resize so min(H, W) == short (aspect kept), both sides rounded up to `multiple`."""
-    h, w = image.shape[-2:]
-    s = short / min(h, w)
-    nh = max(multiple, math.ceil(round(h * s) / multiple) * multiple)
-    nw = max(multiple, math.ceil(round(w * s) / multiple) * multiple)
-    if (nh, nw) == (h, w):
-        return image
-    return F.interpolate(image, size=(nh, nw), mode="bilinear", align_corners=False, antialias=s < 1)
 
 
 def patch_features(model: nn.Module, x: Tensor, layer: int) -> Tensor:
@@ -166,11 +138,8 @@ class ProbeConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ProbeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown probe config keys {unknown}; accepted: {sorted(known)}")
-        return cls(**d)
+        """Build from a dict (a probe's saved recipe, or `score.options`); unknown keys and wrong types are errors."""
+        return from_dict(cls, d, "probe config")
 
 
 def check_patch_multiple(model: nn.Module, **sizes: int) -> None:
@@ -221,11 +190,8 @@ class _AugmentedStream(torch.utils.data.IterableDataset):
 
 
 def _lr_factor(step: int, cfg: ProbeConfig) -> float:
-    warmup = min(cfg.warmup, cfg.iterations // 10)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, cfg.iterations - warmup)
-    return 0.5 * (1 + math.cos(math.pi * progress))
+    """Linear warm-up (at most a tenth of the iterations, so short runs still decay), then cosine to zero."""
+    return lr_factor(step, steps=cfg.iterations, warmup=min(cfg.warmup, cfg.iterations // 10))
 
 
 def train_probe(
@@ -257,7 +223,7 @@ def train_probe(
     for step in bar:
         image, label = next(batches)
         image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-        x = normalize_for(model, image)
+        x = model.normalize(image)
         with torch.no_grad(), autocast(device):
             feats = patch_features(model, x, cfg.layer)
         logits = head(feats.float(), x.shape[-2:])
@@ -286,7 +252,7 @@ def predict_segmentation(
     """image (B, 3, H, W) RGB in [0, 1] -> logits (B, classes, H, W): resize, sliding windows, resize back."""
     check_patch_multiple(model, crop=crop)
     device = model_device(model)
-    x = normalize_for(model, image.to(device))
+    x = model.normalize(image.to(device))
     x = resize_short_side(x, short_side)
 
     def crop_logits(c: Tensor) -> Tensor:
@@ -315,23 +281,16 @@ def evaluate_segmentation(
 
     on_prediction(index, image (3, H, W), label (H, W), pred (H, W)) is called per image, e.g. to save a figure.
     """
-    from tqdm import tqdm
-
     head.eval()
-    metrics = SegMetrics(head.cfg.num_classes, ignore_index=IGNORE)
-    start = time.perf_counter()
-    for i in tqdm(range(len(dataset)), desc="eval seg", disable=not progress, dynamic_ncols=True):
-        image, label = dataset[i]
+
+    def predict(image: Tensor) -> Tensor:  # (3, H, W) -> class ids (H, W)
         logits = predict_segmentation(
             model, head, image[None], short_side=short_side, crop=crop, stride=stride, layer=layer
         )
-        pred = logits.argmax(1)[0].cpu()
-        metrics.update(pred, label)
-        if on_prediction is not None:
-            on_prediction(i, image, label, pred)
-    result = metrics.compute()
-    result["seconds"] = time.perf_counter() - start
-    return result
+        return logits.argmax(1)[0].cpu()
+
+    metrics = SegMetrics(head.cfg.num_classes, ignore_index=IGNORE)
+    return evaluate_dataset(dataset, predict, metrics, desc="eval seg", progress=progress, on_prediction=on_prediction)
 
 
 # --------------------------------------------------------------------------------------------------------------------

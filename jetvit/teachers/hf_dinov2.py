@@ -20,36 +20,25 @@ from jetvit.teachers.common import Chunk, KeyTable, apply_key_table, ensure
 
 MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 
-# transformers' Dinov2Config / Dinov2WithRegistersConfig defaults (Hub configs may omit default-valued fields).
+# transformers' Dinov2Config / Dinov2WithRegistersConfig defaults (Hub configs may omit default-valued fields); the
+# two differ only in the patch size and the register count.
+_DINOV2_DEFAULTS: dict[str, Any] = {
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "mlp_ratio": 4,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-6,
+    "image_size": 224,
+    "patch_size": 14,
+    "num_channels": 3,
+    "qkv_bias": True,
+    "use_swiglu_ffn": False,
+    "num_register_tokens": 0,
+}
 HF_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dinov2": {
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "mlp_ratio": 4,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6,
-        "image_size": 224,
-        "patch_size": 14,
-        "num_channels": 3,
-        "qkv_bias": True,
-        "use_swiglu_ffn": False,
-        "num_register_tokens": 0,
-    },
-    "dinov2_with_registers": {
-        "hidden_size": 768,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-        "mlp_ratio": 4,
-        "hidden_act": "gelu",
-        "layer_norm_eps": 1e-6,
-        "image_size": 224,
-        "patch_size": 16,
-        "num_channels": 3,
-        "qkv_bias": True,
-        "use_swiglu_ffn": False,
-        "num_register_tokens": 4,
-    },
+    "dinov2": _DINOV2_DEFAULTS,
+    "dinov2_with_registers": {**_DINOV2_DEFAULTS, "patch_size": 16, "num_register_tokens": 4},
 }
 
 

@@ -1,8 +1,10 @@
-"""Training for Post-Training Attention Search: configs, data, distillation, the pipeline, its outputs.
+"""Distillation training: configs, data, the training loop, and the files a run writes.
 
 - `config`: typed run configs from YAML with `--set` overrides
 - `data`: image folders and the built-in sample photos, random resized crops, deterministic per-step sampling
-- `distill`: distillation targets and losses, the resumable (DDP) training loop
-- `pipeline`: `run_search` (Step 1, beam search, Step 2, beam search, fine-tuning, export) and `run_distill`
-- `checkpoint`, `metrics`, `plots`, `report`: atomic state files, JSON lines + TensorBoard, figures, report.md
+- `distill`: distillation targets and losses, the resumable (DDP) training loop `train_phase`, and the distillation
+  of a fixed architecture (`finetune`, `distill_arch`) shared by the pipeline and the benchmarks
+- `checkpoint`, `metrics`, `plots`, `report`: checkpoints with RNG state, JSON lines + TensorBoard, figures, report.md
+
+The recipe that puts these together with the search is `jetvit.pipeline`.
 """

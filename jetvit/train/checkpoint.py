@@ -1,59 +1,20 @@
-"""Atomic checkpoints and small state files, so that a run killed at any moment can start again.
-
-Every write goes to a temporary file in the same directory, is flushed to disk, then renamed over the
-target (`os.replace` is atomic on POSIX): a reader sees the old file or the new one, never half of one.
-Checkpoints are loaded with `weights_only=True`, so they hold only tensors and plain containers.
+"""Training checkpoints and the random-generator state they carry, so that a run killed at any moment can start
+again. Writes are atomic (`jetvit.io.atomic_write`: a reader sees the old file or the new one, never half of one);
+checkpoints are loaded with `weights_only=True`, so they hold only tensors and plain containers.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def _atomic_write(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic_write(Path(path), lambda f: f.write(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
-
-
-def read_json(path: str | Path, default: Any = None) -> Any:
-    p = Path(path)
-    if not p.is_file():
-        return default
-    return json.loads(p.read_text())
+from jetvit.io import atomic_torch_save
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """`torch.save` to a temporary file, then rename over `path`."""
-    import torch
-
-    _atomic_write(Path(path), lambda f: torch.save(state, f))
+    atomic_torch_save(state, path)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -12,15 +12,14 @@ Batch sizes are global (summed over processes); a stage whose global batch is la
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jetvit.model import LinearAttnConfig
+from jetvit._config import build
+from jetvit.model import ARCH_LETTERS, LinearAttnConfig
+from jetvit.schedule import SCHEDULES
 
-SCHEDULES = ("cosine", "linear", "constant")
 TARGET_PRESETS = ("last", "dpt")
 
 
@@ -89,6 +88,9 @@ class DistillConfig:
     targets: str | list[int] = "last"
     depth_weight: float = 0.0  # weight of a loss on the depth head's output against pseudo-labels
     depth_teacher: str | None = None  # where the pseudo-labels come from (a larger teacher); None: the teacher
+    # `jetvit distill`: which teacher weights the converted student inherits: "all", or "mlp" (attention
+    # projections re-initialised: the paper's ablation).
+    inherit: str = "all"
 
 
 @dataclass
@@ -134,6 +136,9 @@ class RunSettings:
     precision: str = "auto"  # auto (bf16 autocast on GPU) | fp32 | bf16
     checkpoint_every: int = 100  # optimizer steps between checkpoints
     log_every: int = 10
+    # Score the model being fine-tuned with the run's scorer every this many optimizer steps (a learning curve in
+    # metrics.jsonl and summary.json); null: only once, after training.
+    eval_every: int | None = None
 
 
 @dataclass
@@ -154,71 +159,6 @@ class Config:
 
 
 # --- building from plain data -------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` (parsed YAML) against the annotation `tp` and build dataclasses; `where` is the key path."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(tp):  # first matching option wins: order annotations narrow-first
-            try:
-                return _convert(value, option, where)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError(f"{where}: {value!r} is not a {_type_name(tp)}")
-    if tp is type(None):
-        if value is not None:
-            raise ValueError(f"{where}: expected null, got {value!r}")
-        return None
-    if tp is Any:
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where or 'config'}: expected a mapping of {tp.__name__} keys, got {value!r}")
-        return _build(tp, value, where)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        (item_tp,) = typing.get_args(tp)
-        return [_convert(v, item_tp, f"{where}.{i}") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp in (str, bool):
-        if not isinstance(value, tp):
-            raise ValueError(f"{where}: expected a {tp.__name__}, got {value!r}")
-        return value
-    raise TypeError(f"config annotation {tp!r} at {where} is not supported")  # a bug in this file, not user input
-
-
-def _build(cls: type, raw: dict, where: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    prefix = f"{where}." if where else ""
-    unknown = [k for k in raw if k not in names]
-    if unknown:
-        raise ValueError(f"unknown config key '{prefix}{unknown[0]}'; accepted keys here: {', '.join(names)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in raw:
-            kwargs[f.name] = _convert(raw[f.name], hints[f.name], prefix + f.name)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ValueError(f"missing config key '{prefix}{f.name}'")
-    return cls(**kwargs)
 
 
 def apply_override(raw: dict, assignment: str) -> None:
@@ -267,7 +207,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, base: dic
         raw.update(loaded)
     for assignment in overrides:
         apply_override(raw, assignment)
-    cfg = _build(Config, raw)
+    cfg = build(Config, raw)
     validate(cfg)
     return cfg
 
@@ -327,8 +267,12 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"run.precision {cfg.run.precision!r} is not one of auto, fp32, bf16")
     if cfg.run.checkpoint_every < 1 or cfg.run.log_every < 1:
         raise ValueError("run.checkpoint_every and run.log_every must be >= 1")
-    if cfg.arch is not None and (not cfg.arch or set(cfg.arch) - set("FWL")):
-        raise ValueError(f"arch {cfg.arch!r} must be a string of F, W and L (one letter per block)")
+    if cfg.run.eval_every is not None and cfg.run.eval_every < 1:
+        raise ValueError(f"run.eval_every must be >= 1 or null, got {cfg.run.eval_every}")
+    if cfg.distill.inherit not in ("all", "mlp"):
+        raise ValueError(f"distill.inherit {cfg.distill.inherit!r} is not one of all, mlp")
+    if cfg.arch is not None and (not cfg.arch or set(cfg.arch.upper()) - set(ARCH_LETTERS)):
+        raise ValueError(f"arch {cfg.arch!r} must be a string of {', '.join(ARCH_LETTERS)} (one letter per block)")
 
 
 def to_dict(cfg: Config) -> dict:

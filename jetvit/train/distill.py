@@ -18,22 +18,26 @@ Notation: B batch, N = P + h*w tokens, D width.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import math
+import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jetvit.conversion import convert
+from jetvit.model import HybridViT, LinearAttnConfig, token_features
+from jetvit.runtime import Runtime, weights_digest
+from jetvit.schedule import lr_factor
 from jetvit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from jetvit.train.config import Config, StageConfig
-from jetvit.train.data import DistillBatches, ImageSet, SamplePlan, phase_key
+from jetvit.train.data import DistillBatches, ImageSet, SamplePlan
+
+log = logging.getLogger(__name__)
 
 # --- targets and losses -------------------------------------------------------------------------------
 
@@ -49,16 +53,10 @@ def resolve_targets(spec: str | list[int], model: nn.Module) -> list[int]:
             return [int(i) for i in head["layers"]]
         # No head to ask: the DAv2 pattern for 12-block models (2, 5, 8, 11), scaled to the depth.
         return [depth // 4 - 1, depth // 2 - 1, 3 * depth // 4 - 1, depth - 1]
-    idx = [i + depth if i < 0 else i for i in spec]
-    bad = [i for i, j in zip(spec, idx) if not 0 <= j < depth]
-    if bad:
-        raise ValueError(f"distill.targets {bad} are not blocks of a {depth}-block model (0..{depth - 1})")
-    return idx
-
-
-def token_features(feats: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
-    """`forward_intermediates` output -> per block (B, N, D): prefix tokens then patch tokens, row-major."""
-    return [torch.cat((prefix, patches.flatten(2).transpose(1, 2)), dim=1) for patches, prefix in feats]
+    try:
+        return model.block_indices(spec)
+    except ValueError as e:
+        raise ValueError(f"distill.targets: {e}") from None
 
 
 def feature_loss(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
@@ -92,7 +90,7 @@ class DistillStudent(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor | None]:
         feats = dict(zip(self.layers, self.model.forward_intermediates(x, self.layers)))
-        out = token_features([feats[i] for i in self.targets])
+        out = token_features([feats[i] for i in self.targets])  # each (B, N, D)
         depth = None
         if self.with_depth:
             depth = self.model.depth_head([feats[i] for i in self.depth_layers], (x.shape[-2], x.shape[-1]))
@@ -103,78 +101,15 @@ class DistillStudent(nn.Module):
 
 
 def lr_at(stage: StageConfig, step: int) -> float:
-    """Learning rate of optimizer step `step` (0-based) of a stage: linear warmup, then the schedule."""
-    if step < stage.warmup_steps:
-        return stage.lr * (step + 1) / stage.warmup_steps
-    span = max(1, stage.steps - stage.warmup_steps)
-    t = min(1.0, (step - stage.warmup_steps) / span)
-    low = stage.lr * stage.final_lr_ratio
-    if stage.schedule == "constant":
-        return stage.lr
-    if stage.schedule == "linear":
-        return stage.lr + (low - stage.lr) * t
-    return low + 0.5 * (stage.lr - low) * (1 + math.cos(math.pi * t))
-
-
-# --- processes ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Runtime:
-    """Where and how this process runs: device, rank among `world` processes, autocast."""
-
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-    autocast_dtype: torch.dtype | None = None
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-    def barrier(self) -> None:
-        if self.distributed:
-            torch.distributed.barrier()
-
-    def broadcast_object(self, obj: Any) -> Any:
-        """Rank 0's `obj` on every process."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-    def all_gather_object(self, obj: Any) -> list[Any]:
-        if not self.distributed:
-            return [obj]
-        out: list[Any] = [None] * self.world
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def mean(self, value: float) -> float:
-        if not self.distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return float(t.item()) / self.world
-
-
-def weights_digest(model: nn.Module) -> str:
-    """A hash of every parameter's bytes: equal digests mean bit-identical weights."""
-    h = hashlib.sha256()
-    for name, p in model.state_dict().items():
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if p.numel() else b"")
-    return h.hexdigest()[:16]
+    """Learning rate of optimizer step `step` (0-based) of a stage: linear warmup, then the stage's schedule."""
+    return lr_factor(
+        step,
+        steps=stage.steps,
+        warmup=stage.warmup_steps,
+        schedule=stage.schedule,
+        final_ratio=stage.final_lr_ratio,
+        base=stage.lr,
+    )
 
 
 # --- the training loop --------------------------------------------------------------------------------
@@ -182,19 +117,22 @@ def weights_digest(model: nn.Module) -> str:
 
 @dataclass
 class Phase:
-    """One training phase of a run: a name (checkpoint and log key), stages, and what to sample."""
+    """One training phase of a run: a name (checkpoint and log key), stages, and for a supernet how to pick the
+    path of each step.
+
+    choose_path(model, phase_step) -> path: activates the single path trained at that optimizer step of the phase
+    (a pure function of the step, so every process trains the same path and a resumed run the same sequence) and
+    returns it; None for a fixed architecture.
+    evaluate(model) -> score: run every `cfg.run.eval_every` steps (and at the end) when given; the scores are
+    logged and kept in the summary's `curve` as [phase step, score] pairs.
+    """
 
     name: str
     stages: list[StageConfig]
-    choices: list[str] | None = None  # supernet candidate kinds per block; None for a fixed architecture
+    choose_path: Callable[[nn.Module, int], str] | None = None
     depth_weight: float = 0.0
     global_offset: int = 0  # optimizer steps of the run before this phase (for continuous curves)
-
-
-def path_for_step(choices: list[str], *, seed: int, phase: str, step: int) -> str:
-    """The single path trained at optimizer step `step` of a phase (counted over its stages)."""
-    rng = np.random.default_rng([seed, phase_key(phase), 2 << 40, step])
-    return "".join(c[int(rng.integers(len(c)))] for c in choices)
+    evaluate: Callable[[nn.Module], float] | None = field(default=None, repr=False)
 
 
 def train_phase(
@@ -209,7 +147,6 @@ def train_phase(
     targets: list[int],
     depth_teacher: nn.Module | None = None,
     logger=None,
-    set_path: Callable[[nn.Module, str], None] | None = None,
 ) -> dict[str, Any]:
     """Train `model` (in place) through `phase.stages`, resuming from `ckpt_path` when it exists.
 
@@ -224,7 +161,7 @@ def train_phase(
         betas=tuple(cfg.optim.betas),
         weight_decay=cfg.optim.weight_decay,
     )
-    start_stage, start_step, skipped, history, elapsed = 0, 0, 0, {}, 0.0
+    start_stage, start_step, skipped, history, elapsed = 0, 0, 0, {"curve": []}, 0.0
     if ckpt_path.is_file():
         ck = load_checkpoint(ckpt_path)
         model.load_state_dict(ck["model"])
@@ -234,8 +171,9 @@ def train_phase(
         set_rng_state(ck["rng"])
         start_stage, start_step, skipped = ck["stage"], ck["step"], ck["skipped"]
         history, elapsed = ck["history"], ck["elapsed"]
+        history.setdefault("curve", [])
         if rt.main:
-            print(f"[jetvit] resuming {phase.name} at stage {start_stage + 1}, step {start_step}", flush=True)
+            log.info("resuming %s at stage %d, step %d", phase.name, start_stage + 1, start_step)
 
     with_depth = phase.depth_weight > 0
     if with_depth and getattr(model, "depth_head", None) is None:
@@ -309,12 +247,11 @@ def train_phase(
             dynamic_ncols=True,
         )
         for step in range(s0, stage.steps):
-            if phase.choices is not None:
-                path = path_for_step(phase.choices, seed=cfg.run.seed, phase=phase.name, step=phase_step)
+            if phase.choose_path is not None:
+                path = phase.choose_path(model, phase_step)
                 if rt.distributed:  # internal invariant: the seeded path is the same everywhere
                     paths = rt.all_gather_object(path)
                     assert len(set(paths)) == 1, f"processes disagree on the path at step {phase_step}: {paths}"
-                set_path(model, path)
             lr = lr_at(stage, step)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -347,10 +284,19 @@ def train_phase(
                     scalars = {"loss": loss_value, "feature_loss": rt.mean(feat_sum / batches.accum), "lr": lr}
                     if grad_norm is not None:
                         scalars["grad_norm"] = grad_norm
-                    if phase.choices is not None:
+                    if phase.choose_path is not None:
                         scalars["path"] = path
                     logger.log(phase.name, phase.global_offset + phase_step, **scalars)
                 bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
+            last = step + 1 == stage.steps and si == len(phase.stages) - 1
+            every = cfg.run.eval_every
+            if phase.evaluate is not None and ((every and phase_step % every == 0) or last):
+                score = rt.broadcast_object(float(phase.evaluate(model.eval())))
+                model.train()
+                history["curve"].append([phase_step, score])
+                if logger is not None:
+                    logger.log(phase.name, phase.global_offset + phase_step, score=score)
+                bar.set_postfix(loss=f"{loss_value:.4g}", score=f"{score:.4g}")
             if step + 1 == stage.steps:
                 history[f"stage{si + 1}"] = {"resolution": [H, W], "steps": stage.steps, "final_loss": loss_value}
             if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == stage.steps:
@@ -367,7 +313,8 @@ def train_phase(
         "skipped_images": skipped_total,
         "seconds": round(elapsed + time.perf_counter() - t0, 3),
         "rank_weight_digests": digests,
-        "stages": history,
+        "stages": {k: v for k, v in history.items() if k != "curve"},
+        "curve": history["curve"],
     }
     if skipped_total and logger is not None:
         logger.event(phase.name, phase.global_offset + phase_step, skipped_images=skipped_total)
@@ -375,3 +322,97 @@ def train_phase(
         save_checkpoint(ckpt_path, {"phase": phase.name, "done": True, "model": model.state_dict(), "summary": summary})
     rt.barrier()
     return summary
+
+
+# --- fixed architectures ------------------------------------------------------------------------------
+
+
+def finetune(
+    model: nn.Module,
+    *,
+    stages: list[StageConfig],
+    teacher: nn.Module,
+    images: ImageSet,
+    cfg: Config,
+    rt: Runtime,
+    ckpt_path: Path,
+    targets: list[int],
+    depth_weight: float = 0.0,
+    depth_teacher: nn.Module | None = None,
+    logger=None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    global_offset: int = 0,
+) -> dict[str, Any]:
+    """Distil a fixed architecture (in place) through `stages`: the last phase of the search and `jetvit distill`."""
+    phase = Phase("finetune", stages, depth_weight=depth_weight, global_offset=global_offset, evaluate=evaluate)
+    return train_phase(
+        phase,
+        model,
+        teacher=teacher,
+        images=images,
+        cfg=cfg,
+        rt=rt,
+        ckpt_path=ckpt_path,
+        targets=targets,
+        depth_teacher=depth_teacher,
+        logger=logger,
+    )
+
+
+def student_for(
+    teacher: HybridViT,
+    arch: str,
+    cfg: Config,
+    *,
+    inherit: str | None = None,
+    linear: LinearAttnConfig | dict[str, Any] | None = None,
+) -> HybridViT:
+    """The student a run distils for `arch`: `teacher` converted with the run's window size, its L-block options
+    (`linear`, default the teacher config's), weights inherited as `inherit` (default `cfg.distill.inherit`) and
+    the new parameters seeded by `cfg.run.seed`."""
+    return convert(
+        teacher,
+        arch,
+        inherit=inherit or cfg.distill.inherit,
+        window_size=cfg.supernet.window_size,
+        linear=linear,
+        seed=cfg.run.seed,
+    )
+
+
+def distill_arch(
+    teacher: HybridViT,
+    arch: str,
+    *,
+    images: ImageSet,
+    cfg: Config,
+    rt: Runtime,
+    ckpt_path: Path,
+    targets: list[int],
+    stages: list[StageConfig] | None = None,
+    inherit: str | None = None,
+    linear: LinearAttnConfig | dict[str, Any] | None = None,
+    depth_teacher: nn.Module | None = None,
+    logger=None,
+    evaluate: Callable[[nn.Module], float] | None = None,
+) -> tuple[HybridViT, dict[str, Any]]:
+    """Convert `teacher` to `arch` (`student_for`) and distil it through `stages` (default `cfg.finetune.stages`):
+    the distillation of a fixed architecture that `jetvit distill`, the replication benchmark and the learning
+    curves share. Resumable from `ckpt_path`. Returns the trained model and the phase summary."""
+    student = student_for(teacher, arch, cfg, inherit=inherit, linear=linear).to(rt.device)
+    weight = cfg.finetune.depth_weight if cfg.finetune.depth_weight is not None else cfg.distill.depth_weight
+    summary = finetune(
+        student,
+        stages=cfg.finetune.stages if stages is None else stages,
+        teacher=teacher,
+        images=images,
+        cfg=cfg,
+        rt=rt,
+        ckpt_path=ckpt_path,
+        targets=targets,
+        depth_weight=weight,
+        depth_teacher=depth_teacher,
+        logger=logger,
+        evaluate=evaluate,
+    )
+    return student, summary

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jetvit.train.checkpoint import atomic_write_text
+from jetvit.io import atomic_write_text
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

@@ -6,10 +6,10 @@ import io
 from pathlib import Path
 from typing import Any
 
-from jetvit.train.checkpoint import atomic_write_bytes
+from jetvit.io import atomic_write_bytes
+from jetvit.model import KIND_NAMES
 
 KIND_COLORS = {"L": "#4C9F70", "W": "#3B75AF", "F": "#D1495B"}
-KIND_NAMES = {"L": "linear", "W": "window", "F": "full"}
 
 
 def _figure():

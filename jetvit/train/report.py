@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jetvit.train.checkpoint import atomic_write_text
+from jetvit.io import atomic_write_text
+from jetvit.model import KIND_NAMES
 from jetvit.train.config import Config
-
-KIND_NAMES = {"L": "linear", "W": "window", "F": "full"}
 
 
 def _gflops(x: float) -> str:

@@ -1,0 +1,348 @@
+"""Post-Training Attention Search, end to end (paper Sec. 3, supplementary A.2/A.3): the recipe.
+
+    step1:    supernet with candidates {L, W} per block, inherited from the teacher; feature distillation
+    search1:  beam search from all-L, one L -> W per proposal, until the score stops improving
+    step2:    supernet with candidates {Step 1 kind, F} per block, inherited from the Step 1 path
+    search2:  beam search from the Step 1 architecture, one block -> F per proposal, up to the F budget
+              or until the score reaches the teacher's
+    finetune: the chosen architecture, distilled at the final resolution
+    export:   jetvit.save, trajectory, plots, report
+
+`run_search` runs all of it, `run_distill` only the last two steps for a given architecture. Each phase is
+resumable: training phases through their checkpoints, searches through their score caches (saved after every scored
+candidate), and `state.json` records which phases are done. Running the same command again after a kill continues
+where the run stopped and ends with the same architecture. Only rank 0 writes files; every process computes the same
+scores and rank 0's are used.
+
+Where things live: the process group in `jetvit.runtime`, the run directory in `jetvit.rundir`, training in
+`jetvit.train.distill`, the supernet, budgets and beam search in `jetvit.search`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from jetvit.io import atomic_write_json, save
+from jetvit.model import HybridViT
+from jetvit.rundir import RunState, prepare_out_dir, resume_step
+from jetvit.runtime import Runtime, setup_runtime, teardown_runtime
+from jetvit.search.beam import switch_proposals
+from jetvit.search.budget import FlopBudget, full_attention_budget
+from jetvit.search.driver import run_beam
+from jetvit.search.scorers import Scorer, build_scorer
+from jetvit.search.supernet import PathSampler, build_supernet, extract
+from jetvit.train.config import Config
+from jetvit.train.data import ImageSet, describe, holdout_images, open_source, split_holdout
+from jetvit.train.distill import Phase, finetune, resolve_targets, student_for, train_phase
+from jetvit.train.metrics import MetricLogger
+
+TRAINING_PHASES = ("step1", "step2", "finetune")
+
+
+@dataclass
+class RunContext:
+    """What every phase of a run shares: the frozen teacher(s), data, targets, scorer, budget, state, logger."""
+
+    cfg: Config
+    rt: Runtime
+    out: Path
+    teacher: HybridViT
+    depth_teacher: nn.Module | None
+    targets: list[int]
+    source: Any
+    train_images: ImageSet
+    holdout_names: list[str]
+    skipped_holdout: list[str]
+    scorer: Scorer
+    budget: FlopBudget
+    state: RunState
+    logger: MetricLogger
+
+    def train_kwargs(self, phase: str) -> dict[str, Any]:
+        """The keywords `train_phase` / `finetune` take from the run, for training phase `phase`."""
+        return {
+            "teacher": self.teacher,
+            "images": self.train_images,
+            "cfg": self.cfg,
+            "rt": self.rt,
+            "ckpt_path": self.out / "ckpt" / f"{phase}.pt",
+            "targets": self.targets,
+            "logger": self.logger,
+        }
+
+    def finetune(self, model: nn.Module, *, global_offset: int = 0) -> dict[str, Any]:
+        """The final fine-tuning of a fixed architecture (in place): `finetune.stages`, with the depth loss and the
+        learning curve the config asks for; recorded in `state.json`."""
+        ft = self.cfg.finetune.depth_weight
+        return timed(
+            self.state,
+            "finetune",
+            finetune,
+            model,
+            stages=self.cfg.finetune.stages,
+            depth_weight=ft if ft is not None else self.cfg.distill.depth_weight,
+            depth_teacher=self.depth_teacher,
+            evaluate=self.scorer if self.cfg.run.eval_every else None,
+            global_offset=global_offset,
+            **self.train_kwargs("finetune"),
+        )
+
+    def score(self, model: nn.Module) -> float:
+        """The run's scorer on `model`, rank 0's value on every process."""
+        return self.rt.broadcast_object(float(self.scorer(model)))
+
+
+def load_teacher_model(src: str, device, options: dict[str, Any] | None = None) -> HybridViT:
+    """The frozen teacher (anything `jetvit.load_teacher` accepts): eval mode, no gradients, on `device`."""
+    from jetvit.teachers import load_teacher
+
+    teacher = load_teacher(src, **(options or {}))
+    teacher.to(device).eval().requires_grad_(False)
+    return teacher
+
+
+def prepare(cfg: Config, out: Path, rt: Runtime) -> RunContext:
+    """Teacher, data, distillation targets, scorer, budget, logger and run state shared by both commands."""
+    source = open_source(cfg.data.source)
+    train_idx, held_idx = split_holdout(len(source), cfg.data.holdout)
+    teacher = load_teacher_model(cfg.teacher, rt.device, cfg.teacher_options)
+    # The hybrids' L-block options come from the run's config: every supernet and student is derived from the
+    # teacher's config (an all-F teacher does not read them).
+    teacher.cfg = dataclasses.replace(teacher.cfg, linear=cfg.supernet.linear)
+    depth_teacher = None
+    if (cfg.finetune.depth_weight or 0) > 0 or cfg.distill.depth_weight > 0:
+        depth_teacher = (
+            teacher if cfg.distill.depth_teacher is None else load_teacher_model(cfg.distill.depth_teacher, rt.device)
+        )
+    targets = resolve_targets(cfg.distill.targets, teacher)
+    sizes = {
+        f"{n}.stages.{i}.resolution": st.size for n in TRAINING_PHASES for i, st in enumerate(getattr(cfg, n).stages)
+    }
+    for key, res in (("score.resolution", cfg.score.resolution), ("budget.resolution", cfg.budget.resolution)):
+        sizes[key] = (res, res) if isinstance(res, int) else tuple(res)
+    for key, size in sizes.items():
+        try:
+            teacher.grid_size(*size)
+        except ValueError as e:
+            raise ValueError(f"{key}: {e}") from None
+    images, skipped = holdout_images(
+        ImageSet(source, held_idx), sizes["score.resolution"], teacher.cfg.mean, teacher.cfg.std
+    )
+    scorer = build_scorer(
+        cfg.score.scorer,
+        teacher=teacher,
+        images=images,
+        targets=targets,
+        batch_size=cfg.score.batch_size,
+        device=rt.device,
+        autocast=rt.autocast,
+        options=cfg.score.options,
+    )
+    stage_steps = {n: [s.steps for s in getattr(cfg, n).stages] for n in TRAINING_PHASES}
+    phases = [(n, sum(steps), steps) for n, steps in stage_steps.items()]
+    logger = MetricLogger(out, enabled=rt.main, resume_step=resume_step(out, phases))
+    if skipped:
+        logger.event("data", 0, skipped_holdout_images=skipped)
+    return RunContext(
+        cfg=cfg,
+        rt=rt,
+        out=out,
+        teacher=teacher,
+        depth_teacher=depth_teacher,
+        targets=targets,
+        source=source,
+        train_images=ImageSet(source, train_idx),
+        holdout_names=[source.name(i) for i in held_idx],
+        skipped_holdout=skipped,
+        scorer=scorer,
+        budget=FlopBudget.from_config(teacher.cfg, cfg.budget),
+        state=RunState(out / "state.json", rt),
+        logger=logger,
+    )
+
+
+def timed(state: RunState, phase: str, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`, recording its result (searches: the best and why they stopped) and wall time in
+    `state.json` the first time the phase completes.
+
+    Phases always run: a finished one returns at once (a training phase loads its final checkpoint, a
+    search replays its rounds from the score cache), which rebuilds the objects the next phase needs.
+    """
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    if state.done(phase) is None:
+        kept = _search_result(result) if "rounds" in result else result
+        state.finish(phase, result=kept, seconds=round(time.perf_counter() - t0, 3))
+    return result
+
+
+def _search_result(traj: dict[str, Any]) -> dict[str, Any]:
+    return {"best": traj["best"], "stop_reason": traj["stop_reason"], "scored": len(traj["scores"])}
+
+
+# --- the two commands ---------------------------------------------------------------------------------
+
+
+def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
+    """The whole Post-Training Attention Search; returns the summary also written to `DIR/summary.json`."""
+    out = Path(out)
+    rt = setup_runtime(cfg.run)
+    try:
+        prepare_out_dir(out, cfg, rt)
+        ctx = prepare(cfg, out, rt)
+        teacher, state = ctx.teacher, ctx.state
+        depth = len(teacher.blocks)
+        share, window, seed = cfg.supernet.share, cfg.supernet.window_size, cfg.run.seed
+        n1 = sum(s.steps for s in cfg.step1.stages)
+        n2 = sum(s.steps for s in cfg.step2.stages)
+
+        # Step 1: linear vs window.
+        choices1 = ["LW"] * depth
+        supernet1 = build_supernet(teacher, choices1, share=share, window_size=window).to(rt.device)
+        phase1 = Phase("step1", cfg.step1.stages, choose_path=PathSampler(choices1, seed=seed, phase="step1"))
+        s1 = timed(state, "step1", train_phase, phase1, supernet1, **ctx.train_kwargs("step1"))
+        traj1 = timed(
+            state,
+            "search1",
+            run_beam,
+            "step1",
+            supernet1,
+            start="L" * depth,
+            propose=switch_proposals("L", "W"),
+            beam_cfg=cfg.step1.beam,
+            scorer=ctx.scorer,
+            rt=rt,
+            path=out / "search" / "step1.json",
+            feasible=ctx.budget.reason,
+        )
+        arch1 = traj1["best"]["arch"]
+
+        # Step 2: where full attention goes back.
+        base2 = extract(supernet1, arch1)
+        del supernet1
+        choices2 = [k + "F" for k in arch1]
+        supernet2 = build_supernet(base2, choices2, share=share).to(rt.device)
+        phase2 = Phase(
+            "step2", cfg.step2.stages, choose_path=PathSampler(choices2, seed=seed, phase="step2"), global_offset=n1
+        )
+        s2 = timed(state, "step2", train_phase, phase2, supernet2, **ctx.train_kwargs("step2"))
+        teacher_score = state.done("teacher_score")
+        if teacher_score is None:
+            teacher_score = {"score": ctx.score(teacher)}
+            state.finish("teacher_score", **teacher_score)
+        traj2 = timed(
+            state,
+            "search2",
+            run_beam,
+            "step2",
+            supernet2,
+            start=arch1,
+            propose=switch_proposals("LW", "F"),
+            beam_cfg=cfg.step2.beam,
+            scorer=ctx.scorer,
+            rt=rt,
+            path=out / "search" / "step2.json",
+            feasible=full_attention_budget(cfg.step2.max_full, ctx.budget),
+            target=teacher_score["score"],
+        )
+        arch2 = traj2["best"]["arch"]
+
+        # Final fine-tuning of the chosen architecture.
+        model = extract(supernet2, arch2)
+        del supernet2
+        ft = ctx.finetune(model, global_offset=n1 + n2)
+        summary = {
+            "teacher": cfg.teacher,
+            "teacher_arch": teacher.arch,
+            "step1_arch": arch1,
+            "arch": arch2,
+            "scorer": ctx.scorer.name,
+            "teacher_score": teacher_score["score"],
+            "step1_score": traj1["best"]["score"],
+            "step2_score": traj2["best"]["score"],
+            "final_score": ctx.score(model),
+            **_cost_summary(ctx, arch2),
+            "step1_flops": ctx.budget.flops(arch1),
+            "phases": state.data["phases"],
+            "finetune": ft,
+            "skipped_training_images": s1["skipped_images"] + s2["skipped_images"] + ft["skipped_images"],
+            "holdout_images": ctx.holdout_names,
+            "skipped_images": ctx.skipped_holdout,
+            "data": describe(ctx.source),
+        }
+        if rt.main:
+            export(out, model, summary, {"step1": traj1, "step2": traj2}, cfg)
+        rt.barrier()
+        ctx.logger.close()
+        return summary
+    finally:
+        teardown_runtime(rt)
+
+
+def run_distill(cfg: Config, out: str | Path, *, arch: str) -> dict[str, Any]:
+    """`jetvit distill`: convert the teacher to `arch` (weights inherited as `distill.inherit`) and fine-tune it."""
+    out = Path(out)
+    rt = setup_runtime(cfg.run)
+    try:
+        prepare_out_dir(out, cfg, rt)
+        ctx = prepare(cfg, out, rt)
+        model = student_for(ctx.teacher, arch, cfg).to(rt.device)
+        start_score = ctx.score(model)  # what inheritance alone gives, before any training
+        ft = ctx.finetune(model)
+        summary = {
+            "teacher": cfg.teacher,
+            "arch": model.arch,
+            "scorer": ctx.scorer.name,
+            "start_score": start_score,
+            "final_score": ctx.score(model),
+            **_cost_summary(ctx, model.arch),
+            "finetune": ft,
+            "skipped_training_images": ft["skipped_images"],
+            "skipped_images": ctx.skipped_holdout,
+            "data": describe(ctx.source),
+        }
+        if rt.main:
+            export(out, model, summary, None, cfg)
+        rt.barrier()
+        ctx.logger.close()
+        return summary
+    finally:
+        teardown_runtime(rt)
+
+
+def _cost_summary(ctx: RunContext, arch: str) -> dict[str, Any]:
+    return {
+        "flops_resolution": list(ctx.budget.size),
+        "teacher_flops": ctx.budget.teacher_flops,
+        "flops": ctx.budget.flops(arch),
+        "flop_limit": ctx.budget.limit,
+        "world_size": ctx.rt.world,
+    }
+
+
+def export(out: Path, model: nn.Module, summary: dict, trajectories: dict | None, cfg: Config) -> None:
+    """The run's deliverables: the model (`jetvit.save`), summary, trajectory, plots and `report.md`."""
+    from jetvit.train import plots
+    from jetvit.train.metrics import read_metrics
+    from jetvit.train.report import write_report
+
+    save(model, out / "model")
+    atomic_write_json(out / "summary.json", summary)
+    rows = [("teacher", summary.get("teacher_arch", "F" * len(summary["arch"])))]
+    if trajectories is not None:
+        atomic_write_json(
+            out / "trajectory.json",
+            {"scorer": summary["scorer"], "teacher_score": summary["teacher_score"], **trajectories},
+        )
+        rows.append(("step 1 (L/W)", summary["step1_arch"]))
+        plots.plot_beam(trajectories, out / "beam_scores.png", score_name=summary["scorer"])
+    rows.append(("final", summary["arch"]))
+    plots.plot_architectures(rows, out / "architecture.png")
+    plots.plot_losses(read_metrics(out / "metrics.jsonl"), out / "loss.png")
+    write_report(out, summary, trajectories, cfg)
