@@ -5,7 +5,7 @@
 
 For each row (pure L, pure W, the Step-1 mix, 1, 2 and 3 F) and seed: the teacher is converted to the row's
 architecture and distilled by `jetvit.train.distill.distill_arch` (the same function `jetvit distill` runs, with the
-demo config's data and options), and the keyshapes val mIoU of the teacher's linear head on the student's features is
+demo config's data, generated keyshapes scenes, and options), and the keyshapes val mIoU of the teacher's linear head on the student's features is
 measured every `--every` steps. Writes OUT/learning_curves.{json,md,png}: mIoU against images seen (mean and spread
 over seeds), and for each row the budget after which it stops improving (the first evaluation within `--tol` mIoU
 points of the row's best). Work files go to --work (default runs/curves); finished (row, seed) runs are reused, and
@@ -80,7 +80,9 @@ class Curves:
         self.teacher.requires_grad_(False)
         native = self.teacher.cfg.img_size
         cfg = load_config("demo", [f"teacher={self.teacher_dir}", *args.overrides])
-        stage = dataclasses.replace(cfg.finetune.stages[0], steps=args.steps, batch_size=args.batch_size)
+        stage = dataclasses.replace(
+            cfg.finetune.stages[0], resolution=native, steps=args.steps, batch_size=args.batch_size
+        )
         self.cfg = dataclasses.replace(
             cfg,
             finetune=dataclasses.replace(cfg.finetune, stages=[stage]),
@@ -254,11 +256,6 @@ def main(argv: list[str] | None = None) -> int:
         args.teacher = str(tiny_teacher(work))
         args.rows, args.steps, args.every, args.eval_samples = ["pure L", "2 F"], 4, 2, 2
         args.batch_size, args.seeds = 2, args.seeds[:2]
-    data = work / "data" / "train"
-    lab_overrides = []
-    if not any(o.startswith("data.source=") for o in args.overrides):
-        lab_overrides.append(f"data.source={write_train_images(data, args)}")
-    args.overrides = [*lab_overrides, *args.overrides]
     curves = Curves(args, work)
     results: list[dict[str, Any]] = []
     command = "python benchmarks/learning_curves.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -272,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": args.batch_size,
                 "eval_samples": args.eval_samples,
                 "tol": args.tol,
-                "overrides": args.overrides[len(lab_overrides) :],
+                "overrides": args.overrides,
                 "command": command,
                 "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
                 "seconds": time.perf_counter() - start,
@@ -281,19 +278,6 @@ def main(argv: list[str] | None = None) -> int:
             write_outputs(out, res)
     print((out / "learning_curves.md").read_text())
     return 0
-
-
-def write_train_images(root: Path, args: argparse.Namespace) -> Path:
-    """The distillation images (keyshapes train split) as a folder, written once."""
-    from jetvit.tasks import synthetic
-
-    n = 16 if args.tiny else 4096
-    size = 32 if args.tiny else synthetic.NATIVE_SIZE
-    done = root / ".complete"
-    if not (done.is_file() and done.read_text().strip() == f"{n} {size}"):
-        synthetic.write_folder(root, split="train", length=n, size=size)
-        done.write_text(f"{n} {size}\n")
-    return root / "images"
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def test_demo_runner_end_to_end_on_a_tiny_teacher(tmp_path):
         "step2.beam.max_rounds=1", "data.holdout=2",
     ]  # fmt: skip
     cmd = [sys.executable, "-m", "jetvit.demo.run", "--out", str(tmp_path / "demo"), "--teacher", str(teacher),
-           "--train-images", "6", "--val-images", "2", "--figures", "1"]  # fmt: skip
+           "--val-images", "2", "--figures", "1"]  # fmt: skip
     for o in overrides:
         cmd += ["--set", o]
     proc = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)

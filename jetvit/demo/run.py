@@ -2,9 +2,9 @@
 
     python -m jetvit.demo.run [--out runs/demo] [--config configs/demo.yaml] [--set key=value ...]
 
-1. data: the keyshapes train split as an image folder (the search's unlabeled distillation images) and val samples
-   as a labelled segmentation folder (for `jetvit eval`), under OUT/data;
-2. `jetvit search --config configs/demo.yaml`: Step 1 (L/W) and Step 2 (F placement) supernets and beam searches,
+1. data: keyshapes val samples as a labelled segmentation folder (for `jetvit eval`), under OUT/data (the search
+   distills on generated keyshapes train scenes, `data.source: keyshapes`, which need no files);
+2. `jetvit search --config demo` (jetvit/configs/demo.yaml): Step 1 (L/W) and Step 2 (F placement) supernets and beam searches,
    fine-tuning, report and plots in OUT/search;
 3. `jetvit eval`: teacher and searched student with the teacher's linear head, side-by-side figures in OUT/eval;
 4. `jetvit bench`: teacher against student at the native and at 4x the native side, in OUT/bench;
@@ -44,9 +44,9 @@ def jetvit_cli(*args: str, log: Path) -> None:
             raise RuntimeError(f"`jetvit {args[0]}` failed (exit {proc.returncode}); see {log}")
 
 
-def write_data(root: Path, *, train: int, val: int, size: int) -> None:
-    """Keyshapes train images (unlabelled use) and val samples, written once (a finished folder is kept)."""
-    for split, n in (("train", train), ("val", val)):
+def write_data(root: Path, *, val: int, size: int) -> None:
+    """Keyshapes val samples with their labels, written once (a finished folder is kept)."""
+    for split, n in (("val", val),):
         done = root / split / ".complete"
         if done.is_file() and done.read_text().strip() == str(n):
             continue
@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", default=str(ASSET_DIR), help="built-in teacher directory")
     p.add_argument("--config", default=DEFAULT_CONFIG, help="search config: a file or a shipped name (default: demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="search override")
-    p.add_argument("--train-images", type=int, default=256, help="distillation images written to OUT/data/train")
     p.add_argument("--val-images", type=int, default=64, help="evaluation samples written to OUT/data/val")
     p.add_argument("--figures", type=int, default=4, help="side-by-side prediction images")
     p.add_argument("--fresh", action="store_true", help="delete OUT first")
@@ -85,12 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
     timings = {}
     t = time.perf_counter()
-    write_data(out / "data", train=args.train_images, val=args.val_images, size=native)
+    write_data(out / "data", val=args.val_images, size=native)
     timings["data"] = time.perf_counter() - t
 
     t = time.perf_counter()
     search_args = ["search", "--config", args.config, "--out", str(out / "search"), "--set", f"teacher={teacher}"]
-    search_args += ["--set", f"data.source={out / 'data' / 'train' / 'images'}"]
     search_args += ["--set", f"score.options.head={teacher / 'seg_head'}"]
     for o in args.overrides:
         search_args += ["--set", o]

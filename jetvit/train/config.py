@@ -73,7 +73,9 @@ class FinetuneConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "skimage"  # an image folder (recursive), or "skimage" for the built-in sample photos
+    # An image folder (recursive), "keyshapes[:N]" (generated scenes of the built-in task: no files, no extra
+    # package) or "skimage" (scikit-image's sample photos, needs scikit-image).
+    source: str = "keyshapes"
     holdout: int = 2  # images of the source kept out of training and used by the search scorer
     scale: list[float] = field(default_factory=lambda: [0.25, 1.0])  # random resized crop: area fraction
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # random resized crop: aspect ratio

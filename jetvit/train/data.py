@@ -1,9 +1,11 @@
 """Unlabeled images for distillation: image folders, the built-in sample photos, random resized crops.
 
-Distillation needs no labels, only images the teacher can describe. Two sources:
+Distillation needs no labels, only images the teacher can describe. Sources (`data.source`):
 
-- `FolderImages(root)`: every image file under `root`, recursively (jpg, png, webp, bmp, gif, tif).
-- `SampleImages()`: scikit-image's bundled sample photos, so that everything runs without downloads.
+- a folder: `FolderImages(root)`, every image file under `root`, recursively (jpg, png, webp, bmp, gif, tif);
+- `keyshapes` or `keyshapes:N`: `KeyShapesImages`, N (default 65536) scenes of the built-in synthetic task rendered
+  on demand, a pure function of the index: unlimited distillation data with no file and no extra package;
+- `skimage`: `SampleImages()`, scikit-image's bundled sample photos (needs scikit-image).
 
 Sampling is a pure function of `(seed, phase, sample number)`: the image a training sample shows and its
 crop are computed, not drawn from a generator that runs along. The data position of a run is therefore
@@ -97,9 +99,45 @@ class SampleImages:
         return self._cache[i]
 
 
-def open_source(source: str) -> FolderImages | SampleImages:
-    """The sample photos for "skimage", else the image folder at `source`."""
-    return SampleImages() if source == "skimage" else FolderImages(source)
+class KeyShapesImages:
+    """`length` scenes of the `keyshapes` train split (`jetvit.tasks.synthetic`), rendered at `size` on demand."""
+
+    def __init__(self, length: int = 65536, *, size: int | None = None, seed: int = 0) -> None:
+        from jetvit.tasks import synthetic
+
+        if length < 2:
+            raise ValueError(f"data.source keyshapes:N needs N >= 2 images, got {length}")
+        self.length, self.size, self.seed = length, size or synthetic.NATIVE_SIZE, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def name(self, i: int) -> str:
+        return f"keyshapes:train/{i}"
+
+    def load(self, i: int) -> Image.Image:
+        import numpy as np
+        from PIL import Image
+
+        from jetvit.tasks import synthetic
+
+        image, _, _ = synthetic.render(synthetic.sample_scene(self.seed, "train", i), self.size)  # (3, H, W) in [0, 1]
+        return Image.fromarray(np.round(image.permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+
+
+Source = FolderImages | SampleImages | KeyShapesImages
+
+
+def open_source(source: str) -> Source:
+    """The image source named by `data.source`: "skimage", "keyshapes[:N]", or an image folder."""
+    if source == "skimage":
+        return SampleImages()
+    if source == "keyshapes" or source.startswith("keyshapes:"):
+        n = source.partition(":")[2]
+        if n and not n.isdigit():
+            raise ValueError(f"data.source {source!r}: write keyshapes or keyshapes:N with N a number of images")
+        return KeyShapesImages(int(n)) if n else KeyShapesImages()
+    return FolderImages(source)
 
 
 class ImageSet:
@@ -109,7 +147,7 @@ class ImageSet:
     (wrapping around); which files failed is remembered, so each is tried and counted once per process.
     """
 
-    def __init__(self, source: FolderImages | SampleImages, indices: list[int]) -> None:
+    def __init__(self, source: Source, indices: list[int]) -> None:
         self.source = source
         self.indices = list(indices)
         self.bad: set[int] = set()
@@ -133,8 +171,12 @@ class ImageSet:
         raise ValueError(f"no readable image among the {len(self.indices)} images of {describe(self.source)}")
 
 
-def describe(source: FolderImages | SampleImages) -> str:
-    return f"folder {str(source.root)!r}" if isinstance(source, FolderImages) else "the skimage sample photos"
+def describe(source: Source) -> str:
+    if isinstance(source, FolderImages):
+        return f"folder {str(source.root)!r}"
+    if isinstance(source, KeyShapesImages):
+        return f"{source.length} generated keyshapes scenes"
+    return "the skimage sample photos"
 
 
 def split_holdout(n: int, holdout: int) -> tuple[list[int], list[int]]:

@@ -1,0 +1,38 @@
+"""The learning-curve benchmark end to end on a tiny teacher (the replication's is in test_demo_replicate.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import learning_curves  # noqa: E402
+
+
+def test_learning_curves_tiny_writes_curves_and_convergence(tmp_path):
+    assert learning_curves.main(["--tiny", "--out", str(tmp_path), "--seeds", "0", "1"]) == 0
+    res = json.loads((tmp_path / "learning_curves.json").read_text())
+    assert set(res["rows"]) == {"pure L", "2 F"}
+    for row in res["rows"].values():
+        assert row["seeds"] == [0, 1]
+        steps = [p["step"] for p in row["points"]]
+        assert steps == [0, 2, 4]  # before training, then every 2 of the 4 steps
+        assert all(0.0 <= p["mean"] <= 1.0 and p["n"] == 2 for p in row["points"])
+        assert row["converged_step"] in steps
+    md = (tmp_path / "learning_curves.md").read_text()
+    assert "| pure L |" in md and "| 2 F |" in md
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0
+    # A rerun reuses every finished run: nothing is trained again.
+    before = {p: p.stat().st_mtime for p in (tmp_path / "curves-work").glob("*/result.json")}
+    assert len(before) == 4
+    learning_curves.main(["--tiny", "--out", str(tmp_path), "--seeds", "0", "1"])
+    assert before == {p: p.stat().st_mtime for p in (tmp_path / "curves-work").glob("*/result.json")}
+
+
+def test_converged_at_is_the_first_step_near_the_best():
+    pts = [(0, 0.50), (100, 0.58), (200, 0.601), (300, 0.604), (400, 0.603)]
+    assert learning_curves.converged_at(pts, tol=0.5) == 200  # 60.1 is within 0.5 points of 60.4
+    assert learning_curves.converged_at(pts, tol=0.1) == 300
+    assert learning_curves.converged_at([], tol=0.5) is None
