@@ -4,8 +4,8 @@
 
 1. data: keyshapes val samples as a labelled segmentation folder (for `jetvit eval`), under OUT/data (the search
    distills on generated keyshapes train scenes, `data.source: keyshapes`, which need no files);
-2. `jetvit search --config demo` (jetvit/configs/demo.yaml): Step 1 (L/W) and Step 2 (F placement) supernets and beam searches,
-   fine-tuning, report and plots in OUT/search;
+2. `jetvit search --config demo` (jetvit/configs/demo.yaml): Step 1 (L/W) and Step 2 (F placement) supernets and
+   beam searches, fine-tuning, report and plots in OUT/search;
 3. `jetvit eval`: teacher and searched student with the teacher's linear head, side-by-side figures in OUT/eval;
 4. `jetvit bench`: teacher against student at the native and at 4x the native side, in OUT/bench;
 5. prints the teacher's score, the searched architecture, the student's score and the speedup, and writes
