@@ -8,8 +8,9 @@ architecture and distilled by `jetvit.train.distill.distill_arch` (the same func
 demo config's data, generated keyshapes scenes, and options), and the keyshapes val mIoU of the teacher's linear
 head on the student's features is measured every `--every` steps. Writes OUT/learning_curves.{json,md,png}: mIoU
 against images seen (mean and spread over seeds), and for each row the budget after which it stops improving (the
-first evaluation within `--tol` mIoU points of the row's best). Work files go to --work (default runs/curves); finished (row, seed) runs are reused, and
-the tables are rewritten after every run, so a stopped benchmark keeps what it measured.
+first evaluation within `--tol` mIoU points of the row's best). Work files go to --work (default runs/curves);
+finished (row, seed) runs are reused, and the tables are rewritten after every run, so a stopped benchmark keeps
+what it measured.
 """
 
 from __future__ import annotations
