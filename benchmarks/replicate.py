@@ -14,9 +14,9 @@ initialisation of the tensors the teacher has no counterpart for):
   budget of 3; the Step 1 (L/W) architecture and the best architecture of each Step 2 round (1, 2, 3 F blocks) are
   read from the trajectory;
 - every row of every table is then the same experiment: `jetvit.train.distill.distill_arch` (the teacher converted
-  to the row's architecture with the row's inheritance and L-block options, feature distillation of the last block
-  for `distill_steps` steps, the same function `jetvit distill` runs), and the
-  keyshapes val mIoU of the teacher's linear head on the student's features, on `eval_samples` samples (the search
+  to the row's architecture with the row's inheritance and L-block options, feature distillation of the demo
+  config's target blocks for `distill_steps` steps, the same function `jetvit distill` runs), and the keyshapes val
+  mIoU of the teacher's linear head on the student's features, on `eval_samples` samples (the search
   scores on a disjoint slice of the val split). Rows that are the same experiment share one run.
 
 Once (they do not depend on the seed): the training step time of each linear-block variant (student forward,
@@ -64,7 +64,7 @@ class Budget:
     beam_width: int
     score_samples: int  # per search candidate
     eval_samples: int  # per final number
-    train_images: int
+    train_images: int  # generated keyshapes train scenes the distillation draws from
     step_time_batch: int
     repeats: int  # timing repeats (step time, latency)
 
@@ -73,6 +73,10 @@ BUDGETS = {
     "tiny": Budget(2, 2, 2, 2, 5e-4, 1, 2, 2, 8, 2, 1),
     "small": Budget(30, 20, 30, 4, 5e-4, 2, 16, 32, 256, 4, 3),
     "medium": Budget(150, 100, 150, 8, 5e-4, 2, 32, 128, 512, 8, 5),
+    # Where benchmarks/results/learning_curves.md says the rows stop improving with the demo config's settings
+    # (every block distilled, generated data): about 11 distillations of 450 steps and a search per seed, roughly
+    # 50 min per seed on 2 idle CPU cores.
+    "converged": Budget(300, 300, 450, 8, 5e-4, 2, 32, 256, 65536, 8, 5),
 }
 
 # The paper's numbers (DINOv3 teacher, Cityscapes, mIoU %; step time s) and, for speed, DINOv3-B on H100.
@@ -111,18 +115,13 @@ class Lab:
     def __init__(self, teacher_dir: Path, work: Path, budget: Budget) -> None:
         from jetvit.demo.scoring import keyshapes_miou
         from jetvit.demo.teacher import load_builtin
-        from jetvit.tasks import synthetic
 
         self.teacher_dir, self.work, self.budget = teacher_dir, work, budget
         self.teacher, _, _, self.record = load_builtin(teacher_dir)
         self.teacher.requires_grad_(False)
         self.native = self.teacher.cfg.img_size
         self.depth = self.teacher.cfg.depth
-        data = work / "data" / "train"
-        if not (data / ".complete").is_file() or (data / ".complete").read_text().strip() != str(budget.train_images):
-            synthetic.write_folder(data, split="train", length=budget.train_images, size=self.native)
-            (data / ".complete").write_text(f"{budget.train_images}\n")
-        self.images_dir = data / "images"
+        self.data_source = f"keyshapes:{budget.train_images}"  # generated scenes: nothing to write
         self.evaluator = keyshapes_miou(
             teacher=self.teacher, head=str(teacher_dir / "seg_head"), samples=budget.eval_samples, size=self.native
         )
@@ -138,7 +137,7 @@ class Lab:
         cfg = dataclasses.replace(
             cfg,
             teacher=str(self.teacher_dir),
-            data=dataclasses.replace(cfg.data, source=str(self.images_dir)),
+            data=dataclasses.replace(cfg.data, source=self.data_source),
             score=dataclasses.replace(
                 cfg.score, resolution=self.native, options={**options, "head": str(self.teacher_dir / "seg_head")}
             ),
@@ -199,7 +198,7 @@ class Lab:
             return json.loads(done.read_text())
         cfg = self.config(seed)
         rt = setup_runtime(cfg.run)
-        source = open_source(str(self.images_dir))
+        source = open_source(self.data_source)
         train_idx, _ = split_holdout(len(source), cfg.data.holdout)
         t0 = time.perf_counter()
         start = self.evaluator(student_for(self.teacher, arch, cfg, inherit=inherit, linear=lin))
@@ -295,9 +294,9 @@ def write_tables(out: Path, res: dict[str, Any]) -> str:
         f"Teacher: `{res['teacher']}` ({res['teacher_arch']}, keyshapes, native {res['native']}x{res['native']}). "
         f"Budget `{res['budget_name']}`: {json.dumps(res['budget'])}. Seeds {seeds}; numbers are the mean ± sample "
         f"standard deviation over seeds of the keyshapes val mIoU (%) on {res['budget']['eval_samples']} samples, "
-        "each after converting the teacher to the row's architecture and distilling its last block for "
-        f"{res['budget']['distill_steps']} steps. The paper's column is DINOv3 on Cityscapes: a different teacher, "
-        "task and budget, so compare orderings and gaps, not values.",
+        "each after converting the teacher to the row's architecture and distilling its features (distill.targets "
+        f"`{res['targets']}`) for {res['budget']['distill_steps']} steps. The paper's column is DINOv3 on "
+        "Cityscapes: a different teacher, task and budget, so compare orderings and gaps, not values.",
         "",
         f"Command: `{res['command']}`; this invocation took {res['seconds'] / 60:.1f} min on {res['machine']} "
         f"(runs finished by earlier invocations are reused from the work folder). Compute in the runs themselves: "
@@ -484,6 +483,7 @@ def main(argv: list[str] | None = None) -> int:
         "native": lab.native,
         "budget_name": args.budget,
         "budget": dataclasses.asdict(lab.budget),
+        "targets": lab.config(args.seeds[0]).distill.targets,
         "seeds": args.seeds,
         "command": "python benchmarks/replicate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",

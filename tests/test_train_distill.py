@@ -27,6 +27,7 @@ def tiny(tiny_model):
 def test_targets(tiny):
     plain, with_head = tiny(), tiny(depth_head=HEAD)
     assert resolve_targets("last", plain) == [3]
+    assert resolve_targets("all", plain) == [0, 1, 2, 3]
     assert resolve_targets("dpt", with_head) == [0, 1, 2, 3]
     assert resolve_targets("dpt", tiny(depth=12)) == [2, 5, 8, 11]  # the DAv2 pattern without a head to ask
     assert resolve_targets([1, -1], plain) == [1, 3]

@@ -12,15 +12,17 @@ Batch sizes are global (summed over processes); a stage whose global batch is la
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from jetvit._config import build
-from jetvit.model import ARCH_LETTERS, LinearAttnConfig
+from jetvit.model import LinearAttnConfig, validate_arch
 from jetvit.schedule import SCHEDULES
 
-TARGET_PRESETS = ("last", "dpt")
+TARGET_PRESETS = ("last", "all", "dpt")
+KEEP_CHECKPOINTS = ("last", "all", "none")
 
 
 @dataclass
@@ -85,8 +87,9 @@ class DataConfig:
 
 @dataclass
 class DistillConfig:
-    # "last": the final block's normed output (a linear segmentation head reads it);
-    # "dpt": the four blocks a DPT depth head reads; or a list of block indices.
+    # "last": the final block's normed output (a linear segmentation head reads it); "all": every block's (each
+    # block learns to match its own teacher block: a denser signal); "dpt": the four blocks a DPT depth head
+    # reads; or a list of block indices. The loss is the mean over these blocks of the MSE of normed tokens.
     targets: str | list[int] = "last"
     depth_weight: float = 0.0  # weight of a loss on the depth head's output against pseudo-labels
     depth_teacher: str | None = None  # where the pseudo-labels come from (a larger teacher); None: the teacher
@@ -141,6 +144,10 @@ class RunSettings:
     # Score the model being fine-tuned with the run's scorer every this many optimizer steps (a learning curve in
     # metrics.jsonl and summary.json); null: only once, after training.
     eval_every: int | None = None
+    # Training checkpoints (`ckpt/`) kept on disk. "last": what a resume needs (a finished phase's checkpoint is
+    # removed once the next phase's result is recorded in state.json); "all": every phase's; "none": ckpt/ is
+    # removed when the run has finished (a finished run started again then reloads `model/`).
+    keep_checkpoints: str = "last"
 
 
 @dataclass
@@ -170,7 +177,10 @@ def apply_override(raw: dict, assignment: str) -> None:
     if "=" not in assignment:
         raise ValueError(f"override {assignment!r} is not of the form key=value (e.g. step1.beam.width=4)")
     key, text = assignment.split("=", 1)
-    value = yaml.safe_load(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"override {assignment!r}: the value is not valid YAML ({yaml_problem(e)})") from None
     parts = key.strip().split(".")
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
@@ -203,15 +213,28 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, base: dic
     raw: dict = dict(base or {})
     if path is not None:
         p = resolve_config_path(path)
-        loaded = yaml.safe_load(p.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ValueError(f"config {p} is not valid YAML ({yaml_problem(e)})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"config {p} must be a mapping of keys, got {type(loaded).__name__}")
         raw.update(loaded)
     for assignment in overrides:
         apply_override(raw, assignment)
+    if not isinstance(raw.get("teacher", ""), str):
+        raw["teacher"] = str(raw["teacher"])  # a path YAML reads as a number, e.g. `teacher: 2024`
     cfg = build(Config, raw)
     validate(cfg)
     return cfg
+
+
+def yaml_problem(e: Exception) -> str:
+    """A YAML (or decoding) error in one line: where in the file, and what."""
+    mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(e).split())
 
 
 def resolve_config_path(path: str | Path) -> Path:
@@ -255,8 +278,7 @@ def validate(cfg: Config) -> None:
         raise ValueError("distill.targets is an empty list; give block indices, 'last' or 'dpt'")
     if cfg.data.holdout < 1:
         raise ValueError(f"data.holdout must be >= 1 (the search scores candidates on them), got {cfg.data.holdout}")
-    lo, hi = cfg.data.scale
-    if len(cfg.data.scale) != 2 or not 0 < lo <= hi <= 1:
+    if len(cfg.data.scale) != 2 or not 0 < cfg.data.scale[0] <= cfg.data.scale[1] <= 1:
         raise ValueError(f"data.scale must be [lo, hi] with 0 < lo <= hi <= 1, got {cfg.data.scale}")
     if len(cfg.data.ratio) != 2 or not 0 < cfg.data.ratio[0] <= cfg.data.ratio[1]:
         raise ValueError(f"data.ratio must be [lo, hi] with 0 < lo <= hi, got {cfg.data.ratio}")
@@ -271,10 +293,39 @@ def validate(cfg: Config) -> None:
         raise ValueError("run.checkpoint_every and run.log_every must be >= 1")
     if cfg.run.eval_every is not None and cfg.run.eval_every < 1:
         raise ValueError(f"run.eval_every must be >= 1 or null, got {cfg.run.eval_every}")
+    if cfg.run.keep_checkpoints not in KEEP_CHECKPOINTS:
+        keep = cfg.run.keep_checkpoints
+        raise ValueError(f"run.keep_checkpoints {keep!r} is not one of {', '.join(KEEP_CHECKPOINTS)}")
+    if cfg.score.batch_size < 1:
+        raise ValueError(f"score.batch_size must be >= 1, got {cfg.score.batch_size}")
+    if cfg.data.workers < 0:
+        raise ValueError(f"data.workers must be >= 0, got {cfg.data.workers}")
+    if cfg.budget.max_gflops is not None and not cfg.budget.max_gflops > 0:
+        raise ValueError(f"budget.max_gflops must be > 0 or null, got {cfg.budget.max_gflops}")
+    for key in ("score.resolution", "budget.resolution"):
+        res = cfg.score.resolution if key == "score.resolution" else cfg.budget.resolution
+        sides = [res] if isinstance(res, int) else res
+        if len(sides) not in (1, 2) or min(sides) < 1 or (isinstance(res, list) and len(sides) != 2):
+            raise ValueError(f"{key} must be a positive int or [H, W], got {res}")
     if cfg.distill.inherit not in ("all", "mlp"):
         raise ValueError(f"distill.inherit {cfg.distill.inherit!r} is not one of all, mlp")
-    if cfg.arch is not None and (not cfg.arch or set(cfg.arch.upper()) - set(ARCH_LETTERS)):
-        raise ValueError(f"arch {cfg.arch!r} must be a string of {', '.join(ARCH_LETTERS)} (one letter per block)")
+    if cfg.arch is not None:
+        try:
+            cfg.arch = validate_arch(cfg.arch)  # upper-cased, as every entry point takes it
+        except ValueError as e:
+            raise ValueError("arch " + str(e).removeprefix("architecture ")) from None
+    for key, value in _floats(to_dict(cfg)):
+        if not math.isfinite(value):  # a NaN learning rate trains to NaN and still "finishes"
+            raise ValueError(f"{key} must be a finite number, got {value}")
+
+
+def _floats(d: Any, prefix: str = "") -> list[tuple[str, float]]:
+    """(key path, value) of every float in a nested dict/list of config values."""
+    if isinstance(d, dict):
+        return [kv for k, v in d.items() if k != "options" for kv in _floats(v, f"{prefix}{k}.")]
+    if isinstance(d, list):
+        return [kv for i, v in enumerate(d) for kv in _floats(v, f"{prefix}{i}.")]
+    return [(prefix.rstrip("."), d)] if isinstance(d, float) else []
 
 
 def to_dict(cfg: Config) -> dict:

@@ -43,10 +43,13 @@ log = logging.getLogger(__name__)
 
 
 def resolve_targets(spec: str | list[int], model: nn.Module) -> list[int]:
-    """Block indices (0-based) to distill: "last", "dpt" (the DPT head's four blocks) or an explicit list."""
+    """Block indices (0-based) to distill: "last", "all" (every block), "dpt" (the DPT head's four blocks) or an
+    explicit list."""
     depth = len(model.blocks)
     if spec == "last":
         return [depth - 1]
+    if spec == "all":
+        return list(range(depth))
     if spec == "dpt":
         head = model.cfg.depth_head
         if head is not None:
