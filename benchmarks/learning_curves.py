@@ -137,6 +137,7 @@ class Curves:
             "curve": [[0, 0, start]] + [[step, step * bs, score] for step, score in summary["curve"]],
             "train_seconds": summary["seconds"],
             "seconds": time.perf_counter() - t0,
+            "threads": torch.get_num_threads(),
         }
         atomic_write_json(done, result)
         (out / "ckpt.pt").unlink(missing_ok=True)
@@ -184,7 +185,9 @@ def write_outputs(out: Path, res: dict[str, Any]) -> None:
         + (f" and `{' '.join(res['overrides'])}`" if res["overrides"] else "")
         + ".",
         "",
-        f"Command: `{res['command']}` on {res['machine']}; {res['seconds'] / 60:.1f} min for this invocation.",
+        f"Command: `{res['command']}` on {res['machine']}; {res['seconds'] / 60:.1f} min for this invocation, "
+        f"{res['run_seconds'] / 60:.1f} min of distillation and scoring in the runs it reports (runs finished by "
+        "earlier invocations are reused from the work folder).",
         "",
         "| row | arch | seeds | " + " | ".join(str(s) for s in steps) + " | converged at (step) |",
         "|---|---|---|" + "---|" * len(steps) + "---|",
@@ -272,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
                 "tol": args.tol,
                 "overrides": args.overrides,
                 "command": command,
-                "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+                "machine": f"{platform.machine()}, runs with "
+                + "/".join(str(t) for t in sorted({r.get("threads", torch.get_num_threads()) for r in results}))
+                + " torch threads",
                 "seconds": time.perf_counter() - start,
+                "run_seconds": sum(r["seconds"] for r in results),
                 "rows": summarize(results, args.tol),
             }
             write_outputs(out, res)
