@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from jetvit.model import ViTConfig
 
 FORMAT = "jetvit"
 FORMAT_VERSION = 1
@@ -63,12 +67,62 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def read_json(path: str | os.PathLike, default: Any = None) -> Any:
-    """The parsed JSON file at `path`, or `default` when there is no such file."""
+def read_json(path: str | os.PathLike, default: Any = None, *, expect: type | None = None) -> Any:
+    """The parsed JSON file at `path`, or `default` when there is no such file. A file that is not JSON (or, with
+    `expect`, not a JSON value of that type) is a ValueError naming it."""
     p = Path(path)
     if not p.is_file():
         return default
-    return json.loads(p.read_text())
+    try:
+        value = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{p} is not valid JSON ({e}); delete or restore it") from None
+    if expect is not None and not isinstance(value, expect):
+        raise ValueError(f"{p} holds a JSON {type(value).__name__}, expected a JSON {_json_type(expect)}")
+    return value
+
+
+def _json_type(tp: type) -> str:
+    return {dict: "object", list: "array", str: "string"}.get(tp, tp.__name__)
+
+
+# atomic_write's temporary files: `.<name>.<8 random characters>.tmp` (tempfile.mkstemp's alphabet).
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files that `atomic_write` calls killed mid-write (SIGKILL, power loss) left in
+    `directory`; returns them. Call it only where no other process is writing (the start or the end of a run)."""
+    root = Path(directory)
+    if not root.is_dir():
+        return []
+    found = [p for p in (root.rglob(".*.tmp") if recursive else root.glob(".*.tmp")) if _TEMPORARY.match(p.name)]
+    removed = []
+    for p in found:
+        try:
+            if p.is_file():
+                p.unlink()
+                removed.append(p)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def refuse_overwrite(out: str | os.PathLike, sources: dict[str, str | os.PathLike | None], *, nested: bool) -> None:
+    """ValueError when the output `out` would overwrite one of `sources` (option name -> path read): the same path,
+    or with `nested` (outputs written below `out`, inputs read recursively) one inside the other."""
+    o = Path(out).expanduser().resolve()
+    for name, src in sources.items():
+        if src is None:
+            continue
+        s = Path(src).expanduser().resolve()
+        same = o == s or (o.exists() and s.exists() and os.path.samefile(o, s))
+        if same or (nested and (o in s.parents or s in o.parents)):
+            where = "is" if same else "contains" if o in s.parents else "is inside"
+            raise ValueError(
+                f"the output {str(out)!r} {where} the {name} {str(src)!r}: writing there would overwrite or mix with "
+                f"what is read; choose an output outside it"
+            )
 
 
 def save(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
@@ -79,6 +133,7 @@ def save(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory, recursive=False)  # of an earlier save that was killed
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
     meta = {
@@ -97,9 +152,10 @@ def is_jetvit_dir(path: str | os.PathLike) -> bool:
     if not cfg.is_file():
         return False
     try:
-        return json.loads(cfg.read_text()).get("format") == FORMAT
+        meta = json.loads(cfg.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
         return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
 
 
 def load(
@@ -115,7 +171,7 @@ def load(
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from jetvit.model import HybridViT, ViTConfig
+    from jetvit.model import HybridViT
 
     directory = Path(directory)
     if not directory.exists():
@@ -125,20 +181,50 @@ def load(
     cfg_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{directory} is not a jetvit model directory: {CONFIG_NAME} is missing")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path} is not valid JSON: {e}") from e
+    meta = read_json(cfg_path, expect=dict)
     if meta.get("format") != FORMAT:
         raise ValueError(f"{cfg_path} is not a jetvit config (format={meta.get('format')!r})")
     if not weights_path.is_file():
         raise FileNotFoundError(f"{directory} has a config but no weights: {WEIGHTS_NAME} is missing")
-    cfg = ViTConfig.from_dict(meta["config"])
+    cfg = read_model_config(meta, cfg_path)
     try:
         state = load_file(str(weights_path), device=str(map_location))
     except (SafetensorError, OSError, RuntimeError) as e:
         raise ValueError(f"cannot read {weights_path} (truncated or corrupt?): {e}") from e
     return build_from_state_dict(HybridViT, cfg, state, source=str(weights_path), dtype=dtype)
+
+
+def read_model_config(meta: dict[str, Any], path: Path) -> ViTConfig:
+    """The `ViTConfig` of a parsed jetvit `config.json`: every key `save` writes must be there with its type (a
+    default silently standing in for a missing key would build another model than the one saved)."""
+    import dataclasses
+
+    from jetvit._config import from_dict
+    from jetvit.model import LinearAttnConfig, ViTConfig
+
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: format_version {version!r} is not one this jetvit reads (1..{FORMAT_VERSION}); "
+            f"a newer jetvit wrote it, or the file was edited"
+        )
+    cfg = meta.get("config")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: missing or malformed key 'config' (the model's settings, as jetvit.save writes)")
+    missing = [f.name for f in dataclasses.fields(ViTConfig) if f.name not in cfg]
+    if isinstance(cfg.get("linear"), dict):
+        missing += [f"linear.{f.name}" for f in dataclasses.fields(LinearAttnConfig) if f.name not in cfg["linear"]]
+    if missing:
+        raise ValueError(f"{path}: missing key(s) config.{', config.'.join(missing)} (jetvit.save writes every one)")
+    try:
+        vit = from_dict(ViTConfig, cfg, "model config")
+        if vit.depth_head is not None:
+            from jetvit.heads import DPTConfig
+
+            DPTConfig.from_dict(vit.depth_head)
+        return vit
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def build_from_state_dict(

@@ -63,6 +63,13 @@ class LinearAttnConfig:
             raise ValueError(f"linear.conv must be 'none', 'static' or 'dynamic', got {self.conv!r}")
         if self.conv_size < 1 or self.conv_size % 2 == 0:
             raise ValueError(f"linear.conv_size must be a positive odd number, got {self.conv_size}")
+        # eps keeps the normaliser phi(q) . sum phi(K) away from zero: 0 (or NaN) gives NaN outputs.
+        if not (math.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"linear.eps must be a finite number > 0 (e.g. 1e-6), got {self.eps}")
+        if not (math.isfinite(self.focus_p) and self.focus_p > 0):
+            raise ValueError(f"linear.focus_p must be a finite number > 0, got {self.focus_p}")
+        if self.conv_hidden < 1:
+            raise ValueError(f"linear.conv_hidden must be >= 1, got {self.conv_hidden}")
 
 
 @dataclass
@@ -471,6 +478,7 @@ class HybridViT(nn.Module):
             from jetvit.heads import DPTConfig, DPTHead
 
             self.depth_head = DPTHead(DPTConfig.from_dict(cfg.depth_head))
+        self.grad_checkpointing = False  # see set_grad_checkpointing
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -524,6 +532,20 @@ class HybridViT(nn.Module):
 
     # -- forward ----------------------------------------------------------------------------------------------
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing: when gradients are being recorded, each block keeps only its input and
+        recomputes its activations in the backward pass (`torch.utils.checkpoint`, non-reentrant). Training memory
+        for activations drops from every block's to one block's plus the blocks' inputs, for about one more forward
+        of compute. Outputs and gradients are unchanged."""
+        self.grad_checkpointing = enable
+
+    def _block(self, blk: nn.Module, x: Tensor, layout: TokenLayout) -> Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(blk, x, layout, use_reentrant=False)
+        return blk(x, layout)
+
     def prepare_tokens(self, x: Tensor) -> tuple[Tensor, TokenLayout]:
         """Images (B, C, H, W) -> tokens (B, P + h*w, D) and the layout the blocks need."""
         if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
@@ -548,7 +570,7 @@ class HybridViT(nn.Module):
         x, layout = self.prepare_tokens(x)
         states = [x]
         for blk in self.blocks:
-            x = blk(x, layout)
+            x = self._block(blk, x, layout)
             states.append(x)
         return states
 
@@ -556,7 +578,7 @@ class HybridViT(nn.Module):
         """Images (B, C, H, W) -> final normed tokens (B, P + h*w, D)."""
         x, layout = self.prepare_tokens(x)
         for blk in self.blocks:
-            x = blk(x, layout)
+            x = self._block(blk, x, layout)
         return self.norm(x)
 
     def forward_intermediates(
@@ -571,7 +593,7 @@ class HybridViT(nn.Module):
         P = layout.num_prefix
         wanted: dict[int, tuple[Tensor, Tensor]] = {}
         for i, blk in enumerate(self.blocks[: max(idx) + 1]):
-            x = blk(x, layout)
+            x = self._block(blk, x, layout)
             if i in idx:
                 y = self.norm(x) if norm else x
                 patches = y[:, P:].transpose(1, 2).reshape(y.shape[0], -1, h, w)  # (B, D, h, w)

@@ -11,8 +11,8 @@
 `run_search` runs all of it, `run_distill` only the last two steps for a given architecture. Each phase is
 resumable: training phases through their checkpoints, searches through their score caches (saved after every scored
 candidate), and `state.json` records which phases are done. Running the same command again after a kill continues
-where the run stopped and ends with the same architecture. Only rank 0 writes files; every process computes the same
-scores and rank 0's are used.
+where the run stopped and ends with the same architecture. Only rank 0 writes files; the searches score their
+candidates in shares across the processes (`jetvit.search.driver`), other scores are rank 0's.
 
 Where things live: the process group in `jetvit.runtime`, the run directory in `jetvit.rundir`, training in
 `jetvit.train.distill`, the supernet, budgets and beam search in `jetvit.search`.
@@ -21,6 +21,8 @@ Where things live: the process group in `jetvit.runtime`, the run directory in `
 from __future__ import annotations
 
 import dataclasses
+import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,9 @@ from typing import Any
 
 from torch import nn
 
-from jetvit.io import atomic_write_json, save
-from jetvit.model import HybridViT
-from jetvit.rundir import RunState, prepare_out_dir, resume_step
+from jetvit.io import atomic_write_json, refuse_overwrite, remove_stale_temporaries, save
+from jetvit.model import HybridViT, validate_arch
+from jetvit.rundir import RunState, check_out_dir, resume_step, start_run_dir
 from jetvit.runtime import Runtime, setup_runtime, teardown_runtime
 from jetvit.search.beam import switch_proposals
 from jetvit.search.budget import FlopBudget, full_attention_budget
@@ -79,10 +81,12 @@ class RunContext:
     def finetune(self, model: nn.Module, *, global_offset: int = 0) -> dict[str, Any]:
         """The final fine-tuning of a fixed architecture (in place): `finetune.stages`, with the depth loss and the
         learning curve the config asks for; recorded in `state.json`."""
+        if self.finetune_done_from_export(model):
+            return self.state.done("finetune")["result"]
         ft = self.cfg.finetune.depth_weight
-        return timed(
-            self.state,
+        return self.train(
             "finetune",
+            None,
             finetune,
             model,
             stages=self.cfg.finetune.stages,
@@ -95,7 +99,58 @@ class RunContext:
 
     def score(self, model: nn.Module) -> float:
         """The run's scorer on `model`, rank 0's value on every process."""
-        return self.rt.broadcast_object(float(self.scorer(model)))
+        return finite(self.rt.broadcast_object(float(self.scorer(model))), f"the {self.scorer.name} score")
+
+    def ckpt(self, phase: str) -> Path:
+        return self.out / "ckpt" / f"{phase}.pt"
+
+    def superseded(self, phase: str, after: str) -> bool:
+        """Whether finished training phase `phase` need not be loaded: its checkpoint was removed
+        (`run.keep_checkpoints`) and phase `after` has started or finished, so what follows comes from there."""
+        return (
+            self.state.done(phase) is not None
+            and not self.ckpt(phase).is_file()
+            and (self.ckpt(after).is_file() or self.state.done(after) is not None)
+        )
+
+    def train(self, phase: str, after: str | None, fn, *args, **kwargs) -> dict[str, Any]:
+        """Training phase `phase` through `timed`, or its recorded result when it is `superseded` by `after`; a
+        diverged loss is an error."""
+        if after is not None and self.superseded(phase, after):
+            return self.state.done(phase)["result"]
+        result = timed(self.state, phase, fn, *args, **kwargs)
+        finite(result["final_loss"], f"the final training loss of {phase}")
+        return result
+
+    def drop_checkpoint(self, phase: str) -> None:
+        """Remove a finished phase's checkpoint once the next phase's result is recorded (keep_checkpoints: last)."""
+        if self.cfg.run.keep_checkpoints == "last" and self.rt.main:
+            self.ckpt(phase).unlink(missing_ok=True)
+
+    def finetune_done_from_export(self, model: nn.Module) -> bool:
+        """A finished run whose checkpoints were removed (keep_checkpoints: none): `model` takes the exported
+        weights. False when the fine-tuning checkpoint is there (the usual resume)."""
+        if self.state.done("finetune") is None or self.ckpt("finetune").is_file():
+            return False
+        from jetvit.io import load
+
+        if not (self.out / "model").is_dir():
+            raise ValueError(
+                f"{self.out} records a finished fine-tuning but holds neither ckpt/finetune.pt nor model/; "
+                f"choose another --out to run again"
+            )
+        model.load_state_dict(load(self.out / "model").state_dict())
+        return True
+
+
+def finite(value: float, what: str) -> float:
+    """`value`, or a ValueError when it is NaN or infinite (a diverged run must not end as a success)."""
+    if not math.isfinite(value):
+        raise ValueError(
+            f"{what} is {value}: training diverged; lower the learning rate (stages' lr) or check the data, "
+            f"and start again with another --out"
+        )
+    return value
 
 
 def load_teacher_model(src: str, device, options: dict[str, Any] | None = None) -> HybridViT:
@@ -107,8 +162,29 @@ def load_teacher_model(src: str, device, options: dict[str, Any] | None = None) 
     return teacher
 
 
-def prepare(cfg: Config, out: Path, rt: Runtime) -> RunContext:
-    """Teacher, data, distillation targets, scorer, budget, logger and run state shared by both commands."""
+def check_sources(cfg: Config, out: Path) -> None:
+    """Refuse a run directory that is, holds or lies inside what the run reads (teacher, depth teacher, image
+    folder): the run writes `model/`, `ckpt/` and pictures there, which would overwrite a teacher or become
+    training images."""
+    from jetvit.teachers import source_path
+
+    sources = {"teacher": source_path(cfg.teacher)}
+    if cfg.distill.depth_teacher is not None:
+        sources["distill.depth_teacher"] = source_path(cfg.distill.depth_teacher)
+    if Path(cfg.data.source).exists():
+        sources["data.source folder"] = Path(cfg.data.source)
+    refuse_overwrite(out, sources, nested=True)
+
+
+def prepare(cfg: Config, out: Path, rt: Runtime, *, search: bool, arch: str | None = None) -> RunContext:
+    """Teacher, data, distillation targets, scorer, budget, logger and run state shared by both commands.
+
+    Everything that can refuse the run (the run directory, teacher, data, targets, resolutions, scorer, budget) is
+    checked before the first file is written, so a run that fails at start-up leaves nothing behind and the
+    corrected command starts cleanly. `search`: the FLOP budget must admit the search's start (all-L); `arch`: the
+    fixed architecture of `jetvit distill`, checked against the teacher's depth."""
+    check_out_dir(out, cfg)
+    check_sources(cfg, out)
     source = open_source(cfg.data.source)
     train_idx, held_idx = split_holdout(len(source), cfg.data.holdout)
     teacher = load_teacher_model(cfg.teacher, rt.device, cfg.teacher_options)
@@ -121,6 +197,8 @@ def prepare(cfg: Config, out: Path, rt: Runtime) -> RunContext:
             teacher if cfg.distill.depth_teacher is None else load_teacher_model(cfg.distill.depth_teacher, rt.device)
         )
     targets = resolve_targets(cfg.distill.targets, teacher)
+    if arch is not None:
+        validate_arch(arch, len(teacher.blocks))
     sizes = {
         f"{n}.stages.{i}.resolution": st.size for n in TRAINING_PHASES for i, st in enumerate(getattr(cfg, n).stages)
     }
@@ -131,9 +209,11 @@ def prepare(cfg: Config, out: Path, rt: Runtime) -> RunContext:
             teacher.grid_size(*size)
         except ValueError as e:
             raise ValueError(f"{key}: {e}") from None
-    images, skipped = holdout_images(
-        ImageSet(source, held_idx), sizes["score.resolution"], teacher.cfg.mean, teacher.cfg.std
-    )
+    budget = FlopBudget.from_config(teacher.cfg, cfg.budget)
+    if search:
+        budget.check_start("L" * len(teacher.blocks), letters="LW")
+    held = ImageSet(source, held_idx, role="held-out")
+    images, skipped = holdout_images(held, sizes["score.resolution"], teacher.cfg.mean, teacher.cfg.std)
     scorer = build_scorer(
         cfg.score.scorer,
         teacher=teacher,
@@ -144,9 +224,13 @@ def prepare(cfg: Config, out: Path, rt: Runtime) -> RunContext:
         autocast=rt.autocast,
         options=cfg.score.options,
     )
+    # Everything loaded: from here on the run directory is written.
+    start_run_dir(out, cfg, rt)
+    state = RunState(out / "state.json", rt)
     stage_steps = {n: [s.steps for s in getattr(cfg, n).stages] for n in TRAINING_PHASES}
     phases = [(n, sum(steps), steps) for n, steps in stage_steps.items()]
-    logger = MetricLogger(out, enabled=rt.main, resume_step=resume_step(out, phases))
+    done = [n for n in TRAINING_PHASES if state.done(n) is not None]
+    logger = MetricLogger(out, enabled=rt.main, resume_step=resume_step(out, phases, done=done))
     if skipped:
         logger.event("data", 0, skipped_holdout_images=skipped)
     return RunContext(
@@ -157,12 +241,12 @@ def prepare(cfg: Config, out: Path, rt: Runtime) -> RunContext:
         depth_teacher=depth_teacher,
         targets=targets,
         source=source,
-        train_images=ImageSet(source, train_idx),
+        train_images=ImageSet(source, train_idx, role="training"),
         holdout_names=[source.name(i) for i in held_idx],
         skipped_holdout=skipped,
         scorer=scorer,
-        budget=FlopBudget.from_config(teacher.cfg, cfg.budget),
-        state=RunState(out / "state.json", rt),
+        budget=budget,
+        state=state,
         logger=logger,
     )
 
@@ -193,9 +277,9 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
     """The whole Post-Training Attention Search; returns the summary also written to `DIR/summary.json`."""
     out = Path(out)
     rt = setup_runtime(cfg.run)
+    ctx = None
     try:
-        prepare_out_dir(out, cfg, rt)
-        ctx = prepare(cfg, out, rt)
+        ctx = prepare(cfg, out, rt, search=True)
         teacher, state = ctx.teacher, ctx.state
         depth = len(teacher.blocks)
         share, window, seed = cfg.supernet.share, cfg.supernet.window_size, cfg.run.seed
@@ -206,7 +290,7 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
         choices1 = ["LW"] * depth
         supernet1 = build_supernet(teacher, choices1, share=share, window_size=window).to(rt.device)
         phase1 = Phase("step1", cfg.step1.stages, choose_path=PathSampler(choices1, seed=seed, phase="step1"))
-        s1 = timed(state, "step1", train_phase, phase1, supernet1, **ctx.train_kwargs("step1"))
+        s1 = ctx.train("step1", "step2", train_phase, phase1, supernet1, **ctx.train_kwargs("step1"))
         traj1 = timed(
             state,
             "search1",
@@ -231,7 +315,8 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
         phase2 = Phase(
             "step2", cfg.step2.stages, choose_path=PathSampler(choices2, seed=seed, phase="step2"), global_offset=n1
         )
-        s2 = timed(state, "step2", train_phase, phase2, supernet2, **ctx.train_kwargs("step2"))
+        s2 = ctx.train("step2", "finetune", train_phase, phase2, supernet2, **ctx.train_kwargs("step2"))
+        ctx.drop_checkpoint("step1")  # step2's checkpoint holds everything the run needs from here
         teacher_score = state.done("teacher_score")
         if teacher_score is None:
             teacher_score = {"score": ctx.score(teacher)}
@@ -257,6 +342,7 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
         model = extract(supernet2, arch2)
         del supernet2
         ft = ctx.finetune(model, global_offset=n1 + n2)
+        ctx.drop_checkpoint("step2")
         summary = {
             "teacher": cfg.teacher,
             "teacher_arch": teacher.arch,
@@ -275,23 +361,23 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
             "holdout_images": ctx.holdout_names,
             "skipped_images": ctx.skipped_holdout,
             "data": describe(ctx.source),
+            **_files_summary(ctx),
         }
         if rt.main:
             export(out, model, summary, {"step1": traj1, "step2": traj2}, cfg)
-        rt.barrier()
-        ctx.logger.close()
+        finish(ctx)
         return summary
     finally:
-        teardown_runtime(rt)
+        close(ctx, rt)
 
 
 def run_distill(cfg: Config, out: str | Path, *, arch: str) -> dict[str, Any]:
     """`jetvit distill`: convert the teacher to `arch` (weights inherited as `distill.inherit`) and fine-tune it."""
     out = Path(out)
     rt = setup_runtime(cfg.run)
+    ctx = None
     try:
-        prepare_out_dir(out, cfg, rt)
-        ctx = prepare(cfg, out, rt)
+        ctx = prepare(cfg, out, rt, search=False, arch=arch)
         model = student_for(ctx.teacher, arch, cfg).to(rt.device)
         start_score = ctx.score(model)  # what inheritance alone gives, before any training
         ft = ctx.finetune(model)
@@ -306,12 +392,36 @@ def run_distill(cfg: Config, out: str | Path, *, arch: str) -> dict[str, Any]:
             "skipped_training_images": ft["skipped_images"],
             "skipped_images": ctx.skipped_holdout,
             "data": describe(ctx.source),
+            **_files_summary(ctx),
         }
         if rt.main:
             export(out, model, summary, None, cfg)
-        rt.barrier()
-        ctx.logger.close()
+        finish(ctx)
         return summary
+    finally:
+        close(ctx, rt)
+
+
+def _files_summary(ctx: RunContext) -> dict[str, Any]:
+    """What the run directory keeps besides the results, for the report to list only what is there."""
+    return {"tensorboard": ctx.logger.tensorboard_note, "keep_checkpoints": ctx.cfg.run.keep_checkpoints}
+
+
+def finish(ctx: RunContext) -> None:
+    """After the export: checkpoints the run does not keep (`run.keep_checkpoints: none`) are removed."""
+    ctx.rt.barrier()
+    if ctx.rt.main and ctx.cfg.run.keep_checkpoints == "none":
+        shutil.rmtree(ctx.out / "ckpt", ignore_errors=True)
+
+
+def close(ctx: RunContext | None, rt: Runtime) -> None:
+    """However the run ends (finished, failed, interrupted): metrics flushed and closed, temporary files of writes
+    cut short removed, the process group left."""
+    try:
+        if ctx is not None:
+            ctx.logger.close()
+            if rt.main:
+                remove_stale_temporaries(ctx.out)
     finally:
         teardown_runtime(rt)
 

@@ -3,33 +3,68 @@ checkpoints on disk resume from. Only rank 0 writes; every write is atomic."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-from jetvit.io import atomic_write_json, atomic_write_text, read_json
+from jetvit.io import atomic_write_json, atomic_write_text, read_json, remove_stale_temporaries
 from jetvit.runtime import Runtime
 from jetvit.train.checkpoint import load_checkpoint
-from jetvit.train.config import Config, dump_yaml, to_dict
+from jetvit.train.config import Config, dump_yaml, load_yaml, to_dict, yaml_problem
 
 CONFIG_NAME = "config.yaml"
 STATE_NAME = "state.json"
+# Settings that change how a run computes, not what it computes: a run may resume with another value (e.g. activation
+# checkpointing turned on after the run ran out of memory, fewer checkpoints kept after the disk filled up).
+HOW_NOT_WHAT = ("run.activation_checkpointing", "run.keep_checkpoints")
 
 
-def prepare_out_dir(out: Path, cfg: Config, rt: Runtime) -> None:
-    """Write the resolved config; refuse to continue a run directory that holds another config."""
+def check_out_dir(out: Path, cfg: Config) -> None:
+    """Read-only checks of the run directory before anything is loaded or written: it is a folder (or can be
+    created) that this user can write, and it holds no run with another config."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; the run directory must be a folder (new or of this run)")
     existing = out / CONFIG_NAME
     if existing.is_file():
-        import yaml
-
-        old = yaml.safe_load(existing.read_text())
-        diff = sorted(_diff_keys(old, to_dict(cfg)))
+        old = read_yaml(existing)
+        diff = sorted(k for k in _diff_keys(old, to_dict(cfg)) if k not in HOW_NOT_WHAT)
         if diff:
             raise ValueError(
                 f"{out} holds a run with another config (differs in: {', '.join(diff[:8])}); "
                 f"rerun with the same config to resume it, or choose another --out"
             )
+    check_writable(out, option="--out")
+
+
+def check_writable(path: Path, *, option: str) -> None:
+    """PermissionError / ValueError naming `option` when folder `path` cannot be created or written by this user."""
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {str(path)!r}: {str(parent)!r} is a file, so the folder cannot be created there")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        what = "folder" if parent == path else f"folder {str(parent)!r} that would hold it"
+        raise PermissionError(f"{option} {str(path)!r} is not writable (the {what} is not writable by you)")
+
+
+def start_run_dir(out: Path, cfg: Config, rt: Runtime) -> None:
+    """Once everything the run needs has loaded: create the run directory, write the resolved config, and remove
+    the temporary files of writes that an earlier, killed run left behind (rank 0 only)."""
     if rt.main:
-        atomic_write_text(existing, dump_yaml(cfg))
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        atomic_write_text(out / CONFIG_NAME, dump_yaml(cfg))
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file of the run directory; a file that is not YAML is a ValueError naming it."""
+    import yaml
+
+    try:
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid YAML ({yaml_problem(e)}); restore it, or choose another --out") from None
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -46,7 +81,9 @@ class RunState:
 
     def __init__(self, path: Path, rt: Runtime) -> None:
         self.path, self.rt = path, rt
-        self.data: dict[str, Any] = read_json(path, default={"phases": {}})
+        self.data: dict[str, Any] = read_json(path, default={"phases": {}}, expect=dict)
+        if not isinstance(self.data.get("phases"), dict):
+            raise ValueError(f"{path} has no 'phases' object; restore it, or choose another --out")
 
     def done(self, phase: str) -> dict[str, Any] | None:
         return self.data["phases"].get(phase)
@@ -57,13 +94,18 @@ class RunState:
             atomic_write_json(self.path, self.data)
 
 
-def resume_step(out: Path, phases: list[tuple[str, int, list[int]]]) -> int:
+def resume_step(out: Path, phases: list[tuple[str, int, list[int]]], *, done: Any = ()) -> int:
     """The run-wide step the checkpoints on disk resume from (metrics logged after it are dropped).
 
     phases: (name, total steps, steps per stage) of the run's training phases in order; `out/ckpt/<name>.pt`.
+    done: the phases `state.json` records as finished (their checkpoints may have been removed,
+    `run.keep_checkpoints`).
     """
     offset = 0
     for name, total, stage_steps in phases:
+        if name in done:
+            offset += total
+            continue
         path = out / "ckpt" / f"{name}.pt"
         if not path.is_file():
             return offset

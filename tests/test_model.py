@@ -200,6 +200,118 @@ def test_convert_mlp_only_reinitialises_attention_projections(tiny):
         jetvit.convert(teacher, "LLLL", inherit="half")
 
 
+def _convert_by_full_init(teacher, arch, *, inherit="all", seed=0, **changes):
+    """What `convert` did before it built on the meta device: the whole student randomly initialised after
+    `torch.manual_seed(seed)` (fp32, CPU), cast, then every inheritable teacher tensor loaded over it."""
+    cfg = dataclasses.replace(teacher.cfg, arch=arch, **changes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = HybridViT(cfg)
+    p = next(teacher.parameters())
+    student.to(device=p.device, dtype=p.dtype)
+    own = student.state_dict()
+    projection = (".attn.qkv.", ".attn.proj.")
+    keep = {
+        n: t
+        for n, t in teacher.state_dict().items()
+        if own[n].shape == t.shape and not (inherit == "mlp" and any(x in n for x in projection))
+    }
+    student.load_state_dict(keep, strict=False)
+    return student
+
+
+@pytest.mark.parametrize(
+    "arch, inherit, seed, dtype, changes",
+    [
+        ("LWFL", "all", 0, torch.float32, {}),
+        ("LLLL", "mlp", 3, torch.float32, {}),
+        ("LLWL", "all", 1, torch.float32, {"linear": LinearAttnConfig(conv="static")}),
+        ("LFLW", "mlp", 0, torch.bfloat16, {"window_size": 2}),
+    ],
+)
+def test_convert_equals_the_seeded_full_initialisation(tiny, arch, inherit, seed, dtype, changes):
+    """The tensors without a source (the L blocks' convolution; the projections for inherit="mlp") get exactly the
+    values a full seeded initialisation gives them, in the teacher's dtype."""
+    teacher = tiny().to(dtype)
+    got = jetvit.convert(teacher, arch, inherit=inherit, seed=seed, **changes).state_dict()
+    want = _convert_by_full_init(teacher, arch, inherit=inherit, seed=seed, **changes).state_dict()
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].dtype == dtype and torch.equal(got[name], want[name]), name
+    fresh = [n for n in want if n not in teacher.state_dict() or (inherit == "mlp" and ".attn.qkv.weight" in n)]
+    assert fresh and all(want[n].abs().sum() > 0 for n in fresh if n.endswith(("conv_gen.0.weight", "qkv.weight")))
+
+
+def test_convert_with_a_depth_head_equals_the_seeded_full_initialisation(tiny_depth_model):
+    teacher = tiny_depth_model()
+    got = jetvit.convert(teacher, "LWLF", inherit="mlp", seed=2).state_dict()
+    want = _convert_by_full_init(teacher, "LWLF", inherit="mlp", seed=2).state_dict()
+    assert all(torch.equal(got[n], want[n]) for n in want) and got.keys() == want.keys()
+
+
+def test_convert_builds_no_random_model(tiny, monkeypatch):
+    """The student is built on the meta device (its initialisation runs there), and the random state of the
+    process is the same as without the conversion."""
+    built_on = []
+    init = HybridViT._init_weights
+
+    def spy(self):
+        built_on.append(self.cls_token.device.type)
+        init(self)
+
+    teacher = tiny()
+    monkeypatch.setattr(HybridViT, "_init_weights", spy)
+    torch.manual_seed(7)
+    student = jetvit.convert(teacher, "LWLL", inherit="mlp")
+    after = torch.rand(3)
+    torch.manual_seed(7)
+    assert torch.equal(torch.rand(3), after)
+    assert built_on == ["meta"]
+    assert all(p.device.type == "cpu" for p in student.parameters())
+
+
+PEAK_SCRIPT = """
+import gc, json, sys, torch
+import jetvit
+from jetvit.bench.memory import _malloc_trim, _reset_hwm, _status_kb
+from jetvit.model import HybridViT, ViTConfig
+torch.set_num_threads(1)
+torch.manual_seed(0)
+teacher = HybridViT(ViTConfig(dim=384, depth=12, num_heads=6, mlp_hidden=1536)).to(torch.bfloat16)
+small = HybridViT(ViTConfig(dim=32, depth=2, num_heads=2, mlp_hidden=64)).to(torch.bfloat16)
+jetvit.convert(small, "LL", inherit="mlp")  # warm-up: the kernels' first use maps tens of MiB of code and buffers
+del small
+gc.collect(); _malloc_trim()
+before = _status_kb("VmRSS") * 1024
+assert _reset_hwm()
+student = jetvit.convert(teacher, "L" * 12, inherit=sys.argv[1])
+peak = _status_kb("VmHWM") * 1024 - before
+size = sum(t.numel() * t.element_size() for t in student.state_dict().values())
+print(json.dumps({"peak": peak, "student": size}))
+"""
+
+
+@pytest.mark.parametrize("inherit", ["all", "mlp"])
+def test_convert_peak_memory_is_one_copy_of_the_student(inherit):
+    """Measured in a fresh process: converting a bf16 teacher (12 blocks of width 384, a 56 MiB student) raises the
+    resident size by the student's weights and a few MiB (the replay's fp32 scratch tensor, one at a time), where
+    the full random initialisation in fp32 took twice the student (114 MiB)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from jetvit.bench.memory import MALLOC_ENV
+
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident size")
+    env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, inherit], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads(proc.stdout.splitlines()[-1])
+    assert m["student"] < m["peak"] < 1.1 * m["student"] + 4 * 2**20, m
+
+
 def test_all_f_conversion_is_the_teacher(tiny, images):
     teacher = tiny()
     torch.testing.assert_close(jetvit.convert(teacher, "FFFF")(images), teacher(images), atol=0, rtol=0)

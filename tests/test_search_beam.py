@@ -1,13 +1,18 @@
-"""Beam search over architecture strings: finds a known optimum, scores nothing twice, resumes, obeys budgets."""
+"""Beam search over architecture strings: finds a known optimum, scores nothing twice, resumes, obeys budgets, and
+gives the same trajectory with its candidates scored in shares across processes."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import threading
 from collections import Counter
 
 import pytest
+import torch
 
 from jetvit.model import validate_arch
+from jetvit.runtime import Runtime
 from jetvit.search.beam import beam_search, switch_proposals
 
 
@@ -107,3 +112,104 @@ def test_validate_arch_rejects_bad_strings():
         validate_arch("LXF")
     with pytest.raises(ValueError, match="4 blocks"):
         validate_arch("LWF", 4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Candidates scored in shares across processes (jetvit.search.driver), simulated with threads
+
+
+class _ThreadGroup:
+    """`world` threads standing in for processes: `all_gather` as torch.distributed's, over a barrier."""
+
+    def __init__(self, world: int) -> None:
+        self.world, self.slots, self.barrier = world, [None] * world, threading.Barrier(world, timeout=60)
+
+    def all_gather(self, rank: int, obj):
+        self.slots[rank] = obj
+        self.barrier.wait()
+        out = list(self.slots)
+        self.barrier.wait()  # nobody writes the next round's slot before everyone has read this one
+        return out
+
+
+class _ThreadRuntime(Runtime):
+    def __init__(self, group: _ThreadGroup, rank: int) -> None:
+        super().__init__(device=torch.device("cpu"), rank=rank, world=group.world)
+        self.group = group
+
+    def all_gather_object(self, obj):
+        return self.group.all_gather(self.rank, obj)
+
+    def broadcast_object(self, obj):
+        return self.all_gather_object(obj)[0]
+
+    def barrier(self) -> None:
+        self.group.all_gather(self.rank, None)
+
+
+def _search(tiny_model, world: int, path, calls: list, *, state_from=None) -> list[dict]:
+    """`run_beam` on `world` simulated processes, each with its own supernet; returns every process's trajectory.
+    The scorer (a Hamming score of the active path) records (rank, arch) in `calls`."""
+    from jetvit.search.driver import run_beam
+    from jetvit.search.supernet import build_supernet
+    from jetvit.train.config import BeamConfig
+
+    teacher = tiny_model(depth=6, arch="F" * 6)
+    group = _ThreadGroup(world)
+    results: list = [None] * world
+
+    def process(rank: int) -> None:
+        net = build_supernet(teacher, ["LW"] * 6)
+        rt = _ThreadRuntime(group, rank) if world > 1 else Runtime(device=torch.device("cpu"))
+        score = _hamming_scorer("WLWWLW", Counter())
+
+        def scorer(model) -> float:
+            calls.append((rank, model.arch))
+            return score(model.arch)
+
+        beam = BeamConfig(width=3, min_improvement=None)
+        propose = switch_proposals("L", "W")
+        results[rank] = run_beam(
+            "step1", net, start="L" * 6, propose=propose, beam_cfg=beam, scorer=scorer, rt=rt, path=path
+        )
+
+    threads = [threading.Thread(target=process, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(r is not None for r in results), "a simulated process failed"
+    return results
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_candidates_scored_in_shares_give_the_one_process_trajectory(tiny_model, tmp_path, world):
+    one_calls: list = []
+    (one,) = _search(tiny_model, 1, tmp_path / "one.json", one_calls)
+    calls: list = []
+    trajs = _search(tiny_model, world, tmp_path / "many.json", calls)
+    assert all(t == one for t in trajs), "every process ends with the one-process trajectory"
+    assert json.loads((tmp_path / "many.json").read_text()) == json.loads((tmp_path / "one.json").read_text())
+    archs = [a for _, a in calls]
+    assert Counter(archs) == Counter(a for _, a in one_calls) and max(Counter(archs).values()) == 1
+    # Process r scored candidates r, r + N, ... of each round: the work is shared out evenly.
+    per_rank = Counter(r for r, _ in calls)
+    assert set(per_rank) == set(range(world)) and max(per_rank.values()) - min(per_rank.values()) <= len(one["rounds"])
+    order = list(one["scores"])
+    for r, a in calls:
+        rnd = next(x for x in one["rounds"] if any(c["arch"] == a for c in x["candidates"]))
+        new = [c["arch"] for c in rnd["candidates"]]
+        assert new.index(a) % world == r, (a, r)
+    assert list(trajs[0]["scores"]) == order  # the scores recorded in the one-process order
+
+
+def test_shared_scoring_resumes_from_a_one_process_cache(tiny_model, tmp_path):
+    """A search killed mid-round (its cache saved) and resumed on two processes scores only what was missing."""
+    one_calls: list = []
+    (one,) = _search(tiny_model, 1, tmp_path / "one.json", one_calls)
+    partial = {"scores": dict(list(one["scores"].items())[:9])}
+    (tmp_path / "resumed.json").write_text(json.dumps(partial))
+    calls: list = []
+    trajs = _search(tiny_model, 2, tmp_path / "resumed.json", calls)
+    assert all(t == one for t in trajs)
+    assert sorted(a for _, a in calls) == sorted(a for a in one["scores"] if a not in partial["scores"])

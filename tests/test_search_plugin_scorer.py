@@ -1,8 +1,8 @@
 """A scorer plugged in through `score.scorer: "module:factory"`; the pipeline tests also load this module as one.
 
 As a plugin (`test_search_plugin_scorer:factory`, with `tests/` on PYTHONPATH) it scores like the built-in
-feature MSE, appends every architecture it scores to `$JETVIT_TEST_SCORE_LOG`, and, when
-`$JETVIT_TEST_DIE_AFTER=n` is set, kills its own process (no cleanup, like SIGKILL) before its n-th score.
+feature MSE, appends every architecture it scores to `$JETVIT_TEST_SCORE_LOG` (`@rank` after it under torchrun), and,
+when `$JETVIT_TEST_DIE_AFTER=n` is set, kills its own process (no cleanup, like SIGKILL) before its n-th score.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ class LoggingScorer:
             with open(log, "a") as f:
                 # Which model (a supernet's candidate sets, or a plain model's kinds) and which path.
                 choices = "/".join(getattr(b, "choices", b.kind) for b in model.blocks)
-                f.write(f"{choices}:{model.arch}\n")
+                rank = f"@{os.environ['RANK']}" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+                f.write(f"{choices}:{model.arch}{rank}\n")
         return value
 
 

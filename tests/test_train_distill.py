@@ -95,3 +95,45 @@ def test_phase_with_depth_pseudo_labels_and_resume(tiny, tmp_path):
             Phase("x", stages, depth_weight=1.0), convert(tiny(), "LLLL"), teacher=tiny(), images=images, cfg=cfg,
             rt=rt, ckpt_path=tmp_path / "b.pt", targets=[3],
         )  # fmt: skip
+
+
+def _grads_and_saved(student, teacher, x, targets, *, checkpointing: bool):
+    """Parameter gradients of the feature loss, and the number of tensors autograd kept outside checkpointed
+    blocks (the checkpoint keeps its own)."""
+    from jetvit.model import token_features
+    from jetvit.train.distill import DistillStudent, feature_loss
+
+    student.zero_grad(set_to_none=True)
+    student.set_grad_checkpointing(checkpointing)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(1) or t, lambda t: t):
+        feats, _ = DistillStudent(student, targets, with_depth=False)(x)
+        loss = feature_loss(feats, token_features(teacher.forward_intermediates(x, targets)))
+    loss.backward()
+    student.set_grad_checkpointing(False)
+    return {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}, len(saved)
+
+
+@pytest.mark.parametrize("supernet", [False, True])
+def test_activation_checkpointing_keeps_gradients(tiny, supernet):
+    """Checkpointed blocks (plain blocks, or the supernet's switchable ones) give the same gradients, and autograd
+    keeps far fewer tensors outside them."""
+    from jetvit.search.supernet import build_supernet, set_arch
+
+    teacher = tiny(random_weights=True)
+    if supernet:
+        student = build_supernet(teacher, ["LW", "LWF", "WL", "LF"]).train()
+        set_arch(student, "LFWF")
+    else:
+        student = convert(teacher, "LWFL").train()
+    with torch.no_grad():  # a non-zero convolution, so that its gradient path is exercised too
+        for p in student.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    x = torch.randn(2, 3, 32, 40, generator=torch.Generator().manual_seed(0))
+    plain, saved_plain = _grads_and_saved(student, teacher, x, [1, 3], checkpointing=False)
+    ckpt, saved_ckpt = _grads_and_saved(student, teacher, x, [1, 3], checkpointing=True)
+    assert plain.keys() == ckpt.keys() and len(plain) > 20
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-6, atol=1e-8, msg=name)
+    assert saved_ckpt < saved_plain / 4, (saved_ckpt, saved_plain)
+    assert not student.grad_checkpointing and not teacher.grad_checkpointing

@@ -195,3 +195,22 @@ def test_distill_on_a_folder_with_corrupt_images(teacher, tmp_path):
         in (out / "report.md").read_text()
     )
     assert np.isfinite([summary["start_score"], summary["final_score"]]).all()
+
+
+def test_distill_with_activation_checkpointing_trains_the_same_weights(teacher, tmp_path):
+    """`run.activation_checkpointing` recomputes the student's blocks in the backward pass: the same run gives the
+    same weights, and a run directory made without it resumes with it (it changes how, not what)."""
+    stages = "finetune.stages=[{resolution: 32, steps: 3, batch_size: 4, micro_batch_size: 2}]"
+    outs = {}
+    for on in (False, True):
+        outs[on] = tmp_path / f"ckpt-{on}"
+        proc = cli("distill", "--config", "tiny", "--arch", "LWLF", "--set", f"teacher={teacher}", "--set", stages,
+                   "--set", f"run.activation_checkpointing={str(on).lower()}", "--out", str(outs[on]))  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "activation_checkpointing: true" in (outs[True] / "config.yaml").read_text()
+    a, b = jetvit.load(outs[False] / "model").state_dict(), jetvit.load(outs[True] / "model").state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)
+    rc = main(["distill", "--config", "tiny", "--arch", "LWLF", "--set", f"teacher={teacher}", "--set", stages,
+               "--set", "run.activation_checkpointing=true", "--out", str(outs[False])])  # fmt: skip
+    assert rc == 0

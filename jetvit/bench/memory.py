@@ -18,6 +18,11 @@ buffers and the output. Where the high-water mark cannot be reset, the fallback 
 
 Spec keys: config (ViTConfig dict), res [H, W], batch, dtype ("fp32" | "bf16"), head (bool), threads.
 Prints one JSON line: {"bytes": ..., "baseline_bytes": ..., "hwm_bytes": ..., "method": ...}.
+
+With spec key `train` ({"targets": [block indices], "checkpointing": bool}) the measured call is instead one
+distillation micro-step in fp32, as `jetvit.train.distill` runs it: the frozen all-`F` teacher's target features
+(no gradients), the student's forward and feature loss, the backward. The warm-up step leaves the parameters'
+gradients allocated, so the result is the step's activations and working memory (what `jetvit.bench.plan` estimates).
 """
 
 from __future__ import annotations
@@ -73,6 +78,9 @@ def measure(spec: dict) -> dict:
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.get("dtype") == "bf16"):
             return fn(x)
 
+    if spec.get("train"):
+        run = _training_step(model, x, **spec["train"])
+
     can_reset = _reset_hwm()  # probe once; the real reset is below
     if can_reset:
         out = run()
@@ -91,6 +99,28 @@ def measure(spec: dict) -> dict:
         method = "fresh process, no warm-up, ru_maxrss after the forward minus VmRSS before (HWM reset unavailable)"
     del out
     return {"bytes": max(hwm - baseline, 0), "baseline_bytes": baseline, "hwm_bytes": hwm, "method": method}
+
+
+def _training_step(student, x, *, targets: list[int], checkpointing: bool = False):
+    """One distillation micro-step of `student` on images `x` against its all-F teacher, as a function to measure."""
+    import dataclasses
+
+    import torch
+
+    from jetvit.model import HybridViT, token_features
+    from jetvit.train.distill import DistillStudent, feature_loss
+
+    teacher = HybridViT(dataclasses.replace(student.cfg, arch="")).eval().requires_grad_(False)
+    student.train().set_grad_checkpointing(checkpointing)
+    wrapped = DistillStudent(student, targets, with_depth=False)
+
+    def step():
+        with torch.no_grad():
+            t_feats = token_features(teacher.forward_intermediates(x, targets))
+        s_feats, _ = wrapped(x)
+        feature_loss(s_feats, t_feats).backward()
+
+    return step
 
 
 if __name__ == "__main__":

@@ -7,8 +7,9 @@ import argparse
 from typing import Any
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--config`, `--set KEY=VALUE` and `--out` of the runs driven by a YAML config (`search`, `distill`)."""
+def add_config_arguments(parser: argparse.ArgumentParser, *, out: bool = True) -> None:
+    """`--config`, `--set KEY=VALUE` and (with `out`) `--out` of the commands driven by a YAML run config (`search`,
+    `distill`, `plan`)."""
     parser.add_argument(
         "--config",
         required=True,
@@ -22,7 +23,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set step1.beam.width=4 --set step1.stages.0.steps=100 (repeatable)",
     )
-    parser.add_argument("--out", required=True, help="run directory: outputs, checkpoints, resume state")
+    if out:
+        parser.add_argument("--out", required=True, help="run directory: outputs, checkpoints, resume state")
 
 
 def add_teacher_source_arguments(parser: argparse.ArgumentParser) -> None:

@@ -28,9 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jetvit.conversion import convert
-    from jetvit.io import save
-    from jetvit.teachers import load_teacher
+    from jetvit.io import refuse_overwrite, save
+    from jetvit.model import validate_arch
+    from jetvit.teachers import load_teacher, source_path
 
+    # `--out` is written with jetvit.save (model.safetensors, config.json): never into the teacher's own files.
+    refuse_overwrite(args.out, {"--teacher": source_path(args.teacher)}, nested=False)
+    validate_arch(args.arch)  # letters first: a typo is refused before the teacher loads
     teacher = load_teacher(args.teacher, **teacher_options(args))
     student = convert(teacher, args.arch, inherit=args.inherit, window_size=args.window_size)
     save(student, args.out)

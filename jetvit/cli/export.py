@@ -23,13 +23,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import importlib.util
+    from pathlib import Path
+
     from jetvit.bench.export import check_onnx, export_onnx
     from jetvit.bench.harness import parse_res
-    from jetvit.io import load
+    from jetvit.io import CONFIG_NAME, WEIGHTS_NAME, load, refuse_overwrite
 
+    needed = ("onnx", "onnxscript") + (() if args.no_check else ("onnxruntime",))
+    for name in needed:  # before any work: torch's exporter reports a missing one in its own words, late
+        if importlib.util.find_spec(name) is None:
+            raise ModuleNotFoundError(
+                f"jetvit export needs {', '.join(needed)}; {name} is not installed: pip install jetvit[onnx]", name=name
+            )
     res = parse_res(args.res)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    model_dir = Path(args.model)
+    refuse_overwrite(
+        args.out,
+        {"--model": model_dir, "model's weights": model_dir / WEIGHTS_NAME, "model's config": model_dir / CONFIG_NAME},
+        nested=False,
+    )
+    if Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out!r} is a folder; give the path of the .onnx file to write")
     model = load(args.model)
     model.grid_size(*res)  # a clear error for sizes that are not multiples of the patch
     path = export_onnx(model, res, args.out, batch=args.batch, opset=args.opset)

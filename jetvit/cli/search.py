@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from jetvit.pipeline import run_search
     from jetvit.train.config import load_config
+    from jetvit.train.report import flops_comparison
 
     cfg = load_config(args.config, args.overrides)
     if cfg.arch is not None:
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"architecture {summary['arch']} ({summary['scorer']} {summary['final_score']:.6g}, "
         f"teacher {summary['teacher_score']:.6g}); "
-        f"{summary['teacher_flops'] / summary['flops']:.2f}x fewer FLOPs at "
+        f"{flops_comparison(summary['teacher_flops'], summary['flops'])} at "
         f"{'x'.join(map(str, summary['flops_resolution']))}; wrote {args.out}/report.md and {args.out}/model"
     )
     return 0

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from jetvit.demo.teacher import ASSET_DIR, TEACHER_JSON
 from jetvit.tasks import synthetic
+from jetvit.train.report import flops_comparison
 
 DEFAULT_CONFIG = "demo"  # jetvit/configs/demo.yaml, shipped in the package
 
@@ -124,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for res, s in speedups.items():
         lines.append(f"speedup at {res}: {s:.2f}x (latency, batch 1, CPU)")
+    gap = 100 * (results["student"]["miou"] - results["teacher"]["miou"])
+    lines.insert(2, f"student - teacher: {gap:+.2f} mIoU points on {args.val_images} val samples")
     lines.append(f"FLOPs at {'x'.join(map(str, summary['flops_resolution']))}: "
-                 f"{summary['teacher_flops'] / summary['flops']:.2f}x fewer")  # fmt: skip
+                 f"{flops_comparison(summary['teacher_flops'], summary['flops'])}")  # fmt: skip
     lines.append(f"demo took {total / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})")
     print("\n" + "\n".join(lines))
     write_report(out, record, summary, results, bench, speedups, timings, total)
@@ -162,7 +165,7 @@ def write_report(out: Path, record, summary, results, bench, speedups, timings, 
         "",
         "Speed (`jetvit bench`, CPU, batch 1): "
         + ", ".join(f"{s:.2f}x at {r}" for r, s in speedups.items())
-        + f"; FLOPs {summary['teacher_flops'] / summary['flops']:.2f}x fewer at "
+        + f"; {flops_comparison(summary['teacher_flops'], summary['flops'])} at "
         + "x".join(map(str, summary["flops_resolution"]))
         + ".",
         "",

@@ -7,12 +7,13 @@ efficient block -> F), scores each new proposal, and keeps the best `width` dist
 Every architecture is scored at most once: scores live in a cache keyed by the architecture string,
 which is also the search's resume state. The search is a pure function of the start, the proposals and
 the scores, so a run that reloads the cache after being killed replays the same rounds without scoring
-anything twice, and ends where an uninterrupted run ends.
+anything twice, and ends where an uninterrupted run ends. A round asks for the scores of all its new
+candidates at once (`score_many`), so that they can be scored in parallel (`jetvit.search.driver`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from jetvit.model import ARCH_LETTERS
@@ -44,7 +45,8 @@ def beam_search(
     start: str,
     *,
     propose: Callable[[str], Iterable[str]],
-    score: Callable[[str], float],
+    score: Callable[[str], float] | None = None,
+    score_many: Callable[[Sequence[str]], Iterable[float]] | None = None,
     width: int,
     min_improvement: float | None = None,
     max_rounds: int | None = None,
@@ -59,6 +61,9 @@ def beam_search(
     Args:
         propose: arch -> the architectures one step away.
         score: arch -> float, higher is better; called at most once per distinct architecture.
+        score_many: instead of `score`, archs -> their scores in the same order, as an iterable that may yield
+            each score as soon as it is known (every new score is recorded, and passed to `on_update`, at once).
+            Called once per round with the round's unscored candidates, each architecture at most once overall.
         width: beam width B: architectures kept after each round.
         min_improvement: stop when a round's best score exceeds the best so far by no more than this.
         max_rounds: stop after this many rounds.
@@ -67,8 +72,7 @@ def beam_search(
         target: stop as soon as a score reaches this (e.g. the teacher's own score).
         state: a trajectory returned (or passed to `on_update`) by an earlier, interrupted call; its
             scores are reused, never recomputed.
-        on_update: called with the trajectory after every newly scored architecture and every round,
-            to persist it.
+        on_update: called with the trajectory after every newly recorded score and every round, to persist it.
         on_round: called with (round, number of proposals) before a round is scored, e.g. for a progress bar.
 
     The trajectory holds `scores` (every architecture scored), `rounds` (round 0 is the start; each
@@ -77,17 +81,25 @@ def beam_search(
     """
     if width < 1:
         raise ValueError(f"beam width must be >= 1, got {width}")
+    if (score is None) == (score_many is None):
+        raise ValueError("give beam_search one of score (one architecture) or score_many (a round's), not both")
+    if score_many is None:
+        score_many = lambda archs: (score(a) for a in archs)  # noqa: E731
     cache: dict[str, float] = dict((state or {}).get("scores", {}))
     traj: dict[str, Any] = {"start": start, "width": width, "scores": cache, "rounds": [], "stop_reason": None}
 
-    def get_score(arch: str) -> float:
-        if arch not in cache:
-            cache[arch] = float(score(arch))
+    def score_new(archs: Iterable[str]) -> None:
+        todo = [a for a in archs if a not in cache]
+        got = 0
+        for arch, value in zip(todo, score_many(todo)) if todo else ():
+            cache[arch] = float(value)
+            got += 1
             if on_update is not None:
                 on_update(traj)
-        return cache[arch]
+        assert got == len(todo), f"score_many gave {got} scores for {len(todo)} architectures"
 
-    best = {"arch": start, "score": get_score(start), "round": 0}
+    score_new([start])
+    best = {"arch": start, "score": cache[start], "round": 0}
     traj["best"] = dict(best)
     traj["rounds"].append({"round": 0, "candidates": [{"arch": start, "score": best["score"]}], "beam": [start]})
     beam = [start]
@@ -120,8 +132,9 @@ def beam_search(
             break
         if on_round is not None:
             on_round(r, len(candidates))
+        score_new(candidates)
         for c in candidates.values():
-            c["score"] = get_score(c["arch"])
+            c["score"] = cache[c["arch"]]
         ranked = _rank(cache, candidates)
         beam = ranked[:width]
         round_best = cache[ranked[0]]

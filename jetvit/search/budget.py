@@ -59,6 +59,28 @@ class FlopBudget:
         f = self.flops(arch)
         return None if f <= self.limit else f"{f / 1e9:.3g} GFLOPs over the budget {self.limit / 1e9:.3g}"
 
+    def check_start(self, start: str, *, letters: str) -> None:
+        """ValueError when the search cannot return an architecture within the limit: `start` (where the search
+        begins, and what it returns when nothing better is allowed) is over it. The message gives the cheapest
+        architecture of the search space (each block's cheapest kind among `letters`) and its cost."""
+        if self.reason(start) is None:
+            return
+        kinds = {k: self.flops(k * len(start)) for k in letters}
+        cheapest = min(kinds, key=kinds.get) * len(start)
+        H, W = self.size
+        limit = f"{self.limit / 1e9:.4g} GFLOPs at {H}x{W}"
+        if self.reason(cheapest) is not None:
+            raise ValueError(
+                f"the FLOP budget ({limit}: budget.max_gflops / budget.max_flops_ratio) cannot be met: the cheapest "
+                f"architecture, {cheapest}, costs {self.flops(cheapest) / 1e9:.4g} GFLOPs "
+                f"({self.flops(cheapest) / self.teacher_flops:.3f} of the teacher's); raise the budget"
+            )
+        raise ValueError(
+            f"the search starts from {start} ({self.flops(start) / 1e9:.4g} GFLOPs), which is over the FLOP budget "
+            f"({limit}); only architectures near {cheapest} ({self.flops(cheapest) / 1e9:.4g} GFLOPs) fit it: "
+            f"raise the budget"
+        )
+
 
 def full_attention_budget(max_full: int, flops: FlopBudget) -> Callable[[str], str | None]:
     """Step 2's feasibility: at most `max_full` F blocks, and within the FLOP budget."""

@@ -1,9 +1,15 @@
 """One beam search on a trained supernet: candidates activated in the supernet, scored, the trajectory saved after
-every score (so a killed search resumes without scoring anything twice), progress shown per round."""
+every wave of scores (so a killed search resumes without scoring anything twice), progress shown per round.
+
+With N processes, each round's candidates are scored in shares: process r scores candidates r, r + N, r + 2N, ...,
+in waves of N scored side by side whose scores every process then receives (`Runtime.all_gather_object`). Every
+process thus records the same scores in the same order and ends with the same trajectory, each candidate is scored
+once overall, and N processes score a round about N times faster.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,20 +35,26 @@ def run_beam(
     target: float | None = None,
 ) -> dict[str, Any]:
     """Beam search from `start` with `beam_cfg` (`BeamConfig`: width, min_improvement, max_rounds), resumable from
-    the trajectory file `path`. Every process scores; rank 0's score is used (and written). Leaves the best
-    architecture active in `supernet` and returns the trajectory."""
+    the trajectory file `path` (written by rank 0). The candidates are scored in shares across the processes (module
+    docstring). Leaves the best architecture active in `supernet` and returns the trajectory."""
     from tqdm import tqdm
 
     state = read_json(path)
     bar = None
 
-    def score(arch: str) -> float:
-        set_arch(supernet, arch)
-        value = rt.broadcast_object(float(scorer(supernet)))
-        if bar is not None:
-            bar.set_postfix(arch=arch, score=f"{value:.5g}")
-            bar.update(1)
-        return value
+    def score_many(archs: Sequence[str]) -> Iterator[float]:
+        for first in range(0, len(archs), rt.world):
+            wave = archs[first : first + rt.world]
+            mine = None
+            if rt.rank < len(wave):
+                set_arch(supernet, wave[rt.rank])
+                mine = float(scorer(supernet))
+            values = rt.all_gather_object(mine)[: len(wave)]
+            for arch, value in zip(wave, values):
+                if bar is not None:
+                    bar.set_postfix(arch=arch, score=f"{value:.5g}")
+                    bar.update(1)
+                yield value
 
     def on_round(r: int, n: int) -> None:
         nonlocal bar
@@ -57,7 +69,7 @@ def run_beam(
     traj = beam_search(
         start,
         propose=propose,
-        score=score,
+        score_many=score_many,
         width=beam_cfg.width,
         min_improvement=beam_cfg.min_improvement,
         max_rounds=beam_cfg.max_rounds,

@@ -45,12 +45,36 @@ def cityscapes_label_lut() -> np.ndarray:
     return lut
 
 
+def to_rgb(im: Any) -> Any:
+    """A decoded PIL image of any mode -> 8-bit RGB, with its range kept.
+
+    PIL's own `convert("RGB")` clips 16-bit grayscale (`I;16`, 16-bit PNG and TIFF) to white: those are scaled
+    (65535 -> 255). 32-bit integer images (`I`) are read as 16-bit when a value exceeds 255, else as 8-bit; float
+    images (`F`) as [0, 1] when no value exceeds 1, else as [0, 255]. Images with transparency (RGBA, LA, palette
+    with a transparent colour) are composited over white, as a viewer shows them. 16-bit RGB PNGs are already
+    scaled by PIL's decoder.
+    """
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)  # (H, W)
+        peak = float(a.max(initial=0.0))
+        scale = 255.0 / 65535.0 if im.mode != "F" and (im.mode.startswith("I;16") or peak > 255) else 1.0
+        if im.mode == "F" and peak <= 1.0:
+            scale = 255.0
+        im = Image.fromarray(np.clip(np.round(a * scale), 0, 255).astype(np.uint8), mode="L")
+    if "A" in im.getbands() or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    return im.convert("RGB")
+
+
 def read_image(path: Path) -> Tensor:
-    """An image file -> float32 (3, H, W) RGB in [0, 1]."""
+    """An image file -> float32 (3, H, W) RGB in [0, 1] (any PNG mode: `to_rgb`)."""
     from PIL import Image
 
     with Image.open(path) as im:
-        array = np.asarray(im.convert("RGB"), dtype=np.uint8)  # (H, W, 3)
+        array = np.asarray(to_rgb(im), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
 
@@ -234,8 +258,11 @@ class DA2K(Dataset):
         ann_path = Path(annotations) if Path(annotations).is_absolute() else root / annotations
         if not ann_path.is_file():
             raise FileNotFoundError(f"no DA2K annotation file {ann_path}")
-        with open(ann_path) as f:
-            table = json.load(f)
+        try:
+            with open(ann_path, encoding="utf-8") as f:
+                table = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{ann_path} is not valid JSON ({e})") from None
         if not isinstance(table, dict) or not table:
             raise ValueError(f"{ann_path}: expected a non-empty JSON object image path -> list of point pairs")
         self.items: list[tuple[Path, list[dict[str, Any]]]] = []

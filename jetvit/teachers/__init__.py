@@ -4,6 +4,7 @@
 
 | src | converter |
 |---|---|
+| `builtin` | the packaged built-in teacher (`jetvit/assets/teacher`, see `jetvit.demo.teacher`) |
 | a directory written by `jetvit.save` | `jetvit.io.load` (any arch) |
 | a Hugging Face directory, `config.json` `model_type` = `dinov3_vit` | `hf_dinov3` |
 | ... `dinov2` / `dinov2_with_registers` | `hf_dinov2` |
@@ -33,6 +34,9 @@ from jetvit.model import HybridViT, ViTConfig
 from jetvit.teachers import common
 
 HF_MODEL_TYPES = ("dinov3_vit", "dinov2", "dinov2_with_registers", "depth_anything")
+# The name of the packaged built-in teacher; a folder of that name is `./builtin`.
+BUILTIN = "builtin"
+
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -54,7 +58,8 @@ def load_teacher(
     default; `torch.bfloat16` halves the memory of a large teacher). The model is built on the meta device and
     takes the checkpoint's tensors, so a 7B teacher costs one copy of its weights, never a random init as well.
 
-    src: a `jetvit.save` directory, a Hugging Face model directory, an official checkpoint file, or a Hub id.
+    src: `"builtin"` (the packaged built-in teacher, `builtin_teacher_dir()`), a `jetvit.save` directory, a Hugging
+      Face model directory, an official checkpoint file, or a Hub id.
     Options for official checkpoint files only (their size is otherwise read from the tensors' shapes):
       size: a released size name (DINOv3 `vits16`, `vitl16plus`, `vit7b16`...; DINOv2/DAv2 `vits`..`vitg`);
       num_heads: the number of heads of a non-released size;
@@ -70,7 +75,7 @@ def load_teacher(
         "metric": metric,
         "max_depth": max_depth,
     }
-    path = Path(src)
+    path = builtin_teacher_dir() if str(src) == BUILTIN else Path(src)
     if path.is_dir():
         _reject_official_options(official_opts, path)
         return _load_dir(path, dtype)
@@ -79,11 +84,24 @@ def load_teacher(
     if path.suffix in WEIGHT_SUFFIXES or not _HUB_ID.match(str(src)):
         raise FileNotFoundError(
             f"no such file or directory: {src} (expected a model directory, a checkpoint file {WEIGHT_SUFFIXES}, "
-            f"or a Hub id like 'facebook/dinov3-vits16-pretrain-lvd1689m')"
+            f"a Hub id like 'facebook/dinov3-vits16-pretrain-lvd1689m', or {BUILTIN!r} for the built-in teacher)"
         )
     _reject_official_options(official_opts, path)
     snapshot = _hub_snapshot(str(src), revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
     return _load_dir(snapshot, dtype)
+
+
+def builtin_teacher_dir() -> Path:
+    """Where the packaged built-in teacher lives (`load_teacher("builtin")` loads it)."""
+    from jetvit.demo.teacher import ASSET_DIR
+
+    return ASSET_DIR
+
+
+def source_path(src: str | os.PathLike) -> Path | None:
+    """The local file or folder a teacher source reads (`builtin` resolved), or None for a Hub id."""
+    path = builtin_teacher_dir() if str(src) == BUILTIN else Path(src)
+    return path if path.exists() or not _HUB_ID.match(str(src)) else None
 
 
 def _reject_official_options(opts: dict[str, Any], src: Path) -> None:
@@ -156,6 +174,15 @@ def _hf_converter(hf_config: dict[str, Any]):
 
 
 def _load_file(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
+    try:
+        return _load_official(path, dtype, **opts)
+    except ValueError as e:  # the converters' checks of the file's content: say which file
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"{path}: {e}") from None
+
+
+def _load_official(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
     from jetvit.teachers import official_dinov2, official_dinov3
 
     sd = common.read_weights(path)
@@ -205,4 +232,4 @@ def describe_size(cfg: ViTConfig) -> str:
     return name or "custom"
 
 
-__all__ = ["load_teacher", "describe_size", "HF_MODEL_TYPES"]
+__all__ = ["load_teacher", "describe_size", "builtin_teacher_dir", "source_path", "BUILTIN", "HF_MODEL_TYPES"]

@@ -130,13 +130,20 @@ def read_torch_file(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint file: {path}")
+    import pickle
+
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated zip, a pickle with code, an unknown format: all mean "not loadable"
+    except pickle.UnpicklingError:  # torch's advice (weights_only=False) would run the file's code: not here
         raise ValueError(
-            f"cannot read {path} as a PyTorch state dict with weights_only=True (truncated, corrupt, or a "
-            f"pickle that needs code to load): {type(e).__name__}: {e}"
-        ) from e
+            f"{path} holds Python objects that need code to load, and jetvit never runs code from a file: save "
+            f"the weights alone (torch.save(model.state_dict(), ...) or safetensors) and give that file"
+        ) from None
+    except Exception as e:  # a truncated zip, an unknown format: not loadable
+        raise ValueError(
+            f"cannot read {path} as a PyTorch checkpoint (truncated or corrupt: {type(e).__name__}); "
+            f"expected a state dict saved with torch.save, or a .safetensors file"
+        ) from None
     if isinstance(obj, dict) and len(obj) == 1 and next(iter(obj)) in ("model", "state_dict"):
         obj = next(iter(obj.values()))
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
@@ -175,6 +182,23 @@ def read_hf_weights(directory: str | os.PathLike) -> dict[str, Tensor]:
         f"{d} has a config.json but no weights: expected model.safetensors, model.safetensors.index.json "
         f"or pytorch_model.bin"
     )
+
+
+def agreed_size(what: str, sizes: dict[str, int]) -> int:
+    """The value of `what` (e.g. the width) that the tensors named in `sizes` (key -> the value its shape gives)
+    agree on. A config read from one tensor whose shape is wrong would make every other tensor look wrong; when
+    they disagree, the error names the ones that differ from the most common value."""
+    counts: dict[int, int] = {}
+    for v in sizes.values():
+        counts[v] = counts.get(v, 0) + 1
+    value = max(counts, key=lambda v: (counts[v], -list(sizes.values()).index(v)))
+    odd = [f"{k} (gives {v})" for k, v in sizes.items() if v != value]
+    if odd:
+        raise ValueError(
+            f"the tensors disagree on the {what}: {len(sizes) - len(odd)} give {value}, but "
+            f"{', '.join(odd[:4])}{' ...' if len(odd) > 4 else ''}; the file is damaged or not of one model"
+        )
+    return value
 
 
 def ensure(cond: bool, msg: str) -> None:

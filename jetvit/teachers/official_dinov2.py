@@ -25,7 +25,15 @@ from torch import Tensor
 from jetvit.heads import DPTConfig
 from jetvit.model import ViTConfig
 from jetvit.teachers import released
-from jetvit.teachers.common import Chunk, KeyTable, apply_key_table, block_indices, ensure, resolve_heads
+from jetvit.teachers.common import (
+    Chunk,
+    KeyTable,
+    agreed_size,
+    apply_key_table,
+    block_indices,
+    ensure,
+    resolve_heads,
+)
 
 # name -> (dim, depth, heads, mlp); DAv2 names use the same letters (vits, vitb, vitl, vitg).
 RELEASED: dict[str, tuple[int, int, int, str]] = {name: size[:4] for name, size in released.DINOV2.items()}
@@ -76,19 +84,23 @@ def backbone_config_from_state_dict(
         f"{p}cls_token" in sd and f"{p}pos_embed" in sd,
         f"not an official DINOv2 backbone: no {p}cls_token / {p}pos_embed",
     )
-    dim = sd[f"{p}cls_token"].shape[-1]
     depth = len(block_indices(sd, f"{p}blocks."))
     ensure(depth > 0, f"no {p}blocks.N.* tensors (chunked `blocks.C.N` checkpoints are not supported)")
+    widths = {f"{p}cls_token": -1, f"{p}pos_embed": -1, f"{p}patch_embed.proj.weight": 0, f"{p}norm.weight": 0}
+    widths.update({f"{p}blocks.{i}.{n}.weight": 0 for i in range(depth) for n in ("norm1", "norm2", "attn.proj")})
+    dim = agreed_size("width", {k: sd[k].shape[a] for k, a in widths.items() if k in sd})
     patch = sd[f"{p}patch_embed.proj.weight"]
     grid = round((sd[f"{p}pos_embed"].shape[1] - 1) ** 0.5)
     ensure(grid * grid + 1 == sd[f"{p}pos_embed"].shape[1], f"{p}pos_embed does not cover CLS + a square grid")
     b0 = f"{p}blocks.0.mlp."
     if f"{b0}w12.weight" in sd:
-        mlp, hidden, mlp_bias = "swiglu", sd[f"{b0}w12.weight"].shape[0] // 2, f"{b0}w12.bias" in sd
+        mlp, first, per, mlp_bias = "swiglu", "w12", 2, f"{b0}w12.bias" in sd  # w12: gate and up, stacked
     elif f"{b0}fc1.weight" in sd:
-        mlp, hidden, mlp_bias = "gelu", sd[f"{b0}fc1.weight"].shape[0], f"{b0}fc1.bias" in sd
+        mlp, first, per, mlp_bias = "gelu", "fc1", 1, f"{b0}fc1.bias" in sd
     else:
         raise ValueError(f"official DINOv2 checkpoint without {b0}fc1 or {b0}w12 weights")
+    hidden_keys = (f"{p}blocks.{i}.mlp.{first}.weight" for i in range(depth))
+    hidden = agreed_size("MLP width", {k: sd[k].shape[0] // per for k in hidden_keys if k in sd})
     size = _resolve_size(size)
     heads = resolve_heads(RELEASED, (dim, depth, mlp), family="DINOv2", size=size, num_heads=num_heads)
     registers = sd[f"{p}register_tokens"].shape[1] if f"{p}register_tokens" in sd else 0

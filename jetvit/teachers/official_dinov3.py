@@ -18,7 +18,15 @@ from torch import Tensor
 
 from jetvit.model import ViTConfig
 from jetvit.teachers import released
-from jetvit.teachers.common import KeyTable, apply_key_table, block_indices, ensure, resolve_heads, zero_k_bias
+from jetvit.teachers.common import (
+    KeyTable,
+    agreed_size,
+    apply_key_table,
+    block_indices,
+    ensure,
+    resolve_heads,
+    zero_k_bias,
+)
 
 # name -> (dim, depth, heads, mlp)
 RELEASED: dict[str, tuple[int, int, int, str]] = {name: size[:4] for name, size in released.DINOV3.items()}
@@ -66,15 +74,19 @@ def config_from_state_dict(
     ensure(
         is_official_dinov3(sd), "not an official DINOv3 checkpoint (no cls_token / storage_tokens / blocks.0.attn.qkv)"
     )
-    dim = sd["cls_token"].shape[-1]
     depth = len(block_indices(sd, "blocks."))
+    widths = {"cls_token": -1, "patch_embed.proj.weight": 0, "norm.weight": 0}
+    widths.update({f"blocks.{i}.{n}.weight": 0 for i in range(depth) for n in ("norm1", "norm2", "attn.proj")})
+    dim = agreed_size("width", {k: sd[k].shape[a] for k, a in widths.items() if k in sd})
     patch = sd["patch_embed.proj.weight"]
     if "blocks.0.mlp.w1.weight" in sd:
-        mlp, hidden, mlp_bias = "swiglu", sd["blocks.0.mlp.w1.weight"].shape[0], "blocks.0.mlp.w1.bias" in sd
+        mlp, first, mlp_bias = "swiglu", "w1", "blocks.0.mlp.w1.bias" in sd
     elif "blocks.0.mlp.fc1.weight" in sd:
-        mlp, hidden, mlp_bias = "gelu", sd["blocks.0.mlp.fc1.weight"].shape[0], "blocks.0.mlp.fc1.bias" in sd
+        mlp, first, mlp_bias = "gelu", "fc1", "blocks.0.mlp.fc1.bias" in sd
     else:
         raise ValueError("official DINOv3 checkpoint without blocks.0.mlp.fc1 or blocks.0.mlp.w1 weights")
+    hidden_keys = (f"blocks.{i}.mlp.{first}.weight" for i in range(depth))
+    hidden = agreed_size("MLP width", {k: sd[k].shape[0] for k in hidden_keys if k in sd})
     periods = sd.get("rope_embed.periods")
     fallback = dim // (4 * periods.numel()) if periods is not None else None  # head_dim / 4 periods
     heads = resolve_heads(

@@ -11,6 +11,10 @@ from typing import Any
 
 from jetvit.io import atomic_torch_save
 
+# What `jetvit.train.distill.train_phase` writes: a finished phase, and a phase in progress.
+DONE_KEYS = ("done", "model", "summary")
+RUNNING_KEYS = ("done", "stage", "step", "skipped", "history", "elapsed", "model", "optim", "rng")
+
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     """`torch.save` to a temporary file, then rename over `path`."""
@@ -24,7 +28,21 @@ def load_checkpoint(path: str | Path) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint {p} not found")
-    return torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        ck = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, a pickle with code: all unreadable as a checkpoint
+        raise ValueError(
+            f"checkpoint {p} cannot be read (truncated or not written by jetvit: {type(e).__name__}); delete it to "
+            f"redo that phase from its start, or choose another --out"
+        ) from None
+    keys = DONE_KEYS if isinstance(ck, dict) and ck.get("done") else RUNNING_KEYS
+    missing = sorted(k for k in keys if not isinstance(ck, dict) or k not in ck)
+    if missing:
+        raise ValueError(
+            f"checkpoint {p} is not a jetvit training checkpoint (missing {', '.join(missing)}); delete it to redo "
+            f"that phase from its start, or choose another --out"
+        )
+    return ck
 
 
 def rng_state() -> dict:

@@ -69,14 +69,24 @@ class FolderImages:
     def load(self, i: int) -> Image.Image:
         from PIL import Image
 
+        from jetvit.tasks.datasets import to_rgb
+
         with Image.open(self.paths[i]) as im:
-            return im.convert("RGB")  # decodes fully: a truncated file raises here, not later
+            return to_rgb(im)  # decodes fully (a truncated file raises here, not later); 16-bit scaled, not clipped
 
 
 class SampleImages:
     """scikit-image's bundled sample photos (no download), kept in memory."""
 
     def __init__(self, names: tuple[str, ...] = SAMPLE_PHOTOS) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("skimage") is None:  # say so now, not as every photo being "unreadable"
+            raise ModuleNotFoundError(
+                "data.source skimage needs scikit-image, which is not installed (pip install jetvit[skimage]); "
+                "data.source keyshapes needs nothing",
+                name="skimage",
+            )
         self.names = list(names)
         self._cache: dict[int, Image.Image] = {}
 
@@ -147,9 +157,10 @@ class ImageSet:
     (wrapping around); which files failed is remembered, so each is tried and counted once per process.
     """
 
-    def __init__(self, source: Source, indices: list[int]) -> None:
+    def __init__(self, source: Source, indices: list[int], *, role: str = "") -> None:
         self.source = source
         self.indices = list(indices)
+        self.role = role  # which part of the source this is, for errors: "training", "held-out"
         self.bad: set[int] = set()
 
     def __len__(self) -> int:
@@ -164,11 +175,17 @@ class ImageSet:
                 continue
             try:
                 return self.source.load(i), skipped
+            except ImportError:  # a missing package is not a bad file
+                raise
             except Exception as e:  # PIL raises OSError, ValueError, SyntaxError... on corrupt files
                 self.bad.add(i)
                 skipped.append(self.source.name(i))
                 log.warning("skipping unreadable image %s: %s", self.source.name(i), e)
-        raise ValueError(f"no readable image among the {len(self.indices)} images of {describe(self.source)}")
+        which = f"{len(self.indices)} {self.role}" if self.role else f"{len(self.indices)}"
+        raise ValueError(
+            f"no readable image among the {which} images of {describe(self.source)} ({len(self.source)} in all: "
+            f"data.holdout of them are held out to score the search, the rest train); add readable images"
+        )
 
 
 def describe(source: Source) -> str:

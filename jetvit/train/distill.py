@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -182,6 +184,7 @@ def train_phase(
     if with_depth and getattr(model, "depth_head", None) is None:
         raise ValueError("a depth loss (depth_weight > 0) needs a teacher with a depth head (Depth-Anything-V2)")
     student = DistillStudent(model, targets, with_depth=with_depth)
+    model.set_grad_checkpointing(cfg.run.activation_checkpointing)  # the student's blocks only, never the teacher's
     wrapped: nn.Module = student
     if rt.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -214,100 +217,105 @@ def train_phase(
             save_checkpoint(ckpt_path, state)
 
     model.train()
-    for si, stage in enumerate(phase.stages):
-        if si < start_stage:
-            continue
-        s0 = start_step if si == start_stage else 0
-        if s0 >= stage.steps:
-            continue
-        micro = stage.micro_batch_size or max(1, stage.batch_size // rt.world)
-        batches = DistillBatches(
-            images,
-            plan,
-            stage_offset=sum(s.steps * s.batch_size for s in phase.stages[:si]),
-            start_step=s0,
-            steps=stage.steps,
-            batch_size=stage.batch_size,
-            micro_batch_size=micro,
-            rank=rt.rank,
-            world=rt.world,
-            size=stage.size,
-            mean=mean,
-            std=std,
-            scale=tuple(cfg.data.scale),
-            ratio=tuple(cfg.data.ratio),
-            hflip=cfg.data.hflip,
-        )
-        loader = iter(
-            torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=cfg.data.workers)
-        )
-        H, W = stage.size
-        bar = tqdm(
-            total=stage.steps,
-            initial=s0,
-            desc=f"{phase.name} stage {si + 1}/{len(phase.stages)} {H}x{W}",
-            disable=not rt.main,
-            dynamic_ncols=True,
-        )
-        for step in range(s0, stage.steps):
-            if phase.choose_path is not None:
-                path = phase.choose_path(model, phase_step)
-                if rt.distributed:  # internal invariant: the seeded path is the same everywhere
-                    paths = rt.all_gather_object(path)
-                    assert len(set(paths)) == 1, f"processes disagree on the path at step {phase_step}: {paths}"
-            lr = lr_at(stage, step)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            opt.zero_grad(set_to_none=True)
-            loss_sum, feat_sum = 0.0, 0.0
-            for m in range(batches.accum):
-                batch = next(loader)
-                skipped += len(batch["skipped"])
-                x = batch["images"].to(rt.device, non_blocking=True)
-                with torch.no_grad(), rt.autocast():
-                    t_feats = token_features(teacher.forward_intermediates(x, targets))
-                    label = depth_teacher.predict_depth(x) if with_depth else None
-                sync = wrapped.no_sync() if rt.distributed and m < batches.accum - 1 else contextlib.nullcontext()
-                with sync:
-                    with rt.autocast():
-                        s_feats, depth = wrapped(x)
-                    feat = feature_loss(s_feats, t_feats)
-                    loss = feat + phase.depth_weight * ssi_mse(depth, label) if with_depth else feat
-                    (loss / batches.accum).backward()
-                loss_sum += loss.item()
-                feat_sum += feat.item()
-            grad_norm = None
-            if cfg.optim.grad_clip is not None:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
-            opt.step()
-            phase_step += 1
-            if (step + 1) % cfg.run.log_every == 0 or step + 1 == stage.steps:
-                loss_value = rt.mean(loss_sum / batches.accum)
-                if logger is not None:
-                    scalars = {"loss": loss_value, "feature_loss": rt.mean(feat_sum / batches.accum), "lr": lr}
-                    if grad_norm is not None:
-                        scalars["grad_norm"] = grad_norm
-                    if phase.choose_path is not None:
-                        scalars["path"] = path
-                    logger.log(phase.name, phase.global_offset + phase_step, **scalars)
-                bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
-            last = step + 1 == stage.steps and si == len(phase.stages) - 1
-            every = cfg.run.eval_every
-            if phase.evaluate is not None and ((every and phase_step % every == 0) or last):
-                score = rt.broadcast_object(float(phase.evaluate(model.eval())))
-                model.train()
-                history["curve"].append([phase_step, score])
-                if logger is not None:
-                    logger.log(phase.name, phase.global_offset + phase_step, score=score)
-                bar.set_postfix(loss=f"{loss_value:.4g}", score=f"{score:.4g}")
-            if step + 1 == stage.steps:
-                history[f"stage{si + 1}"] = {"resolution": [H, W], "steps": stage.steps, "final_loss": loss_value}
-            if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == stage.steps:
-                save(si, step + 1)
-            bar.update(1)
-        bar.close()
-        del loader
+    with StepBoundaryInterrupt() as interrupt:
+        for si, stage in enumerate(phase.stages):
+            if si < start_stage:
+                continue
+            s0 = start_step if si == start_stage else 0
+            if s0 >= stage.steps:
+                continue
+            micro = stage.micro_batch_size or max(1, stage.batch_size // rt.world)
+            batches = DistillBatches(
+                images,
+                plan,
+                stage_offset=sum(s.steps * s.batch_size for s in phase.stages[:si]),
+                start_step=s0,
+                steps=stage.steps,
+                batch_size=stage.batch_size,
+                micro_batch_size=micro,
+                rank=rt.rank,
+                world=rt.world,
+                size=stage.size,
+                mean=mean,
+                std=std,
+                scale=tuple(cfg.data.scale),
+                ratio=tuple(cfg.data.ratio),
+                hflip=cfg.data.hflip,
+            )
+            loader = iter(
+                torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=cfg.data.workers)
+            )
+            H, W = stage.size
+            bar = tqdm(
+                total=stage.steps,
+                initial=s0,
+                desc=f"{phase.name} stage {si + 1}/{len(phase.stages)} {H}x{W}",
+                disable=not rt.main,
+                dynamic_ncols=True,
+            )
+            for step in range(s0, stage.steps):
+                if phase.choose_path is not None:
+                    path = phase.choose_path(model, phase_step)
+                    if rt.distributed:  # internal invariant: the seeded path is the same everywhere
+                        paths = rt.all_gather_object(path)
+                        assert len(set(paths)) == 1, f"processes disagree on the path at step {phase_step}: {paths}"
+                lr = lr_at(stage, step)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                opt.zero_grad(set_to_none=True)
+                loss_sum, feat_sum = 0.0, 0.0
+                for m in range(batches.accum):
+                    batch = next(loader)
+                    skipped += len(batch["skipped"])
+                    x = batch["images"].to(rt.device, non_blocking=True)
+                    with torch.no_grad(), rt.autocast():
+                        t_feats = token_features(teacher.forward_intermediates(x, targets))
+                        label = depth_teacher.predict_depth(x) if with_depth else None
+                    sync = wrapped.no_sync() if rt.distributed and m < batches.accum - 1 else contextlib.nullcontext()
+                    with sync:
+                        with rt.autocast():
+                            s_feats, depth = wrapped(x)
+                        feat = feature_loss(s_feats, t_feats)
+                        loss = feat + phase.depth_weight * ssi_mse(depth, label) if with_depth else feat
+                        (loss / batches.accum).backward()
+                    loss_sum += loss.item()
+                    feat_sum += feat.item()
+                grad_norm = None
+                if cfg.optim.grad_clip is not None:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+                opt.step()
+                phase_step += 1
+                if (step + 1) % cfg.run.log_every == 0 or step + 1 == stage.steps:
+                    loss_value = rt.mean(loss_sum / batches.accum)
+                    if logger is not None:
+                        scalars = {"loss": loss_value, "feature_loss": rt.mean(feat_sum / batches.accum), "lr": lr}
+                        if grad_norm is not None:
+                            scalars["grad_norm"] = grad_norm
+                        if phase.choose_path is not None:
+                            scalars["path"] = path
+                        logger.log(phase.name, phase.global_offset + phase_step, **scalars)
+                    bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
+                last = step + 1 == stage.steps and si == len(phase.stages) - 1
+                every = cfg.run.eval_every
+                if phase.evaluate is not None and ((every and phase_step % every == 0) or last):
+                    score = rt.broadcast_object(float(phase.evaluate(model.eval())))
+                    model.train()
+                    history["curve"].append([phase_step, score])
+                    if logger is not None:
+                        logger.log(phase.name, phase.global_offset + phase_step, score=score)
+                    bar.set_postfix(loss=f"{loss_value:.4g}", score=f"{score:.4g}")
+                if step + 1 == stage.steps:
+                    history[f"stage{si + 1}"] = {"resolution": [H, W], "steps": stage.steps, "final_loss": loss_value}
+                if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == stage.steps or interrupt.requested:
+                    save(si, step + 1)
+                bar.update(1)
+                if interrupt.requested:
+                    bar.close()
+                    raise KeyboardInterrupt(f"{phase.name} interrupted; saved at stage {si + 1}, step {step + 1}")
+            bar.close()
+            del loader
 
+    model.set_grad_checkpointing(False)
     skipped_total = int(round(rt.mean(float(skipped)) * rt.world))
     digests = rt.all_gather_object(weights_digest(model))
     summary = {
@@ -325,6 +333,30 @@ def train_phase(
         save_checkpoint(ckpt_path, {"phase": phase.name, "done": True, "model": model.state_dict(), "summary": summary})
     rt.barrier()
     return summary
+
+
+class StepBoundaryInterrupt:
+    """Ctrl-C during training finishes the current optimizer step, so that the checkpoint then written is consistent
+    (no half-applied optimizer step); a second Ctrl-C interrupts at once. Only in the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # the second Ctrl-C: do not wait for the step
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> StepBoundaryInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 # --- fixed architectures ------------------------------------------------------------------------------

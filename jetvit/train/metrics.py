@@ -8,11 +8,14 @@ from (both in the JSON lines and, through `purge_step`, in TensorBoard), so noth
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from jetvit.io import atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -36,6 +39,9 @@ class MetricLogger:
         self.enabled = enabled
         self.path = Path(out_dir) / "metrics.jsonl"
         self._tb = None
+        self._file = None
+        # What the report says about TensorBoard: where it was written, or why not.
+        self.tensorboard_note = "not requested"
         if not enabled:
             return
         kept = [r for r in read_metrics(self.path) if r.get("global_step", 0) < resume_step or r.get("event")]
@@ -44,9 +50,12 @@ class MetricLogger:
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-            except ImportError:  # tensorboard not installed: JSON lines only
+            except ImportError:  # tensorboard not installed: JSON lines only, and the log and report say so
+                self.tensorboard_note = "not written: tensorboard is not installed (pip install jetvit[tensorboard])"
+                log.info("TensorBoard events %s; curves go to %s only", self.tensorboard_note, self.path.name)
                 return
             self._tb = SummaryWriter(str(Path(out_dir) / "tb"), purge_step=resume_step or None)
+            self.tensorboard_note = "written to tb/"
 
     def log(self, phase: str, global_step: int, **scalars: float) -> None:
         if not self.enabled:
@@ -67,8 +76,10 @@ class MetricLogger:
         self._file.flush()
 
     def close(self) -> None:
-        if not self.enabled:
-            return
-        self._file.close()
+        """Flush and close; safe to call again."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
         if self._tb is not None:
             self._tb.close()
+            self._tb = None

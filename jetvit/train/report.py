@@ -18,6 +18,16 @@ def _kinds(arch: str) -> str:
     return ", ".join(f"{arch.count(k)} {KIND_NAMES[k]}" for k in "LWF" if k in arch)
 
 
+def flops_comparison(teacher_flops: float, flops: float) -> str:
+    """How the hybrid's FLOPs compare: "2.31x fewer FLOPs than the teacher", "1.04x more ...", or the same (within
+    0.5%)."""
+    if abs(flops - teacher_flops) <= 0.005 * teacher_flops:
+        return "the same FLOPs as the teacher"
+    if flops < teacher_flops:
+        return f"{teacher_flops / flops:.2f}x fewer FLOPs than the teacher"
+    return f"{flops / teacher_flops:.2f}x more FLOPs than the teacher"
+
+
 def _seconds(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
 
@@ -26,14 +36,13 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
     lines = [f"# jetvit {'search' if trajectories else 'distill'} report", ""]
     arch = summary["arch"]
     H, W = summary["flops_resolution"]
-    speed = summary["teacher_flops"] / summary["flops"]
     lines += [
         f"- Teacher: `{summary['teacher']}` ({len(arch)} blocks)",
         f"- Data: {summary['data']}; distillation targets: `{cfg.distill.targets}`",
         f"- Processes: {summary['world_size']}",
         f"- **Architecture: `{arch}`** ({_kinds(arch)})",
         f"- FLOPs at {H}x{W}: {_gflops(summary['flops'])} G vs the teacher's {_gflops(summary['teacher_flops'])} G "
-        f"({speed:.2f}x fewer)",
+        f"({flops_comparison(summary['teacher_flops'], summary['flops'])})",
         f"- Score (`{summary['scorer']}`, higher is better, on {cfg.data.holdout} held-out images): "
         f"final model {summary['final_score']:.6g}"
         + (f"; teacher {summary['teacher_score']:.6g}" if "teacher_score" in summary else ""),
@@ -105,9 +114,23 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
         "- `summary.json`, `trajectory.json`: results and every candidate scored in every round"
         if trajectories
         else "- `summary.json`: results",
-        "- `metrics.jsonl`, `tb/`: training curves (JSON lines, TensorBoard)",
+        _curves_line(summary.get("tensorboard")),
         "- `architecture.png`, `loss.png`" + (", `beam_scores.png`" if trajectories else ""),
-        "- `ckpt/`, `search/`, `state.json`: resume state (rerun the same command to continue an interrupted run)",
+        _resume_line(summary.get("keep_checkpoints", "all"), searched=bool(trajectories)),
         "",
     ]
     atomic_write_text(out / "report.md", "\n".join(lines))
+
+
+def _curves_line(tensorboard: str | None) -> str:
+    if tensorboard == "written to tb/":
+        return "- `metrics.jsonl`, `tb/`: training curves (JSON lines, TensorBoard)"
+    return f"- `metrics.jsonl`: training curves (JSON lines; TensorBoard {tensorboard or 'not written'})"
+
+
+def _resume_line(keep: str, *, searched: bool) -> str:
+    state = "`search/`, `state.json`" if searched else "`state.json`"
+    if keep == "none":
+        return f"- {state}: what the run did (its checkpoints were removed at the end: run.keep_checkpoints: none)"
+    which = "every phase's" if keep == "all" else "the last phase's"
+    return f"- `ckpt/` ({which} checkpoint), {state}: resume state (rerun the same command to continue)"
