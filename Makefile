@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of torch these machines carry; a bare `torch` would pull several GB of CUDA packages.
 TORCH   ?= torch==2.13.0
 
-.PHONY: venv test test-slow test-dist lint demo teacher bench replicate clean
+.PHONY: venv test test-slow test-dist lint demo teacher bench replicate curves clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -45,5 +45,10 @@ demo: $(STAMP)
 	$(BIN)/python -m jetvit.demo.run --out runs/demo $(DEMO_ARGS)
 
 # The paper's findings on the built-in teacher, several seeds: benchmarks/results/replication.md.
+# REPLICATE_ARGS="--budget converged" for the budget the learning curves justify (about 50 min a seed on 2 cores).
 replicate: $(STAMP)
-	$(BIN)/python benchmarks/replicate.py --out benchmarks/results
+	$(BIN)/python benchmarks/replicate.py --out benchmarks/results $(REPLICATE_ARGS)
+
+# How fast each kind of hybrid learns the built-in teacher: benchmarks/results/learning_curves.md.
+curves: $(STAMP)
+	$(BIN)/python benchmarks/learning_curves.py --out benchmarks/results $(CURVES_ARGS)
