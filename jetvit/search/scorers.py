@@ -6,7 +6,8 @@ features of the distillation target blocks:
 - `feature_mse`: the negative distillation loss (MSE over tokens, mean over target blocks);
 - `feature_cosine`: the mean cosine similarity of student and teacher tokens.
 
-The teacher's features are computed once, when the scorer is built, and kept on the CPU.
+The teacher's features are computed once, when the scorer is built, and kept where they are cheapest: on a GPU in
+bf16 (no host copy per process, half the memory, no transfer per candidate), on the CPU in fp32.
 
 Downstream scorers (segmentation mIoU, depth accuracy, from `jetvit.tasks`) plug in through the config as
 `score.scorer: "package.module:factory"`. The factory is called with those of the keywords `teacher` (the frozen
@@ -58,7 +59,8 @@ class FeatureScorer:
         self.device = torch.device(device)
         self.autocast = autocast
         self.images = images
-        self.teacher_feats = [[f.cpu() for f in feats] for feats in self._features(teacher)]
+        keep = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.teacher_feats = [[f.to(keep) for f in feats] for feats in self._features(teacher)]
 
     def _features(self, model: nn.Module) -> list[list[Tensor]]:
         was_training = model.training
@@ -76,7 +78,7 @@ class FeatureScorer:
         total, count = 0.0, 0
         for s_feats, t_feats in zip(self._features(model), self.teacher_feats):
             for s, t in zip(s_feats, t_feats):  # each (B, N, D)
-                t = t.to(s.device)
+                t = t.to(s.device, s.dtype)
                 if self.metric == "mse":
                     total += F.mse_loss(s, t, reduction="sum").item() / (s.shape[1] * s.shape[2])
                 else:
