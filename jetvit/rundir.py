@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from jetvit._config import build
 from jetvit.io import atomic_write_json, atomic_write_text, read_json, remove_stale_temporaries
 from jetvit.runtime import Runtime
 from jetvit.train.checkpoint import load_checkpoint
@@ -26,7 +27,7 @@ def check_out_dir(out: Path, cfg: Config) -> None:
         raise ValueError(f"--out {str(out)!r} is a file; the run directory must be a folder (new or of this run)")
     existing = out / CONFIG_NAME
     if existing.is_file():
-        old = read_yaml(existing)
+        old = _with_defaults(read_yaml(existing))
         diff = sorted(k for k in _diff_keys(old, to_dict(cfg)) if k not in HOW_NOT_WHAT)
         if diff:
             raise ValueError(
@@ -65,6 +66,15 @@ def read_yaml(path: Path) -> Any:
         return load_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ValueError(f"{path} is not valid YAML ({yaml_problem(e)}); restore it, or choose another --out") from None
+
+
+def _with_defaults(old: Any) -> Any:
+    """A saved config with the keys added to jetvit since it was written filled in with their defaults, so that a
+    run started by an older version resumes; as saved when it no longer builds (its differences are then listed)."""
+    try:
+        return to_dict(build(Config, old))
+    except (ValueError, TypeError):
+        return old
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:

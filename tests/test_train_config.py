@@ -92,3 +92,18 @@ def test_linear_block_options_override(tmp_path):
     cfg = load_config(_write(tmp_path, BASE), ["supernet.linear.rope=true", "supernet.linear.conv=static"])
     assert cfg.supernet.linear == LinearAttnConfig(rope=True, conv="static")
     assert load_config(_write(tmp_path, dump_yaml(cfg))) == cfg
+
+
+def test_a_run_written_before_a_key_existed_still_resumes(tmp_path):
+    import yaml
+
+    from jetvit.rundir import CONFIG_NAME, check_out_dir
+
+    cfg = load_config("tiny")
+    old = yaml.safe_load(dump_yaml(cfg))
+    del old["distill"]["depth_loss"]  # a key newer than the run directory, at its default
+    (tmp_path / CONFIG_NAME).write_text(yaml.safe_dump(old))
+    check_out_dir(tmp_path, cfg)  # resumes
+    changed = load_config("tiny", ["distill.depth_loss=ssi_gm"])
+    with pytest.raises(ValueError, match="differs in: distill.depth_loss"):
+        check_out_dir(tmp_path, changed)

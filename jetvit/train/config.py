@@ -20,6 +20,7 @@ from typing import Any
 from jetvit._config import build
 from jetvit.model import LinearAttnConfig, validate_arch
 from jetvit.schedule import SCHEDULES
+from jetvit.train.losses import DEPTH_LOSSES
 
 TARGET_PRESETS = ("last", "all", "dpt")
 KEEP_CHECKPOINTS = ("last", "all", "none")
@@ -93,6 +94,10 @@ class DistillConfig:
     targets: str | list[int] = "last"
     depth_weight: float = 0.0  # weight of a loss on the depth head's output against pseudo-labels
     depth_teacher: str | None = None  # where the pseudo-labels come from (a larger teacher); None: the teacher
+    # The depth loss (jetvit.train.losses): "ssi_mse", least-squares scale-and-shift-aligned MSE; "ssi_gm", Depth
+    # Anything's median/MAD affine-invariant L1 plus `gradient_weight` x MiDaS's multi-scale gradient matching.
+    depth_loss: str = "ssi_mse"
+    gradient_weight: float = 2.0  # ssi_gm: weight of the gradient-matching term (Depth Anything V2: 2)
     # `jetvit distill`: which teacher weights the converted student inherits: "all", or "mlp" (attention
     # projections re-initialised: the paper's ablation).
     inherit: str = "all"
@@ -331,6 +336,10 @@ def validate(cfg: Config) -> None:
             raise ValueError(f"{key} must be a positive int or [H, W], got {res}")
     if cfg.distill.inherit not in ("all", "mlp"):
         raise ValueError(f"distill.inherit {cfg.distill.inherit!r} is not one of all, mlp")
+    if cfg.distill.depth_loss not in DEPTH_LOSSES:
+        raise ValueError(f"distill.depth_loss {cfg.distill.depth_loss!r} is not one of {', '.join(DEPTH_LOSSES)}")
+    if cfg.distill.gradient_weight < 0:
+        raise ValueError(f"distill.gradient_weight must be >= 0, got {cfg.distill.gradient_weight}")
     if cfg.arch is not None:
         try:
             cfg.arch = validate_arch(cfg.arch)  # upper-cased, as every entry point takes it

@@ -4,7 +4,7 @@ The student (a supernet or a fixed hybrid) learns to reproduce the teacher's nor
 the downstream head reads (supplementary A.1): the last block for a linear segmentation head, the four
 DPT blocks for depth, or any list. The loss is the MSE over all tokens (prefix and patches) of those
 blocks, averaged over blocks; optionally plus a scale-and-shift-invariant loss of the student's depth head
-against pseudo-labels from a (larger) depth teacher.
+against pseudo-labels from a (larger) depth teacher (`distill.depth_loss`, in `jetvit.train.losses`).
 
 `train_phase` runs a list of stages (resolution, steps, global batch, lr schedule). For a supernet it
 samples one path per optimizer step (single-path sampling) from a generator seeded by the step, so every
@@ -38,6 +38,7 @@ from jetvit.schedule import lr_factor
 from jetvit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from jetvit.train.config import Config, StageConfig
 from jetvit.train.data import DistillBatches, ImageSet, SamplePlan
+from jetvit.train.losses import depth_loss_fn, ssi_mse  # noqa: F401 (ssi_mse: where callers found it)
 
 log = logging.getLogger(__name__)
 
@@ -67,19 +68,6 @@ def resolve_targets(spec: str | list[int], model: nn.Module) -> list[int]:
 def feature_loss(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
     """Mean over blocks of the MSE over tokens and channels; each (B, N, D)."""
     return torch.stack([F.mse_loss(s.float(), t.float()) for s, t in zip(student, teacher)]).mean()
-
-
-def ssi_mse(pred: Tensor, target: Tensor) -> Tensor:
-    """Scale-and-shift-invariant MSE of depth maps (B, H, W), relative to the target's variance.
-
-    Each prediction is aligned to its target by least squares (s * pred + t) before the error, as relative
-    depth from different models agrees only up to an affine map.
-    """
-    p, t = pred.flatten(1).float(), target.flatten(1).float()  # (B, HW)
-    pc, tc = p - p.mean(1, keepdim=True), t - t.mean(1, keepdim=True)
-    scale = (pc * tc).sum(1, keepdim=True) / pc.square().sum(1, keepdim=True).clamp_min(1e-12)
-    err = (scale * pc - tc).square().mean(1)
-    return (err / tc.square().mean(1).clamp_min(1e-12)).mean()
 
 
 class DistillStudent(nn.Module):
@@ -183,6 +171,7 @@ def train_phase(
     with_depth = phase.depth_weight > 0
     if with_depth and getattr(model, "depth_head", None) is None:
         raise ValueError("a depth loss (depth_weight > 0) needs a teacher with a depth head (Depth-Anything-V2)")
+    depth_loss = depth_loss_fn(cfg.distill.depth_loss, gradient_weight=cfg.distill.gradient_weight)
     student = DistillStudent(model, targets, with_depth=with_depth)
     model.set_grad_checkpointing(cfg.run.activation_checkpointing)  # the student's blocks only, never the teacher's
     wrapped: nn.Module = student
@@ -276,7 +265,7 @@ def train_phase(
                         with rt.autocast():
                             s_feats, depth = wrapped(x)
                         feat = feature_loss(s_feats, t_feats)
-                        loss = feat + phase.depth_weight * ssi_mse(depth, label) if with_depth else feat
+                        loss = feat + phase.depth_weight * depth_loss(depth, label) if with_depth else feat
                         (loss / batches.accum).backward()
                     loss_sum += loss.item()
                     feat_sum += feat.item()
