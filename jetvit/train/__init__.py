@@ -4,6 +4,8 @@
 - `data`: image folders and the built-in sample photos, random resized crops, deterministic per-step sampling
 - `distill`: distillation targets and losses, the resumable (DDP) training loop `train_phase`, and the distillation
   of a fixed architecture (`finetune`, `distill_arch`) shared by the pipeline and the benchmarks
+- `losses`: the depth losses on pseudo-labels (scale-and-shift-invariant MSE; Depth Anything's affine-invariant
+  loss with gradient matching)
 - `checkpoint`, `metrics`, `plots`, `report`: checkpoints with RNG state, JSON lines + TensorBoard, figures, report.md
 
 The recipe that puts these together with the search is `jetvit.pipeline`.
