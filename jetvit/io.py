@@ -16,7 +16,10 @@ if TYPE_CHECKING:
     from jetvit.model import ViTConfig
 
 FORMAT = "jetvit"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Model-config keys that format 2 added (YOLOS teachers), with the value every format-1 model has: a format-1 file
+# is read as if it had them.
+ADDED_IN_FORMAT_2 = {"pos_grid": None, "num_detection_tokens": 0, "block_pos_embed": False, "detection_head": None}
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
@@ -211,6 +214,8 @@ def read_model_config(meta: dict[str, Any], path: Path) -> ViTConfig:
     cfg = meta.get("config")
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: missing or malformed key 'config' (the model's settings, as jetvit.save writes)")
+    if version < 2:
+        cfg = {**ADDED_IN_FORMAT_2, **cfg}
     missing = [f.name for f in dataclasses.fields(ViTConfig) if f.name not in cfg]
     if isinstance(cfg.get("linear"), dict):
         missing += [f"linear.{f.name}" for f in dataclasses.fields(LinearAttnConfig) if f.name not in cfg["linear"]]

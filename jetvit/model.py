@@ -1,4 +1,5 @@
-"""The hybrid ViT: a plain pre-norm ViT (DINOv3 / DINOv2 layout) whose blocks each pick their attention kind.
+"""The hybrid ViT: a plain pre-norm ViT (DINOv3 / DINOv2 / ViT / YOLOS layout) whose blocks each pick their
+attention kind.
 
 What differs from a plain ViT:
 
@@ -6,15 +7,18 @@ What differs from a plain ViT:
   attention within non-overlapping windows of the patch grid, `L` ReLU-kernel linear attention plus a squeeze
   dynamic depthwise convolution on V. The letter picks the class from `ATTN_KINDS`; every kind has the same
   inherited projections (`qkv`, `proj`) and the same forward signature, so a teacher's weights load into any arch.
-- Prefix tokens (CLS, registers) are handled alike by `W` and `L`: as queries they attend to all tokens with exact
-  softmax attention (cost P*N), as keys/values every patch token sees them. The dynamic convolution acts on the
-  patch tokens only.
+- Global tokens (CLS, registers, YOLOS's detection tokens) are handled alike by `W` and `L`: as queries they attend
+  to all tokens with exact softmax attention (cost G*N), as keys/values every patch token sees them. The dynamic
+  convolution acts on the patch tokens only (docs/TEACHERS.md).
 - RoPE (DINOv3) is computed once per forward on the global patch grid; `W` blocks slice each token's rotation from
   it (never per window), `L` blocks rotate q/k before the kernel when `cfg.linear.rope` is set.
-- `forward_intermediates` returns normed patch maps (B, D, h, w) and prefix tokens of chosen blocks, the features
+- `forward_intermediates` returns normed patch maps (B, D, h, w) and global tokens of chosen blocks, the features
   the official heads read; `flops(H, W)` is the model's own cost model.
 
-Token layout: `[CLS, registers..., patches row-major (y, x)]`, P = 1 + num_registers prefix tokens.
+Token layout: `[CLS, registers..., patches row-major (y, x)]`, P = 1 + num_registers prefix tokens. YOLOS appends
+S detection tokens after the patches; they are global tokens like the prefix, so the blocks see them moved in front
+of the patches (`[CLS, detection tokens, patches]`, `TokenLayout.num_prefix` = G = P + S) and every output is put
+back in the teacher's order. A `W` block covering the whole grid therefore equals `F` with detection tokens present.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from torch import Tensor, nn
 from jetvit import ops
 from jetvit._config import from_dict
 
-FAMILIES = ("dinov3", "dinov2", "dinov2_reg", "depth_anything_v2", "jetvit")
+FAMILIES = ("dinov3", "dinov2", "dinov2_reg", "depth_anything_v2", "vit", "yolos", "jetvit")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -94,11 +98,19 @@ class ViTConfig:
     norm_eps: float = 1e-5
     pos_embed: str = "rope"  # "rope" (DINOv3) | "learned" (DINOv2)
     rope_base: float = 100.0
-    pos_interp: str = "official"  # learned pos-embed resize: "official" | "hf" | "hf_antialias"
+    pos_interp: str = "official"  # learned pos-embed resize: "official" | "hf" | "hf_antialias" | "yolos"
+    # The learned pos-embed grid (h, w) when it is not img_size/patch_size squared (YOLOS: 800x1344 px -> 50x84).
+    pos_grid: tuple[int, int] | None = None
+    # YOLOS: detection tokens, appended after the patches in the teacher's (and the outputs') token order; global
+    # tokens like CLS for every attention kind. `block_pos_embed`: a learned position embedding added to the input of
+    # every block but the first (YOLOS's mid-layer position embeddings).
+    num_detection_tokens: int = 0
+    block_pos_embed: bool = False
     arch: str = ""  # one letter per block; "" means all F (the teacher)
     window_size: int = 8  # W blocks: window side in patches
     linear: LinearAttnConfig = field(default_factory=LinearAttnConfig)
     depth_head: dict[str, Any] | None = None  # DPT head config (jetvit.heads.DPTConfig fields), if any
+    detection_head: dict[str, Any] | None = None  # YOLOS class and box heads (`DetectionHeadConfig` fields), if any
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -114,8 +126,16 @@ class ViTConfig:
             raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
         if self.pos_embed not in ("rope", "learned"):
             raise ValueError(f"pos_embed must be 'rope' or 'learned', got {self.pos_embed!r}")
-        if self.pos_interp not in ("official", "hf", "hf_antialias"):
-            raise ValueError(f"pos_interp must be 'official', 'hf' or 'hf_antialias', got {self.pos_interp!r}")
+        if self.pos_interp not in ("official", "hf", "hf_antialias", "yolos"):
+            raise ValueError(f"pos_interp must be 'official', 'hf', 'hf_antialias' or 'yolos', got {self.pos_interp!r}")
+        if self.pos_grid is not None:
+            self.pos_grid = tuple(self.pos_grid)
+        if self.num_detection_tokens < 0:
+            raise ValueError(f"num_detection_tokens must be >= 0, got {self.num_detection_tokens}")
+        if (self.num_detection_tokens or self.block_pos_embed) and self.pos_embed != "learned":
+            raise ValueError("detection tokens and block_pos_embed need pos_embed='learned' (YOLOS)")
+        if self.detection_head is not None and not self.num_detection_tokens:
+            raise ValueError("a detection_head needs num_detection_tokens > 0")
         if self.window_size < 1:
             raise ValueError(f"window_size must be >= 1, got {self.window_size}")
         self.arch = validate_arch(self.arch or "F" * self.depth, self.depth)
@@ -126,7 +146,19 @@ class ViTConfig:
 
     @property
     def num_prefix_tokens(self) -> int:
+        """CLS + registers: the tokens before the patches."""
         return 1 + self.num_registers
+
+    @property
+    def num_global_tokens(self) -> int:
+        """The tokens that are not patches (CLS, registers, detection tokens): every attention kind treats them as
+        global tokens (exact softmax attention over all tokens as queries, seen by every patch as keys)."""
+        return self.num_prefix_tokens + self.num_detection_tokens
+
+    @property
+    def learned_grid(self) -> tuple[int, int]:
+        """The patch grid (h, w) of the learned position embedding."""
+        return self.pos_grid or (self.img_size // self.patch_size, self.img_size // self.patch_size)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -159,8 +191,10 @@ class TokenLayout(NamedTuple):
     """What an attention block needs to know about the token sequence besides the tokens."""
 
     grid: tuple[int, int]  # patch grid (h, w)
-    num_prefix: int
+    num_prefix: int  # global tokens in front of the patches: CLS, registers, and YOLOS's detection tokens
     rope: tuple[Tensor, Tensor] | None  # (cos, sin), each (h*w, head_dim), or None without RoPE
+    # YOLOS: (L-1, 1, N, D) position embeddings added to the input of blocks 1..L-1 (in the internal token order)
+    block_pos: Tensor | None = None
 
 
 def rope_tables(grid: tuple[int, int], head_dim: int, base: float, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -179,26 +213,38 @@ def rope_tables(grid: tuple[int, int], head_dim: int, base: float, device: torch
     return angles.cos(), angles.sin()
 
 
-def resize_pos_embed(pos: Tensor, grid: tuple[int, int], img_hw: tuple[int, int], mode: str) -> Tensor:
-    """Resize a learned (1, 1 + M*M, D) position embedding to an (h, w) grid, as the weights' source code does.
+def resize_pos_embed(
+    pos: Tensor,
+    grid: tuple[int, int],
+    img_hw: tuple[int, int],
+    mode: str,
+    *,
+    stored_grid: tuple[int, int] | None = None,
+    num_suffix: int = 0,
+) -> Tensor:
+    """Resize a learned position embedding (..., 1 + M_h*M_w + S, D) (CLS, the stored patch grid, `num_suffix`
+    detection tokens) to an (h, w) grid, as the weights' source code does; CLS and suffix entries are kept.
 
-    `official` (DINOv2 / Depth-Anything-V2): bicubic with scale factor ((h + 0.1)/M, (w + 0.1)/M);
-    `hf` (transformers Dinov2): bicubic to size (h, w); `hf_antialias` (Dinov2WithRegisters): the same, antialiased.
-    All skip the resize for a square image whose grid equals the stored one.
+    `official` (DINOv2 / Depth-Anything-V2 / DINO v1): bicubic with scale factor ((h + 0.1)/M, (w + 0.1)/M);
+    `hf` (transformers Dinov2 and ViT): bicubic to size (h, w); `hf_antialias` (Dinov2WithRegisters): the same,
+    antialiased. All three skip the resize for a square image whose token count equals the stored one.
+    `yolos` (transformers Yolos): bicubic to size (h, w), always applied. `stored_grid` defaults to a square one.
     """
     h, w = grid
-    M = int(math.isqrt(pos.shape[1] - 1))
-    if h * w == M * M and img_hw[0] == img_hw[1]:
+    M_h, M_w = stored_grid or (math.isqrt(pos.shape[-2] - 1 - num_suffix),) * 2
+    if mode != "yolos" and h * w == M_h * M_w and img_hw[0] == img_hw[1]:
         return pos
-    cls_pos, patch_pos = pos[:, :1], pos[:, 1:]
-    dim = pos.shape[-1]
-    patch_pos = patch_pos.reshape(1, M, M, dim).permute(0, 3, 1, 2).float()  # (1, D, M, M)
+    lead, dim = pos.shape[:-2], pos.shape[-1]
+    pos = pos.reshape(-1, *pos.shape[-2:])  # (B', 1 + M_h*M_w + S, D)
+    cls_pos, patch_pos = pos[:, :1], pos[:, 1 : pos.shape[1] - num_suffix]
+    suffix_pos = pos[:, pos.shape[1] - num_suffix :]
+    patch_pos = patch_pos.reshape(-1, M_h, M_w, dim).permute(0, 3, 1, 2).float()  # (B', D, M_h, M_w)
     if mode == "official":
-        patch_pos = F.interpolate(patch_pos, scale_factor=((h + 0.1) / M, (w + 0.1) / M), mode="bicubic")
+        patch_pos = F.interpolate(patch_pos, scale_factor=((h + 0.1) / M_h, (w + 0.1) / M_w), mode="bicubic")
     else:
         patch_pos = F.interpolate(patch_pos, size=(h, w), mode="bicubic", antialias=mode == "hf_antialias")
-    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, h * w, dim)
-    return torch.cat((cls_pos, patch_pos), dim=1)
+    patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(-1, h * w, dim)  # (B', h*w, D)
+    return torch.cat((cls_pos, patch_pos, suffix_pos), dim=1).reshape(*lead, -1, dim)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -453,6 +499,48 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, h*w, D)
 
 
+@dataclass
+class DetectionHeadConfig:
+    """YOLOS's heads on the detection tokens: two MLPs of `num_layers` Linear layers (width D, ReLU between)."""
+
+    num_labels: int  # object classes; the class head has one more output, "no object"
+    num_layers: int = 3
+
+    def __post_init__(self) -> None:
+        if self.num_labels < 1 or self.num_layers < 1:
+            raise ValueError(f"detection head needs num_labels >= 1 and num_layers >= 1, got {self}")
+
+
+class MlpHead(nn.Module):
+    """Linear layers with ReLU between them (DETR's / YOLOS's prediction MLP)."""
+
+    def __init__(self, dim: int, out: int, num_layers: int) -> None:
+        super().__init__()
+        widths = [dim] * num_layers + [out]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class DetectionHead(nn.Module):
+    """YOLOS: detection tokens (B, S, D) -> (class logits (B, S, num_labels + 1), sigmoid boxes (B, S, 4))."""
+
+    def __init__(self, cfg: ViTConfig) -> None:
+        super().__init__()
+        self.cfg = from_dict(DetectionHeadConfig, cfg.detection_head, "detection_head")
+        self.class_head = MlpHead(cfg.dim, self.cfg.num_labels + 1, self.cfg.num_layers)
+        self.box_head = MlpHead(cfg.dim, 4, self.cfg.num_layers)
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        return self.class_head(tokens), self.box_head(tokens).sigmoid()
+
+    def flops(self, num_tokens: int) -> int:
+        return sum(2 * num_tokens * m.in_features * m.out_features for m in self.modules() if isinstance(m, nn.Linear))
+
+
 class HybridViT(nn.Module):
     """A DINOv3/DINOv2-layout ViT whose block i uses attention kind `cfg.arch[i]`.
 
@@ -466,11 +554,17 @@ class HybridViT(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.register_tokens = nn.Parameter(torch.zeros(1, cfg.num_registers, D)) if cfg.num_registers else None
+        # YOLOS's detection tokens; with their position embeddings stored after the patches' (the teacher's order).
+        S = cfg.num_detection_tokens
+        self.det_tokens = nn.Parameter(torch.zeros(1, S, D)) if S else None
         if cfg.pos_embed == "learned":
-            grid = cfg.img_size // cfg.patch_size
-            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + grid * grid, D))
+            gh, gw = cfg.learned_grid
+            self.pos_embed = nn.Parameter(torch.zeros(1, 1 + gh * gw + cfg.num_detection_tokens, D))
         else:
             self.pos_embed = None
+        self.block_pos_embed = (
+            nn.Parameter(torch.zeros(cfg.depth - 1, 1, self.pos_embed.shape[1], D)) if cfg.block_pos_embed else None
+        )
         self.blocks = nn.ModuleList(Block(cfg, kind) for kind in cfg.arch)
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
         self.depth_head: nn.Module | None = None
@@ -478,6 +572,7 @@ class HybridViT(nn.Module):
             from jetvit.heads import DPTConfig, DPTHead
 
             self.depth_head = DPTHead(DPTConfig.from_dict(cfg.depth_head))
+        self.detection_head = DetectionHead(cfg) if cfg.detection_head is not None else None
         self.grad_checkpointing = False  # see set_grad_checkpointing
         self._init_weights()
 
@@ -487,8 +582,9 @@ class HybridViT(nn.Module):
         nn.init.trunc_normal_(self.cls_token, std=0.02)
         if self.register_tokens is not None:
             nn.init.trunc_normal_(self.register_tokens, std=0.02)
-        if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for p in (self.det_tokens, self.pos_embed, self.block_pos_embed):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
         for blk in self.blocks:
             for m in (blk.attn.qkv, blk.attn.proj, *[c for c in blk.mlp.children() if isinstance(c, nn.Linear)]):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -539,7 +635,9 @@ class HybridViT(nn.Module):
         of compute. Outputs and gradients are unchanged."""
         self.grad_checkpointing = enable
 
-    def _block(self, blk: nn.Module, x: Tensor, layout: TokenLayout) -> Tensor:
+    def _block(self, i: int, blk: nn.Module, x: Tensor, layout: TokenLayout) -> Tensor:
+        if layout.block_pos is not None and i > 0:
+            x = x + layout.block_pos[i - 1]  # YOLOS: added after block i-1 (its recorded output excludes it)
         if self.grad_checkpointing and torch.is_grad_enabled():
             from torch.utils.checkpoint import checkpoint
 
@@ -547,53 +645,76 @@ class HybridViT(nn.Module):
         return blk(x, layout)
 
     def prepare_tokens(self, x: Tensor) -> tuple[Tensor, TokenLayout]:
-        """Images (B, C, H, W) -> tokens (B, P + h*w, D) and the layout the blocks need."""
+        """Images (B, C, H, W) -> tokens (B, G + h*w, D) in the internal order (global tokens first: CLS, registers,
+        detection tokens; then patches) and the layout the blocks need."""
         if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
             raise ValueError(f"expected images of shape (B, {self.cfg.in_chans}, H, W), got {tuple(x.shape)}")
         B, _, H, W = x.shape
         grid = self.grid_size(H, W)
         x = self.patch_embed(x)  # (B, h*w, D)
         cls = self.cls_token.expand(B, -1, -1)
-        rope = None
+        S = self.cfg.num_detection_tokens
+        rope, block_pos, det = None, None, []
         if self.pos_embed is not None:
-            # DINOv2: the position embedding covers CLS and patches; registers are inserted after it.
-            x = torch.cat((cls, x), dim=1) + resize_pos_embed(self.pos_embed, grid, (H, W), self.cfg.pos_interp)
+            # DINOv2 / ViT: the position embedding covers CLS and patches; registers are inserted after it.
+            # YOLOS: CLS, patches, detection tokens; moved in front of the patches here (`_teacher_order` undoes it).
+            resize = dict(stored_grid=self.cfg.learned_grid, num_suffix=S)
+            pos = resize_pos_embed(self.pos_embed, grid, (H, W), self.cfg.pos_interp, **resize)
+            if S:
+                det = [self.det_tokens.expand(B, -1, -1) + pos[:, -S:]]
+                pos = pos[:, :-S]
+            x = torch.cat((cls, x), dim=1) + pos
             cls, x = x[:, :1], x[:, 1:]
+            if self.block_pos_embed is not None:
+                block_pos = resize_pos_embed(self.block_pos_embed, grid, (H, W), self.cfg.pos_interp, **resize)
+                if S:  # (L-1, 1, 1 + h*w + S, D) -> (L-1, 1, 1 + S + h*w, D), the internal order
+                    block_pos = torch.cat((block_pos[..., :1, :], block_pos[..., -S:, :], block_pos[..., 1:-S, :]), -2)
         else:
             rope = rope_tables(grid, self.cfg.head_dim, self.cfg.rope_base, x.device)
         prefix = [cls] if self.register_tokens is None else [cls, self.register_tokens.expand(B, -1, -1)]
-        x = torch.cat((*prefix, x), dim=1)
-        return x, TokenLayout(grid, self.num_prefix_tokens, rope)
+        x = torch.cat((*prefix, *det, x), dim=1)
+        return x, TokenLayout(grid, self.cfg.num_global_tokens, rope, block_pos)
+
+    def _teacher_order(self, x: Tensor) -> Tensor:
+        """Internal token order -> the teacher's: YOLOS's detection tokens go back after the patches."""
+        S = self.cfg.num_detection_tokens
+        if not S:
+            return x
+        P = self.cfg.num_prefix_tokens
+        return torch.cat((x[:, :P], x[:, P + S :], x[:, P : P + S]), dim=1)
 
     def forward_hidden_states(self, x: Tensor) -> list[Tensor]:
-        """[embeddings, output of block 0, ..., output of block L-1], each (B, P + h*w, D), before the final norm."""
+        """[embeddings, output of block 0, ..., output of block L-1], each (B, G + h*w, D) in the teacher's token
+        order, before the final norm (YOLOS: a block's output before the next block's position embedding is added)."""
         x, layout = self.prepare_tokens(x)
-        states = [x]
-        for blk in self.blocks:
-            x = self._block(blk, x, layout)
-            states.append(x)
+        states = [self._teacher_order(x)]
+        for i, blk in enumerate(self.blocks):
+            x = self._block(i, blk, x, layout)
+            states.append(self._teacher_order(x))
         return states
 
     def forward(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> final normed tokens (B, P + h*w, D)."""
+        """Images (B, C, H, W) -> final normed tokens (B, G + h*w, D) in the teacher's token order: CLS, registers,
+        patches row-major, then YOLOS's detection tokens."""
         x, layout = self.prepare_tokens(x)
-        for blk in self.blocks:
-            x = self._block(blk, x, layout)
-        return self.norm(x)
+        for i, blk in enumerate(self.blocks):
+            x = self._block(i, blk, x, layout)
+        return self._teacher_order(self.norm(x))
 
     def forward_intermediates(
         self, x: Tensor, indices: Sequence[int], *, norm: bool = True
     ) -> list[tuple[Tensor, Tensor]]:
         """Features of blocks `indices` (0-based, negatives count from the end) as the official heads read them:
-        a list of (patches (B, D, h, w), prefix (B, P, D)), after the final norm when `norm`. Stops after the
-        deepest requested block."""
+        a list of (patches (B, D, h, w), global tokens (B, G, D)), after the final norm when `norm`. The global tokens
+        are the non-patch tokens in the teacher's order (CLS, registers, detection tokens). Stops after the deepest
+        requested block."""
         idx = self.block_indices(indices)
         x, layout = self.prepare_tokens(x)
         h, w = layout.grid
         P = layout.num_prefix
         wanted: dict[int, tuple[Tensor, Tensor]] = {}
         for i, blk in enumerate(self.blocks[: max(idx) + 1]):
-            x = self._block(blk, x, layout)
+            x = self._block(i, blk, x, layout)
             if i in idx:
                 y = self.norm(x) if norm else x
                 patches = y[:, P:].transpose(1, 2).reshape(y.shape[0], -1, h, w)  # (B, D, h, w)
@@ -612,6 +733,13 @@ class HybridViT(nn.Module):
         feats = self.forward_intermediates(x, self.depth_head.cfg.layers)
         return self.depth_head(feats, (x.shape[-2], x.shape[-1]))
 
+    def predict_detections(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """YOLOS: (class logits (B, S, num_labels + 1), boxes (B, S, 4) as sigmoid (cx, cy, w, h) in [0, 1]) from the
+        S detection tokens' final normed features."""
+        if self.detection_head is None:
+            raise ValueError("this model has no detection head (only YOLOS object-detection teachers carry one)")
+        return self.detection_head(self(x)[:, -self.cfg.num_detection_tokens :])
+
     # -- cost model -------------------------------------------------------------------------------------------
 
     def flops(self, height: int, width: int, *, batch: int = 1) -> dict[str, Any]:
@@ -622,7 +750,7 @@ class HybridViT(nn.Module):
         """
         cfg = self.cfg
         h, w = self.grid_size(height, width)
-        Np, P, D = h * w, cfg.num_prefix_tokens, cfg.dim
+        Np, P, D = h * w, cfg.num_global_tokens, cfg.dim
         N = Np + P
         mlp_mults = 3 if cfg.mlp == "swiglu" else 2
         dense = 2 * N * D * 3 * D + 2 * N * D * D + 2 * N * D * cfg.mlp_hidden * mlp_mults
@@ -631,6 +759,8 @@ class HybridViT(nn.Module):
         head = 0
         if self.depth_head is not None and hasattr(self.depth_head, "flops"):
             head = batch * self.depth_head.flops(height, width, (h, w))
+        if self.detection_head is not None:
+            head += batch * self.detection_head.flops(cfg.num_detection_tokens)
         return {"blocks": per_block, "embed": embed, "head": head, "total": sum(per_block) + embed + head}
 
     def extra_repr(self) -> str:
@@ -638,5 +768,5 @@ class HybridViT(nn.Module):
 
 
 def token_features(feats: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
-    """`forward_intermediates` output -> per block (B, N, D): prefix tokens then patch tokens, row-major."""
+    """`forward_intermediates` output -> per block (B, N, D): global tokens then patch tokens, row-major."""
     return [torch.cat((prefix, patches.flatten(2).transpose(1, 2)), dim=1) for patches, prefix in feats]

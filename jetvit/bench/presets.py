@@ -5,7 +5,10 @@ downloading a checkpoint. Shapes follow the released models (REFERENCE.md sectio
 
 - DINOv3 (patch 16, 4 registers, RoPE, LayerNorm eps 1e-5, q/v bias without k bias; 7B has no qkv bias at all);
 - Depth-Anything-V2 = DINOv2 (patch 14, learned position embedding for 518 px, no registers, eps 1e-6) plus the
-  DPT head of that size (`depth_head`), which the benchmark runs only when asked (`--head`).
+  DPT head of that size (`depth_head`), which the benchmark runs only when asked (`--head`);
+- DINO v1 ViT-B/16 (CLS only, learned position embedding for 224 px, no LayerScale, q/k/v biases, eps 1e-6);
+- YOLOS-Base: ViT-B/16 with 100 detection tokens after the patches, a learned position embedding for an 800x1344 px
+  grid plus one per block (mid-layer), and the COCO class and box heads (docs/TEACHERS.md).
 
 `tiny` is a 3-block toy for tests and smoke runs.
 """
@@ -58,6 +61,52 @@ def _dav2(name: str) -> dict[str, Any]:
     )
 
 
+def _dino(name: str) -> dict[str, Any]:
+    size = released.DINO[name]
+    return dict(
+        family="vit",
+        img_size=224,
+        patch_size=int(name.removeprefix("vits").removeprefix("vitb")),
+        dim=size.dim,
+        depth=size.depth,
+        num_heads=size.heads,
+        mlp=size.mlp,
+        mlp_hidden=size.mlp_hidden,
+        qkv_bias=True,
+        k_bias=True,
+        num_registers=0,
+        layerscale=False,
+        norm_eps=1e-6,
+        pos_embed="learned",
+        pos_interp="official",
+    )
+
+
+def _yolos_base() -> dict[str, Any]:
+    size, (img_h, img_w), patch = released.YOLOS_BASE, released.YOLOS_BASE_IMAGE, 16
+    return dict(
+        family="yolos",
+        img_size=img_h,
+        patch_size=patch,
+        dim=size.dim,
+        depth=size.depth,
+        num_heads=size.heads,
+        mlp=size.mlp,
+        mlp_hidden=size.mlp_hidden,
+        qkv_bias=True,
+        k_bias=True,
+        num_registers=0,
+        layerscale=False,
+        norm_eps=1e-12,  # transformers' YolosConfig default, which the conversion keeps
+        pos_embed="learned",
+        pos_interp="yolos",
+        pos_grid=(img_h // patch, img_w // patch),
+        num_detection_tokens=released.YOLOS_DETECTION_TOKENS,
+        block_pos_embed=True,
+        detection_head=dict(num_labels=released.YOLOS_COCO_LABELS, num_layers=3),
+    )
+
+
 # name -> the ViTConfig fields of that architecture (everything but `arch`)
 PRESETS: dict[str, dict[str, Any]] = {
     "dinov3-s": _dinov3("vits16"),
@@ -71,6 +120,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dav2-b": _dav2("vitb14"),
     "dav2-l": _dav2("vitl14"),
     "dav2-g": _dav2("vitg14"),
+    "dino-b": _dino("vitb16"),
+    "yolos-b": _yolos_base(),
     "tiny": dict(_dinov3("vits16"), dim=64, depth=3, num_heads=2, mlp_hidden=128, window_size=4),
 }
 

@@ -9,7 +9,10 @@
 | a Hugging Face directory, `config.json` `model_type` = `dinov3_vit` | `hf_dinov3` |
 | ... `dinov2` / `dinov2_with_registers` | `hf_dinov2` |
 | ... `depth_anything` (DAv2 relative or metric) | `hf_depth_anything` |
+| ... `vit` (DINO v1, DeiT, Google ViT; `ViTModel` or `ViTForImageClassification`) | `hf_vit` |
+| ... `yolos` (`YolosModel`, `YolosForObjectDetection` with its class and box heads) | `hf_yolos` |
 | a `.pth` / `.pt` / `.safetensors` file, official DINOv3 keys | `official_dinov3` |
+| ... official DINO v1 keys (DINOv2's layout without LayerScale, registers or mask token) | `official_dino` |
 | ... official DINOv2 or Depth-Anything-V2 keys (`pretrained.*` + `depth_head.*`) | `official_dinov2` |
 | anything else of the form `owner/name` | a Hub id: `huggingface_hub.snapshot_download`, then as a directory |
 
@@ -33,7 +36,7 @@ import torch
 from jetvit.model import HybridViT, ViTConfig
 from jetvit.teachers import common
 
-HF_MODEL_TYPES = ("dinov3_vit", "dinov2", "dinov2_with_registers", "depth_anything")
+HF_MODEL_TYPES = ("dinov3_vit", "dinov2", "dinov2_with_registers", "depth_anything", "vit", "yolos")
 # The name of the packaged built-in teacher; a folder of that name is `./builtin`.
 BUILTIN = "builtin"
 
@@ -61,7 +64,8 @@ def load_teacher(
     src: `"builtin"` (the packaged built-in teacher, `builtin_teacher_dir()`), a `jetvit.save` directory, a Hugging
       Face model directory, an official checkpoint file, or a Hub id.
     Options for official checkpoint files only (their size is otherwise read from the tensors' shapes):
-      size: a released size name (DINOv3 `vits16`, `vitl16plus`, `vit7b16`...; DINOv2/DAv2 `vits`..`vitg`);
+      size: a released size name (DINOv3 `vits16`, `vitl16plus`, `vit7b16`...; DINOv2/DAv2 `vits`..`vitg`; DINO v1
+        `vits16`, `vits8`, `vitb16`, `vitb8`);
       num_heads: the number of heads of a non-released size;
       head_layers: the 4 blocks a DAv2 head reads, for a non-released size;
       metric, max_depth: a DAv2 metric head (sigmoid * max_depth). The file cannot tell; released file names
@@ -150,14 +154,22 @@ def _load_dir(path: Path, dtype: torch.dtype) -> HybridViT:
     model_type = hf_config.get("model_type") if isinstance(hf_config, dict) else None
     if model_type not in HF_MODEL_TYPES:
         raise ValueError(f"{path}: unsupported model_type {model_type!r} in config.json; supported: {HF_MODEL_TYPES}")
-    cfg, convert = _hf_converter(hf_config)
     sd = common.read_hf_weights(path)
+    cfg, convert = _hf_converter(hf_config, sd)
     return _build(cfg, convert(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
 
 
-def _hf_converter(hf_config: dict[str, Any]):
-    """(ViTConfig, convert(sd, cfg, source=...)) for an HF config."""
+def _hf_converter(hf_config: dict[str, Any], sd: dict[str, torch.Tensor] | None = None):
+    """(ViTConfig, convert(sd, cfg, source=...)) for an HF config and its weights `sd` (None: the config alone)."""
     model_type = hf_config["model_type"]
+    if model_type == "vit":
+        from jetvit.teachers import hf_vit
+
+        return hf_vit.config_from_hf(hf_config), hf_vit.convert_state_dict
+    if model_type == "yolos":
+        from jetvit.teachers import hf_yolos
+
+        return hf_yolos.config_from_hf(hf_config, sd), hf_yolos.convert_state_dict
     if model_type == "dinov3_vit":
         from jetvit.teachers import hf_dinov3
 
@@ -183,7 +195,7 @@ def _load_file(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
 
 
 def _load_official(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
-    from jetvit.teachers import official_dinov2, official_dinov3
+    from jetvit.teachers import official_dino, official_dinov2, official_dinov3
 
     sd = common.read_weights(path)
     if official_dinov3.is_official_dinov3(sd):
@@ -194,6 +206,14 @@ def _load_official(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
             )
         cfg = official_dinov3.config_from_state_dict(sd, size=opts["size"], num_heads=opts["num_heads"])
         return _build(cfg, official_dinov3.convert_state_dict(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
+    if official_dino.is_official_dino(sd):  # before DINOv2: the same layout less LayerScale, registers, mask token
+        dino_opts = {k: v for k, v in opts.items() if v is not None and k not in ("size", "num_heads")}
+        if dino_opts:
+            raise ValueError(
+                f"options {sorted(dino_opts)} apply to Depth-Anything-V2 checkpoints, not DINO v1 ({path})"
+            )
+        cfg = official_dino.config_from_state_dict(sd, size=opts["size"], num_heads=opts["num_heads"])
+        return _build(cfg, official_dino.convert_state_dict(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
     if official_dinov2.is_official_dav2(sd) or official_dinov2.is_official_dinov2(sd):
         cfg = official_dinov2.config_from_state_dict(sd, path=path, **opts)
         return _build(cfg, official_dinov2.convert_state_dict(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
@@ -206,7 +226,7 @@ def _load_official(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
     sample = sorted(sd)[:8]
     raise ValueError(
         f"{path}: unknown checkpoint format (keys {sample}...); expected official DINOv3 (cls_token, storage_tokens, "
-        f"blocks.N.attn.qkv...), official DINOv2 (pos_embed, blocks.N...) or Depth-Anything-V2 "
+        f"blocks.N.attn.qkv...), official DINOv2 / DINO v1 (pos_embed, blocks.N...) or Depth-Anything-V2 "
         f"(pretrained.*, depth_head.*)"
     )
 

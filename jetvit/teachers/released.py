@@ -48,3 +48,19 @@ DAV2_HEADS: dict[int, DPTSize] = {
     1024: DPTSize(256, [256, 512, 1024, 1024], [4, 11, 17, 23]),
     1536: DPTSize(384, [1536] * 4, [9, 19, 29, 39]),
 }
+
+# DINO v1 (official `dino_{deitsmall,vitbase}{16,8}_pretrain.pth`, HF `facebook/dino-vit{s,b}{16,8}`): plain ViTs,
+# CLS only, learned pos-embed for 224 px, no LayerScale, q/k/v biases, LayerNorm eps 1e-6.
+DINO: dict[str, Size] = {
+    "vits16": Size(384, 12, 6, "gelu", 1536),
+    "vits8": Size(384, 12, 6, "gelu", 1536),
+    "vitb16": Size(768, 12, 12, "gelu", 3072),
+    "vitb8": Size(768, 12, 12, "gelu", 3072),
+}
+
+# YOLOS-Base (`hustvl/yolos-base`, transformers' conversion script): ViT-B/16, 800x1344 px position grid (50x84),
+# 100 detection tokens, mid-layer position embeddings, COCO heads (91 labels + "no object").
+YOLOS_BASE = Size(768, 12, 12, "gelu", 3072)
+YOLOS_BASE_IMAGE = (800, 1344)
+YOLOS_DETECTION_TOKENS = 100
+YOLOS_COCO_LABELS = 91
