@@ -5,6 +5,7 @@
   official checkpoint's `depth_head.*` tensors load by identity; `dpt_hf_to_official_keys()` is the explicit table
   for Hugging Face `DepthAnythingForDepthEstimation` checkpoints (`neck.*`, `head.*`).
 - `LinearSegHead`: DINOv3's linear segmentation probe on the normed last-block patch features.
+- `LinearClsHead`: DINO's linear classification probe on the normed CLS token(s), optionally with the mean patch token.
 
 Feature notation in this file: B batch, D backbone width, (h, w) patch grid, P prefix tokens (CLS + registers),
 C channels of a DPT level, F the DPT fusion width, (H, W) output image size.
@@ -282,3 +283,62 @@ class LinearSegHead(nn.Module):
         """patch: normed last-block patch features (B, D, h, w); size: (H, W) -> logits (B, classes, H, W)."""
         logits = self.conv(self.bn(self.dropout(patch)))  # (B, classes, h, w)
         return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Linear classification probe (DINO v1 linear evaluation)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LinearClsConfig:
+    """in_dim: backbone width D; num_classes: output classes; n_last_blocks: the CLS tokens of that many last blocks
+    are concatenated; avgpool: the last block's mean patch token is appended (DINO: 4 blocks for ViT-S, 1 + avgpool
+    for ViT-B)."""
+
+    in_dim: int
+    num_classes: int
+    n_last_blocks: int = 1
+    avgpool: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 1:
+            raise ValueError(f"LinearClsConfig.num_classes must be >= 1, got {self.num_classes}")
+        if self.n_last_blocks < 1:
+            raise ValueError(f"LinearClsConfig.n_last_blocks must be >= 1, got {self.n_last_blocks}")
+
+    @property
+    def feature_dim(self) -> int:
+        return self.in_dim * (self.n_last_blocks + int(self.avgpool))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LinearClsConfig:
+        return from_dict(cls, d, "LinearClsConfig")
+
+
+class LinearClsHead(nn.Module):
+    """DINO's `LinearClassifier`: one linear layer (weights N(0, 0.01^2), zero bias) on concatenated global features."""
+
+    def __init__(self, cfg: LinearClsConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.linear = nn.Linear(cfg.feature_dim, cfg.num_classes)
+        nn.init.normal_(self.linear.weight, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def features(self, feats: Features) -> Tensor:
+        """The last `n_last_blocks` intermediates (patches (B, D, h, w), prefix (B, P, D)), oldest first ->
+        (B, feature_dim): their CLS tokens, then (avgpool) the mean patch token of the last one."""
+        if len(feats) != self.cfg.n_last_blocks:
+            raise ValueError(f"the head reads {self.cfg.n_last_blocks} blocks, got features of {len(feats)}")
+        parts = [prefix[:, 0] for _, prefix in feats]  # n_last_blocks x (B, D)
+        if self.cfg.avgpool:
+            parts.append(feats[-1][0].mean(dim=(2, 3)))  # (B, D)
+        return torch.cat(parts, dim=-1)  # (B, feature_dim)
+
+    def forward(self, feats: Features) -> Tensor:
+        """Intermediates of the last `n_last_blocks` blocks (see `features`) -> logits (B, classes)."""
+        return self.linear(self.features(feats).float())

@@ -97,3 +97,15 @@ def limit(dataset: Any, n: int | None, *, option: str) -> Any:
     from torch.utils.data import Subset
 
     return Subset(dataset, range(min(n, len(dataset))))
+
+
+def class_spread_limit(dataset: Any, n: int | None, *, option: str) -> Any:
+    """`n` samples of a class-sorted dataset drawn with a fixed seed, the same on every call (all when n is None):
+    the first n of an image folder would hold only its first classes. `option` names the flag in the error."""
+    if n is None:
+        return dataset
+    if n < 1:
+        raise ValueError(f"{option} must be >= 1, got {n}")
+    from jetvit.tasks.scorers import fixed_subset
+
+    return fixed_subset(dataset, n, seed=0)

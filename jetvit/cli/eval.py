@@ -1,9 +1,11 @@
-"""`jetvit eval`: evaluate a hybrid (and its teacher) on segmentation or depth, side by side.
+"""`jetvit eval`: evaluate a hybrid (and its teacher) on segmentation, depth or classification, side by side.
 
 seg: a linear probe (`--head`, from `jetvit probe`, trained on the teacher) is applied to each model's features.
 depth: each model uses its own DPT head when it carries one (a converted Depth-Anything hybrid inherits the
 teacher's), otherwise the teacher's head on its intermediates. `--dataset folder` scores AbsRel / delta1 on a depth
 folder; `--dataset da2k` scores DA2K pair-ordering accuracy.
+cls: a linear classification probe (`--head`, from `jetvit probe --task cls`) on each model's CLS tokens, top-1 /
+top-5 on an image folder (`--data ROOT` with `ROOT/{split}/CLASS/*`); no figures.
 
 Writes into --out: `results.json` (every metric of every model) and `figures/NNN.png` (image, ground truth, teacher
 and student predictions next to each other).
@@ -17,16 +19,17 @@ import os
 from pathlib import Path
 from typing import Any
 
-from jetvit.cli.common import limit, load_source
+from jetvit.cli.common import class_spread_limit, limit, load_source
 
-TASKS = ("seg", "depth")
-DATASETS = {"seg": ("cityscapes", "ade20k", "folder"), "depth": ("folder", "da2k")}
+TASKS = ("seg", "depth", "cls")
+DATASETS = {"seg": ("cityscapes", "ade20k", "folder"), "depth": ("folder", "da2k"), "cls": ("folder",)}
 DEFAULT_SPLIT = {"cityscapes": "val", "ade20k": "validation", "folder": "val"}
 # What each task reports: (result key, row label, scale for display).
 ROWS = {
     "seg": [("miou", "mIoU (%)", 100.0), ("pixel_acc", "pixel acc (%)", 100.0), ("seconds", "seconds", 1.0)],
     "depth": [("abs_rel", "AbsRel", 1.0), ("delta1", "delta1 (%)", 100.0), ("seconds", "seconds", 1.0)],
     "da2k": [("accuracy", "DA2K acc (%)", 100.0), ("seconds", "seconds", 1.0)],
+    "cls": [("top1", "top-1 (%)", 100.0), ("top5", "top-5 (%)", 100.0), ("seconds", "seconds", 1.0)],
 }
 
 
@@ -35,13 +38,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default=None, help="teacher source to evaluate alongside (HF id/dir, .pth, jetvit dir)")
     p.add_argument("--task", choices=TASKS, required=True)
     p.add_argument("--data", required=True, help="dataset root")
-    p.add_argument("--dataset", default="folder", help="seg: cityscapes|ade20k|folder; depth: folder|da2k")
+    p.add_argument("--dataset", default="folder", help="seg: cityscapes|ade20k|folder; depth: folder|da2k; cls: folder")
     p.add_argument("--out", required=True, help="output directory for results.json and figures/")
-    p.add_argument("--head", default=None, help="seg: probe directory or head.safetensors written by `jetvit probe`")
-    p.add_argument("--split", default=None, help="seg: split to evaluate (default: the dataset's validation split)")
+    p.add_argument(
+        "--head", default=None, help="seg, cls: probe directory or head.safetensors written by `jetvit probe`"
+    )
+    p.add_argument(
+        "--split", default=None, help="seg, cls: split to evaluate (default: the dataset's validation split)"
+    )
     p.add_argument("--num-classes", type=int, default=None, help="seg: classes of a folder dataset")
-    p.add_argument("--short-side", type=int, default=None, help="inference short side (seg 512, depth 518)")
-    p.add_argument("--crop", type=int, default=None, help="seg: sliding-window crop (default: the probe's)")
+    p.add_argument(
+        "--short-side", type=int, default=None, help="inference short side (seg, cls: the probe's; depth 518)"
+    )
+    p.add_argument(
+        "--crop", type=int, default=None, help="seg: sliding-window crop; cls: centre crop (default: the probe's)"
+    )
     p.add_argument("--stride", type=int, default=None, help="seg: sliding-window stride (default: the probe's)")
     p.add_argument("--depth-scale", type=float, default=1000.0, help="depth: 16-bit PNG value per metre")
     p.add_argument(
@@ -53,7 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-depth", type=float, default=1e-3)
     p.add_argument("--max-depth", type=float, default=math.inf)
     p.add_argument("--annotations", default="annotations.json", help="da2k: annotation file (relative to --data)")
-    p.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images")
+    p.add_argument(
+        "--max-images", type=int, default=None, help="evaluate on the first N images (cls: N drawn with a fixed seed)"
+    )
     p.add_argument("--figures", type=int, default=4, help="number of side-by-side figures to save")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -89,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     models["student"] = load_source(args.model, device=args.device)
     if args.task == "seg":
         kind, results, figures = _eval_seg(args, models, out)
+    elif args.task == "cls":
+        kind, results, figures = _eval_cls(args, models)
     else:
         kind, results, figures = _eval_depth(args, models, out)
 
@@ -162,6 +177,33 @@ def _eval_seg(args: argparse.Namespace, models: dict[str, Any], out: Path) -> tu
         save_panels(path, panels)
         figures.append(str(path))
     return "seg", results, figures
+
+
+def _eval_cls(args: argparse.Namespace, models: dict[str, Any]) -> tuple[str, dict, list[str]]:
+    from jetvit.tasks.classification import evaluate_classification, load_cls_probe
+    from jetvit.tasks.datasets import ImageFolderClassification
+
+    if args.head is None:
+        raise ValueError("--task cls needs --head: a probe trained on the teacher with `jetvit probe --task cls`")
+    head, meta = load_cls_probe(args.head)
+    probe = meta.get("probe", {})
+    for name, m in models.items():
+        if m.cfg.dim != head.cfg.in_dim:
+            raise ValueError(f"the head reads {head.cfg.in_dim}-dim features but the {name} has width {m.cfg.dim}")
+    data = ImageFolderClassification(args.data, split=args.split or "val")
+    if data.num_classes != head.cfg.num_classes:
+        raise ValueError(f"the head predicts {head.cfg.num_classes} classes, {args.data} has {data.num_classes}")
+    data = class_spread_limit(data, args.max_images, option="--max-images")
+    options = {
+        "short_side": args.short_side or probe.get("eval_short_side", 256),
+        "crop": args.crop or probe.get("eval_crop", 224),
+        "batch_size": probe.get("eval_batch_size", 64),
+    }
+    results = {}
+    for name, model in models.items():
+        head.to(next(model.parameters()).device)
+        results[name] = evaluate_classification(model, head, data, progress=not args.no_progress, **options)
+    return "cls", results, []
 
 
 def _eval_depth(args: argparse.Namespace, models: dict[str, Any], out: Path) -> tuple[str, dict, list[str]]:

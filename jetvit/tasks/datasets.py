@@ -4,7 +4,8 @@ image: float tensor (3, H, W), RGB in [0, 1], not normalised (`HybridViT.normali
 Targets:
 - segmentation: int64 (H, W), train ids in [0, num_classes) or `IGNORE` (255);
 - depth: float32 (H, W) in metres (or the file's units / `depth_scale`), 0 where there is no measurement;
-- DA2K: the list of point pairs of the image, `{"point1": [y, x], "point2": [y, x], "closer_point": ...}`.
+- DA2K: the list of point pairs of the image, `{"point1": [y, x], "point2": [y, x], "closer_point": ...}`;
+- classification: the class index (int) in [0, num_classes).
 
 Layouts:
 - Cityscapes: `leftImg8bit/{split}/{city}/*_leftImg8bit.png`, `gtFine/{split}/{city}/*_gtFine_labelIds.png`.
@@ -13,6 +14,8 @@ Layouts:
 - Segmentation folder: `images/*.{jpg,png,...}` and `masks/*.png` (index PNGs, same stem).
 - Depth folder: `images/*` and `depth/*.png` (16-bit, value / depth_scale) or `depth/*.npy` (float), same stem.
 - DA2K: a JSON file mapping image paths (relative to the root) to pair lists, as the DA2K release ships it.
+- Image folder (classification, ImageNet's layout): `{split}/{class}/*.{jpg,png,...}`; classes are the subfolders
+  of the split sorted by name (index = position), as torchvision's `ImageFolder` numbers them.
 """
 
 from __future__ import annotations
@@ -283,6 +286,40 @@ class DA2K(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, list[dict[str, Any]]]:
         image, pairs = self.items[i]
         return read_image(image), pairs
+
+
+class ImageFolderClassification(Dataset):
+    """`root/{split}/{class}/*` images -> samples (image, class index); classes sorted by folder name."""
+
+    def __init__(self, root: str | Path, *, split: str = "val") -> None:
+        root = Path(root)
+        split_dir = _require_dir(root, split)
+        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {split_dir} (expected {split_dir}/CLASS/*.jpg)")
+        self.class_names: tuple[str, ...] = tuple(classes)
+        self.num_classes = len(classes)
+        self.samples: list[tuple[Path, int]] = []
+        empty = []
+        for index, name in enumerate(classes):
+            files = sorted(
+                p for p in (split_dir / name).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not files:
+                empty.append(name)
+            self.samples += [(p, index) for p in files]
+        if empty:
+            shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            raise FileNotFoundError(
+                f"class folders without images ({', '.join(IMAGE_SUFFIXES)}) in {split_dir}: {shown}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        path, label = self.samples[i]
+        return read_image(path), label
 
 
 def build_segmentation_dataset(

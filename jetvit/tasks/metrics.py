@@ -1,4 +1,4 @@
-"""Segmentation and depth metrics, accumulated over a stream of batches.
+"""Segmentation, depth and classification metrics, accumulated over a stream of batches.
 
 Conventions (stated once, used everywhere in jetvit):
 
@@ -17,6 +17,10 @@ Conventions (stated once, used everywhere in jetvit):
   After a fit the aligned depth is clipped to the image's valid ground-truth range, so a fitted disparity near or
   below zero cannot produce infinite or negative depths.
 - DA2K: a pair is correct when the prediction orders its two points as the annotation does; ties count as wrong.
+- Classification: top-k accuracy over images. A sample is correct at k when fewer than k other classes score at least
+  as high as its true class: ties count against it (a constant prediction is never top-1 correct when there are two
+  or more classes), so the result does not depend on how a sort orders equal scores. With k >= the number of classes
+  every sample is correct. A NaN score counts as at least as high as any other, so NaN logits never help.
 """
 
 from __future__ import annotations
@@ -237,3 +241,54 @@ class DA2KAccuracy:
     def compute(self) -> dict[str, Any]:
         acc = self.correct / self.total if self.total else math.nan
         return {"accuracy": acc, "correct": self.correct, "num_pairs": self.total}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Classification
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def topk_correct(logits: Tensor, target: Tensor, ks: Sequence[int]) -> dict[int, Tensor]:
+    """logits (B, C), target (B,) -> per k a bool (B,): the true class is in the top k, ties counting against it."""
+    true = logits.gather(1, target[:, None])  # (B, 1)
+    # Other classes scoring at least as high as the true one, (B,); written as "not lower" so NaN counts against.
+    rank = (~(logits < true)).sum(1) - 1
+    return {k: rank < k for k in ks}
+
+
+class ClsMetrics:
+    """Streaming top-k accuracy: `update(logits, target)` per batch, `compute()` -> {"top1", "top5", ...}."""
+
+    def __init__(self, num_classes: int, *, topk: Sequence[int] = (1, 5)) -> None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if not topk or any(k < 1 for k in topk):
+            raise ValueError(f"topk must be positive integers, got {tuple(topk)}")
+        self.num_classes = num_classes
+        self.topk = tuple(topk)
+        self.correct = dict.fromkeys(self.topk, 0)
+        self.total = 0
+
+    def update(self, logits: Tensor, target: Tensor | int) -> None:
+        """logits: (B, C) or one sample's (C,); target: class indices (B,) or one index."""
+        logits = logits.detach().float().cpu()
+        target = torch.as_tensor(target).long().cpu().reshape(-1)  # (B,)
+        if logits.dim() == 1:
+            logits = logits[None]  # (1, C)
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes or target.shape != logits.shape[:1]:
+            raise ValueError(
+                f"expected logits (B, {self.num_classes}) and targets (B,), got {tuple(logits.shape)} and "
+                f"{tuple(target.shape)}"
+            )
+        bad = (target < 0) | (target >= self.num_classes)
+        if bad.any():
+            raise ValueError(f"target classes {sorted(set(target[bad].tolist()))[:10]} outside [0, {self.num_classes})")
+        for k, hit in topk_correct(logits, target, self.topk).items():
+            self.correct[k] += int(hit.sum())
+        self.total += len(target)
+
+    def compute(self) -> dict[str, Any]:
+        """-> {"top1", "top5", ... (in [0, 1], NaN before any sample), "num_images"}."""
+        out: dict[str, Any] = {f"top{k}": (c / self.total if self.total else math.nan) for k, c in self.correct.items()}
+        out["num_images"] = self.total
+        return out

@@ -1,8 +1,9 @@
 """Downstream scorers for the attention search: `scorer(model) -> float`, higher is better.
 
-Each scorer holds a head fitted on the teacher (a linear segmentation probe, or the teacher's DPT depth head) and a
-fixed held-out subset, applies the head to the candidate's features, and returns one number. `.name` says what the
-number is; `.last_seconds` and `.last_result` record the most recent call, so the search can report its cost.
+Each scorer holds a head fitted on the teacher (a linear segmentation or classification probe, or the teacher's DPT
+depth head) and a fixed held-out subset, applies the head to the candidate's features, and returns one number.
+`.name` says what the number is; `.last_seconds` and `.last_result` record the most recent call, so the search can
+report its cost.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from typing import Any
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from jetvit.heads import DPTHead, LinearSegHead
+from jetvit.heads import DPTHead, LinearClsHead, LinearSegHead
+from jetvit.tasks.classification import evaluate_classification
 from jetvit.tasks.depth import evaluate_da2k, evaluate_depth
 from jetvit.tasks.segmentation import evaluate_segmentation
 
@@ -59,6 +61,38 @@ class SegmentationScorer:
         self.last_seconds = time.perf_counter() - start
         self.last_result = result
         return float(result["miou"])
+
+
+class ClassificationScorer:
+    """Top-1 accuracy (in [0, 1]) of a linear probe trained on the teacher, applied to a candidate's features on a
+    fixed subset (centre crops)."""
+
+    name = "top1"
+
+    def __init__(
+        self,
+        head: LinearClsHead,
+        dataset: Dataset,
+        *,
+        size: int | None = None,
+        seed: int = 0,
+        short_side: int = 256,
+        crop: int = 224,
+        batch_size: int = 64,
+    ) -> None:
+        self.head = head.eval()
+        self.dataset = fixed_subset(dataset, size, seed=seed)
+        self.options = {"short_side": short_side, "crop": crop, "batch_size": batch_size}
+        self.last_seconds: float | None = None
+        self.last_result: dict[str, Any] | None = None
+
+    def __call__(self, model: nn.Module) -> float:
+        start = time.perf_counter()
+        self.head.to(next(model.parameters()).device)
+        result = evaluate_classification(model, self.head, self.dataset, progress=False, **self.options)
+        self.last_seconds = time.perf_counter() - start
+        self.last_result = result
+        return float(result["top1"])
 
 
 DEPTH_SCORES = ("delta1", "neg_abs_rel", "da2k")
@@ -153,6 +187,50 @@ def segmentation_scorer(
         crop=crop or recipe.eval_crop,
         stride=stride or recipe.eval_stride,
         layer=recipe.layer,
+    )
+
+
+def classification_scorer(
+    *,
+    teacher: nn.Module,
+    data: str,
+    split: str = "val",
+    head: str | None = None,
+    train_split: str = "train",
+    probe: dict[str, Any] | None = None,
+    size: int | None = 256,
+    seed: int = 0,
+    short_side: int | None = None,
+    crop: int | None = None,
+    batch_size: int | None = None,
+) -> ClassificationScorer:
+    """A `ClassificationScorer` on an image folder (`data/{split}/{class}/*`). head: a probe written by
+    `jetvit probe --task cls`; without one, a probe is trained on the teacher here (on `train_split`, recipe `probe`:
+    `ClsProbeConfig` fields). The evaluation subset is `size` images of `split`, fixed by `seed`; the centre crop
+    defaults to the probe's."""
+    from jetvit.tasks.classification import ClsProbeConfig, load_cls_probe, train_cls_probe
+    from jetvit.tasks.datasets import ImageFolderClassification
+
+    val = ImageFolderClassification(data, split=split)
+    if head is not None:
+        if probe:
+            raise ValueError("score.options: give either head (a trained probe) or probe (a recipe to train one)")
+        cls_head, meta = load_cls_probe(head)
+        recipe = ClsProbeConfig.from_dict(meta.get("probe", {}))
+    else:
+        recipe = ClsProbeConfig.from_dict(probe or {})
+        train = ImageFolderClassification(data, split=train_split)
+        cls_head = train_cls_probe(teacher, train, recipe, num_classes=train.num_classes, progress=False)
+    if cls_head.cfg.num_classes != val.num_classes:
+        raise ValueError(f"the probe predicts {cls_head.cfg.num_classes} classes, {data}/{split} has {val.num_classes}")
+    return ClassificationScorer(
+        cls_head,
+        val,
+        size=size,
+        seed=seed,
+        short_side=short_side or recipe.eval_short_side,
+        crop=crop or recipe.eval_crop,
+        batch_size=batch_size or recipe.eval_batch_size,
     )
 
 

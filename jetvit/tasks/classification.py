@@ -1,0 +1,296 @@
+"""Image classification with a linear probe on frozen features (DINO v1's linear evaluation), and its evaluation.
+
+Training: the backbone is frozen and its features are computed under no_grad; only the `LinearClsHead` learns. The
+head reads the normed CLS tokens of the last `n_last_blocks` blocks, plus (avgpool) the last block's mean patch
+token; DINO uses 4 blocks for ViT-S/16 and 1 block + avgpool for ViT-B/16. DINO trains with SGD (momentum 0.9, no
+weight decay, lr 0.001 * batch / 256, cosine decay) for 100 epochs; AdamW is offered for short probes. Samples are
+random-resized crops (scale 0.08..1, aspect 3/4..4/3) of side `crop`, randomly flipped. Evaluation resizes the short
+side to `eval_short_side` (DINO: 256) and takes the centre `eval_crop` (224).
+
+Features: `model.forward_intermediates(x, last blocks)` -> per block (patches (B, D, h, w), prefix (B, P, D)),
+prefix[:, 0] the CLS token. Images: (B, 3, H, W) RGB in [0, 1] from `jetvit.tasks.datasets`; normalised here with the
+model's mean and std.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jetvit._config import from_dict
+from jetvit.heads import LinearClsConfig, LinearClsHead
+from jetvit.schedule import lr_factor
+from jetvit.tasks.common import autocast, model_device, resize_short_side
+from jetvit.tasks.metrics import ClsMetrics
+from jetvit.tasks.segmentation import check_patch_multiple
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
+OPTIMIZERS = ("sgd", "adamw")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def cls_logits(model: nn.Module, head: LinearClsHead, x: Tensor) -> Tensor:
+    """Normalised images (B, 3, H, W) -> logits (B, classes); the backbone runs under bf16 autocast on CUDA."""
+    blocks = list(range(-head.cfg.n_last_blocks, 0))
+    with torch.no_grad(), autocast(x.device):
+        feats = model.forward_intermediates(x, blocks)  # n_last_blocks x ((B, D, h, w), (B, P, D))
+    return head([(patches.float(), prefix.float()) for patches, prefix in feats])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Probe training
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClsProbeConfig:
+    """Linear classification probe recipe; defaults follow DINO v1's ViT-B/16 linear evaluation (SGD, 1 block +
+    avgpool, 224 crops) for a number of iterations instead of 100 ImageNet epochs."""
+
+    iterations: int = 10000
+    batch_size: int = 256
+    crop: int = 224
+    scale_min: float = 0.08  # random-resized-crop area range
+    scale_max: float = 1.0
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.001  # DINO: 0.001 * batch / 256
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 0.0
+    warmup: int = 0
+    n_last_blocks: int = 1
+    avgpool: bool = True
+    eval_short_side: int = 256
+    eval_crop: int = 224
+    eval_batch_size: int = 64
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "batch_size", "crop", "n_last_blocks", "eval_short_side", "eval_crop"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"classification probe {name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_batch_size < 1:
+            raise ValueError(f"classification probe eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if not 0 < self.scale_min <= self.scale_max <= 1:
+            raise ValueError(
+                f"crop scale range must satisfy 0 < min <= max <= 1, got {self.scale_min}..{self.scale_max}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"classification probe optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.eval_crop > self.eval_short_side:
+            raise ValueError(f"eval_crop {self.eval_crop} exceeds eval_short_side {self.eval_short_side}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ClsProbeConfig:
+        """Build from a dict (a probe's saved recipe, or `score.options`); unknown keys and wrong types are errors."""
+        return from_dict(cls, d, "classification probe config")
+
+
+def random_resized_crop(image: Tensor, *, crop: int, scale: tuple[float, float], rng: random.Random) -> Tensor:
+    """image (3, H, W) -> (3, crop, crop): a random area fraction in `scale` with aspect in [3/4, 4/3] (log-uniform),
+    resized to `crop` and flipped half the time; torchvision's RandomResizedCrop, falling back to the centre."""
+    h, w = image.shape[-2:]
+    area = h * w
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            y, x = rng.randint(0, h - ch), rng.randint(0, w - cw)
+            break
+    else:
+        ch = cw = min(h, w)
+        y, x = (h - ch) // 2, (w - cw) // 2
+    patch = image[:, y : y + ch, x : x + cw]  # (3, ch, cw)
+    out = F.interpolate(patch[None], size=(crop, crop), mode="bilinear", align_corners=False, antialias=True)[0]
+    return out.flip(-1) if rng.random() < 0.5 else out
+
+
+def center_crop(image: Tensor, *, short_side: int, crop: int) -> Tensor:
+    """image (3, H, W) -> (3, crop, crop): short side resized to `short_side`, then the centre crop."""
+    x = resize_short_side(image[None], short_side)[0]
+    h, w = x.shape[-2:]
+    y0, x0 = (h - crop) // 2, (w - crop) // 2
+    return x[:, y0 : y0 + crop, x0 : x0 + crop]
+
+
+class _AugmentedStream(torch.utils.data.IterableDataset):
+    """An endless stream of augmented (image, label) samples drawn with replacement, seeded per worker."""
+
+    def __init__(self, dataset: Any, cfg: ClsProbeConfig) -> None:
+        self.dataset, self.cfg = dataset, cfg
+
+    def __iter__(self) -> Iterator[tuple[Tensor, int]]:
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.cfg.seed * 1000 + (info.id if info else 0))
+        while True:
+            image, label = self.dataset[rng.randrange(len(self.dataset))]
+            yield (
+                random_resized_crop(image, crop=self.cfg.crop, scale=(self.cfg.scale_min, self.cfg.scale_max), rng=rng),
+                label,
+            )
+
+
+class _CenterCropped(torch.utils.data.Dataset):
+    def __init__(self, dataset: Any, *, short_side: int, crop: int) -> None:
+        self.dataset, self.short_side, self.crop = dataset, short_side, crop
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        image, label = self.dataset[i]
+        return center_crop(image, short_side=self.short_side, crop=self.crop), label
+
+
+def _optimizer(params: Any, cfg: ClsProbeConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def train_cls_probe(
+    model: nn.Module,
+    dataset: Any,
+    cfg: ClsProbeConfig,
+    *,
+    num_classes: int,
+    progress: bool = True,
+    log: Callable[[dict[str, Any]], None] | None = None,
+) -> LinearClsHead:
+    """Train a `LinearClsHead` on `model`'s frozen features of `dataset` (samples (image, class index)); returns it in
+    eval mode on the model's device. `log`, if given, receives {"step", "loss", "lr"} every `cfg.log_every` steps."""
+    from tqdm import tqdm
+
+    check_patch_multiple(model, crop=cfg.crop)
+    if cfg.n_last_blocks > len(model.blocks):
+        raise ValueError(f"n_last_blocks {cfg.n_last_blocks} exceeds the model's {len(model.blocks)} blocks")
+    device = model_device(model)
+    torch.manual_seed(cfg.seed)
+    head_cfg = LinearClsConfig(
+        in_dim=model.cfg.dim, num_classes=num_classes, n_last_blocks=cfg.n_last_blocks, avgpool=cfg.avgpool
+    )
+    head = LinearClsHead(head_cfg).to(device).train()
+    model.eval()
+    opt = _optimizer(head.parameters(), cfg)
+    warmup = min(cfg.warmup, cfg.iterations // 10)  # short runs still decay
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps=cfg.iterations, warmup=warmup))
+    loader = torch.utils.data.DataLoader(
+        _AugmentedStream(dataset, cfg), batch_size=cfg.batch_size, num_workers=cfg.num_workers
+    )
+    batches = iter(loader)
+    bar = tqdm(range(cfg.iterations), desc="cls probe", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        image, label = next(batches)
+        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        loss = F.cross_entropy(cls_logits(model, head, model.normalize(image)), label)
+        opt.zero_grad(set_to_none=True)
+        if torch.isfinite(loss):
+            loss.backward()
+            opt.step()
+        sched.step()
+        if step % cfg.log_every == 0 or step == cfg.iterations - 1:
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if log is not None:
+                log({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+    return head.eval()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate_classification(
+    model: nn.Module,
+    head: LinearClsHead,
+    dataset: Any,
+    *,
+    short_side: int = 256,
+    crop: int = 224,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    topk: tuple[int, ...] = (1, 5),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Top-k accuracy of `head` on `model` over `dataset` (centre crops, in batches). Returns ClsMetrics.compute()
+    ({"top1", "top5", "num_images"}) plus "seconds"."""
+    from tqdm import tqdm
+
+    check_patch_multiple(model, crop=crop)
+    if crop > short_side:
+        raise ValueError(f"crop {crop} exceeds short_side {short_side}")
+    head.eval()
+    device = model_device(model)
+    loader = torch.utils.data.DataLoader(
+        _CenterCropped(dataset, short_side=short_side, crop=crop), batch_size=batch_size, num_workers=num_workers
+    )
+    metrics = ClsMetrics(head.cfg.num_classes, topk=topk)
+    start = time.perf_counter()
+    for image, label in tqdm(loader, desc="eval cls", disable=not progress, dynamic_ncols=True):
+        logits = cls_logits(model, head, model.normalize(image.to(device)))
+        metrics.update(logits, label)
+    result = metrics.compute()
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Saving and loading a probe
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def save_cls_probe(head: LinearClsHead, directory: str | os.PathLike, *, meta: dict[str, Any] | None = None) -> Path:
+    """Write `head.safetensors` and `head.json` ({"config": LinearClsConfig fields, "meta": ...}) atomically."""
+    from safetensors.torch import save_file
+
+    from jetvit.io import atomic_write, atomic_write_json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    atomic_write(directory / HEAD_WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "jetvit-cls-head"}))
+    atomic_write_json(directory / HEAD_CONFIG, {"config": head.cfg.to_dict(), "meta": meta or {}})
+    return directory
+
+
+def load_cls_probe(path: str | os.PathLike) -> tuple[LinearClsHead, dict[str, Any]]:
+    """Load a probe written by `save_cls_probe` from its directory (or its `head.safetensors`). Returns (head, meta)."""
+    from safetensors.torch import load_file
+
+    from jetvit.io import load_state_dict_strict
+
+    path = Path(path)
+    directory = path.parent if path.suffix == ".safetensors" else path
+    cfg_path, weights = directory / HEAD_CONFIG, directory / HEAD_WEIGHTS
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(
+                f"no classification head at {path}: {p} is missing (write one with `jetvit probe --task cls`)"
+            )
+    try:
+        info = json.loads(cfg_path.read_text())
+        cfg = LinearClsConfig.from_dict(info["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_path} is not a classification head config: {e}") from e
+    head = LinearClsHead(cfg)
+    load_state_dict_strict(head, load_file(str(weights)), source=str(weights))
+    return head.eval(), info.get("meta", {})
