@@ -14,7 +14,6 @@ model's mean and std.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -31,12 +30,16 @@ from torch import Tensor, nn
 from jetvit._config import from_dict
 from jetvit.heads import LinearClsConfig, LinearClsHead
 from jetvit.schedule import lr_factor
-from jetvit.tasks.common import autocast, model_device, resize_short_side
+from jetvit.tasks.common import (
+    autocast,
+    load_head,
+    model_device,
+    resize_short_side,
+    save_head,
+)
 from jetvit.tasks.metrics import ClsMetrics
 from jetvit.tasks.segmentation import check_patch_multiple
 
-HEAD_WEIGHTS = "head.safetensors"
-HEAD_CONFIG = "head.json"
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -260,37 +263,15 @@ def evaluate_classification(
 
 def save_cls_probe(head: LinearClsHead, directory: str | os.PathLike, *, meta: dict[str, Any] | None = None) -> Path:
     """Write `head.safetensors` and `head.json` ({"config": LinearClsConfig fields, "meta": ...}) atomically."""
-    from safetensors.torch import save_file
-
-    from jetvit.io import atomic_write, atomic_write_json
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-    atomic_write(directory / HEAD_WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "jetvit-cls-head"}))
-    atomic_write_json(directory / HEAD_CONFIG, {"config": head.cfg.to_dict(), "meta": meta or {}})
-    return directory
+    return save_head(head, directory, fmt="jetvit-cls-head", meta=meta)
 
 
 def load_cls_probe(path: str | os.PathLike) -> tuple[LinearClsHead, dict[str, Any]]:
     """Load a probe written by `save_cls_probe` from its directory (or its `head.safetensors`). Returns (head, meta)."""
-    from safetensors.torch import load_file
-
-    from jetvit.io import load_state_dict_strict
-
-    path = Path(path)
-    directory = path.parent if path.suffix == ".safetensors" else path
-    cfg_path, weights = directory / HEAD_CONFIG, directory / HEAD_WEIGHTS
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise FileNotFoundError(
-                f"no classification head at {path}: {p} is missing (write one with `jetvit probe --task cls`)"
-            )
-    try:
-        info = json.loads(cfg_path.read_text())
-        cfg = LinearClsConfig.from_dict(info["config"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{cfg_path} is not a classification head config: {e}") from e
-    head = LinearClsHead(cfg)
-    load_state_dict_strict(head, load_file(str(weights)), source=str(weights))
-    return head.eval(), info.get("meta", {})
+    return load_head(
+        path,
+        LinearClsHead,
+        LinearClsConfig,
+        what="classification head",
+        hint="write one with `jetvit probe --task cls`",
+    )

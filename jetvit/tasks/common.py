@@ -4,9 +4,12 @@ scores a model's predictions over a dataset one image at a time."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,3 +65,49 @@ def evaluate_dataset(
     result = metric.compute()
     result["seconds"] = time.perf_counter() - start
     return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A probe head on disk: `head.safetensors` + `head.json` ({"config": the head's config fields, "meta": ...})
+
+HEAD_WEIGHTS = "head.safetensors"
+HEAD_CONFIG = "head.json"
+
+
+def save_head(head: nn.Module, directory: str | os.PathLike, *, fmt: str, meta: dict[str, Any] | None = None) -> Path:
+    """Write a probe head's weights and config atomically; `fmt` is recorded in the safetensors metadata."""
+    from safetensors.torch import save_file
+
+    from jetvit.io import atomic_write, atomic_write_json
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    atomic_write(directory / HEAD_WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": fmt}))
+    atomic_write_json(directory / HEAD_CONFIG, {"config": head.cfg.to_dict(), "meta": meta or {}})
+    return directory
+
+
+def load_head(
+    path: str | os.PathLike, head_cls: type[nn.Module], config_cls: Any, *, what: str, hint: str
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load a head written by `save_head` from its directory (or its `head.safetensors`): (head in eval mode, meta).
+    `what` names the kind of head in errors ("segmentation head"), `hint` how to make one."""
+    from safetensors.torch import load_file
+
+    from jetvit.io import load_state_dict_strict
+
+    path = Path(path)
+    directory = path.parent if path.suffix == ".safetensors" else path
+    cfg_path, weights = directory / HEAD_CONFIG, directory / HEAD_WEIGHTS
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"no {what} at {path}: {p} is missing ({hint})")
+    try:
+        info = json.loads(cfg_path.read_text())
+        cfg = config_cls.from_dict(info["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_path} is not a {what} config: {e}") from e
+    head = head_cls(cfg)
+    load_state_dict_strict(head, load_file(str(weights)), source=str(weights))
+    return head.eval(), info.get("meta", {})

@@ -12,7 +12,6 @@ Images: (B, 3, H, W) RGB in [0, 1] from `jetvit.tasks.datasets`; normalised here
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -28,13 +27,16 @@ from torch import Tensor, nn
 from jetvit._config import from_dict
 from jetvit.heads import LinearSegConfig, LinearSegHead
 from jetvit.schedule import lr_factor
-from jetvit.tasks.common import autocast, evaluate_dataset, model_device, resize_short_side
+from jetvit.tasks.common import (
+    autocast,
+    evaluate_dataset,
+    load_head,
+    model_device,
+    resize_short_side,
+    save_head,
+)
 from jetvit.tasks.datasets import IGNORE
 from jetvit.tasks.metrics import SegMetrics
-
-HEAD_WEIGHTS = "head.safetensors"
-HEAD_CONFIG = "head.json"
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Features
@@ -300,35 +302,11 @@ def evaluate_segmentation(
 
 def save_probe(head: LinearSegHead, directory: str | os.PathLike, *, meta: dict[str, Any] | None = None) -> Path:
     """Write `head.safetensors` and `head.json` ({"config": LinearSegConfig fields, "meta": ...}) atomically."""
-    from safetensors.torch import save_file
-
-    from jetvit.io import atomic_write, atomic_write_json
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-    atomic_write(directory / HEAD_WEIGHTS, lambda tmp: save_file(state, tmp, metadata={"format": "jetvit-seg-head"}))
-    atomic_write_json(directory / HEAD_CONFIG, {"config": head.cfg.to_dict(), "meta": meta or {}})
-    return directory
+    return save_head(head, directory, fmt="jetvit-seg-head", meta=meta)
 
 
 def load_probe(path: str | os.PathLike) -> tuple[LinearSegHead, dict[str, Any]]:
     """Load a probe written by `save_probe` from its directory (or its `head.safetensors`). Returns (head, meta)."""
-    from safetensors.torch import load_file
-
-    from jetvit.io import load_state_dict_strict
-
-    path = Path(path)
-    directory = path.parent if path.suffix == ".safetensors" else path
-    cfg_path, weights = directory / HEAD_CONFIG, directory / HEAD_WEIGHTS
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise FileNotFoundError(f"no segmentation head at {path}: {p} is missing (write one with `jetvit probe`)")
-    try:
-        info = json.loads(cfg_path.read_text())
-        cfg = LinearSegConfig.from_dict(info["config"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{cfg_path} is not a segmentation head config: {e}") from e
-    head = LinearSegHead(cfg)
-    load_state_dict_strict(head, load_file(str(weights)), source=str(weights))
-    return head.eval(), info.get("meta", {})
+    return load_head(
+        path, LinearSegHead, LinearSegConfig, what="segmentation head", hint="write one with `jetvit probe`"
+    )

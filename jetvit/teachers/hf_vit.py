@@ -51,22 +51,30 @@ def config_from_hf(hf_config: dict[str, Any], *, family: str = "vit") -> ViTConf
         family=family,
         img_size=_square(c["image_size"], "image_size"),
         patch_size=_square(c["patch_size"], "patch_size"),
-        in_chans=int(c["num_channels"]),
-        dim=int(c["hidden_size"]),
-        depth=int(c["num_hidden_layers"]),
-        num_heads=int(c["num_attention_heads"]),
-        mlp="gelu",
-        mlp_hidden=int(c["intermediate_size"]),
-        qkv_bias=bool(c["qkv_bias"]),
-        k_bias=bool(c["qkv_bias"]),
-        proj_bias=True,
-        mlp_bias=True,
-        num_registers=0,
-        layerscale=False,
-        norm_eps=float(c["layer_norm_eps"]),
-        pos_embed="learned",
         pos_interp="hf",
+        **encoder_fields(c),
     )
+
+
+def encoder_fields(c: dict) -> dict:
+    """The `ViTConfig` fields of the plain ViT encoder that HF ViT and YOLOS configs share (no registers, no
+    LayerScale, GELU MLP, learned position embeddings)."""
+    return {
+        "in_chans": int(c["num_channels"]),
+        "dim": int(c["hidden_size"]),
+        "depth": int(c["num_hidden_layers"]),
+        "num_heads": int(c["num_attention_heads"]),
+        "mlp": "gelu",
+        "mlp_hidden": int(c["intermediate_size"]),
+        "qkv_bias": bool(c["qkv_bias"]),
+        "k_bias": bool(c["qkv_bias"]),
+        "proj_bias": True,
+        "mlp_bias": True,
+        "num_registers": 0,
+        "layerscale": False,
+        "norm_eps": float(c["layer_norm_eps"]),
+        "pos_embed": "learned",
+    }
 
 
 def detect_naming(sd: dict[str, Tensor]) -> str:

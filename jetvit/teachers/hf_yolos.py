@@ -27,7 +27,7 @@ from torch import Tensor
 
 from jetvit.model import ViTConfig
 from jetvit.teachers.common import apply_key_table, ensure
-from jetvit.teachers.hf_vit import block_key_table, detect_naming
+from jetvit.teachers.hf_vit import block_key_table, detect_naming, encoder_fields
 
 MODEL_TYPE = "yolos"
 HEADS = {"class_head": "class_labels_classifier", "box_head": "bbox_predictor"}  # jetvit -> HF module names
@@ -90,20 +90,7 @@ def config_from_hf(hf_config: dict[str, Any], sd: dict[str, Tensor] | None = Non
         family="yolos",
         img_size=img_h,
         patch_size=patch,
-        in_chans=int(c["num_channels"]),
-        dim=int(c["hidden_size"]),
-        depth=int(c["num_hidden_layers"]),
-        num_heads=int(c["num_attention_heads"]),
-        mlp="gelu",
-        mlp_hidden=int(c["intermediate_size"]),
-        qkv_bias=bool(c["qkv_bias"]),
-        k_bias=bool(c["qkv_bias"]),
-        proj_bias=True,
-        mlp_bias=True,
-        num_registers=0,
-        layerscale=False,
-        norm_eps=float(c["layer_norm_eps"]),
-        pos_embed="learned",
+        **encoder_fields(c),
         pos_interp="yolos",
         pos_grid=(img_h // patch, img_w // patch),
         num_detection_tokens=int(c["num_detection_tokens"]),
