@@ -32,6 +32,7 @@ from jetvit.heads import LinearClsConfig, LinearClsHead
 from jetvit.schedule import lr_factor
 from jetvit.tasks.common import (
     autocast,
+    fit_head,
     load_head,
     model_device,
     resize_short_side,
@@ -180,8 +181,6 @@ def train_cls_probe(
 ) -> LinearClsHead:
     """Train a `LinearClsHead` on `model`'s frozen features of `dataset` (samples (image, class index)); returns it in
     eval mode on the model's device. `log`, if given, receives {"step", "loss", "lr"} every `cfg.log_every` steps."""
-    from tqdm import tqdm
-
     check_patch_multiple(model, crop=cfg.crop)
     if cfg.n_last_blocks > len(model.blocks):
         raise ValueError(f"n_last_blocks {cfg.n_last_blocks} exceeds the model's {len(model.blocks)} blocks")
@@ -198,22 +197,22 @@ def train_cls_probe(
     loader = torch.utils.data.DataLoader(
         _AugmentedStream(dataset, cfg), batch_size=cfg.batch_size, num_workers=cfg.num_workers
     )
-    batches = iter(loader)
-    bar = tqdm(range(cfg.iterations), desc="cls probe", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        image, label = next(batches)
-        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-        loss = F.cross_entropy(cls_logits(model, head, model.normalize(image)), label)
-        opt.zero_grad(set_to_none=True)
-        if torch.isfinite(loss):
-            loss.backward()
-            opt.step()
-        sched.step()
-        if step % cfg.log_every == 0 or step == cfg.iterations - 1:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if log is not None:
-                log({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
-    return head.eval()
+
+    def loss_of(image: Tensor, label: Tensor) -> Tensor:
+        return F.cross_entropy(cls_logits(model, head, model.normalize(image)), label)
+
+    return fit_head(
+        head,
+        iter(loader),
+        loss_of,
+        opt=opt,
+        sched=sched,
+        iterations=cfg.iterations,
+        log_every=cfg.log_every,
+        desc="cls probe",
+        progress=progress,
+        log=log,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------

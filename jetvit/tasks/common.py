@@ -111,3 +111,38 @@ def load_head(
     head = head_cls(cfg)
     load_state_dict_strict(head, load_file(str(weights)), source=str(weights))
     return head.eval(), info.get("meta", {})
+
+
+def fit_head(
+    head: nn.Module,
+    batches: Any,
+    loss_of: Callable[[Tensor, Tensor], Tensor | None],
+    *,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    iterations: int,
+    log_every: int,
+    desc: str,
+    progress: bool,
+    log: Callable[[dict[str, Any]], None] | None,
+) -> nn.Module:
+    """The probes' training loop: `iterations` batches (image, label) on the head's device; `loss_of(image, label)`
+    gives the loss, or None to skip a batch's update (a non-finite loss skips it too). Returns the head in eval mode."""
+    from tqdm import tqdm
+
+    device = next(head.parameters()).device
+    bar = tqdm(range(iterations), desc=desc, disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        image, label = next(batches)
+        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+        loss = loss_of(image, label)
+        opt.zero_grad(set_to_none=True)
+        if loss is not None and torch.isfinite(loss):
+            loss.backward()
+            opt.step()
+        sched.step()
+        if loss is not None and (step % log_every == 0 or step == iterations - 1):
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if log is not None:
+                log({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
+    return head.eval()

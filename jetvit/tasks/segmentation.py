@@ -30,6 +30,7 @@ from jetvit.schedule import lr_factor
 from jetvit.tasks.common import (
     autocast,
     evaluate_dataset,
+    fit_head,
     load_head,
     model_device,
     resize_short_side,
@@ -207,8 +208,6 @@ def train_probe(
 ) -> LinearSegHead:
     """Train a `LinearSegHead` on `model`'s frozen features of `dataset` (samples (image, label)); returns it in eval
     mode on the model's device. `log`, if given, receives {"step", "loss", "lr"} every `cfg.log_every` steps."""
-    from tqdm import tqdm
-
     check_patch_multiple(model, crop=cfg.crop)
     device = model_device(model)
     torch.manual_seed(cfg.seed)
@@ -220,26 +219,26 @@ def train_probe(
     loader = torch.utils.data.DataLoader(
         _AugmentedStream(dataset, cfg), batch_size=cfg.batch_size, num_workers=cfg.num_workers
     )
-    batches = iter(loader)
-    bar = tqdm(range(cfg.iterations), desc="probe", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        image, label = next(batches)
-        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
+
+    def loss_of(image: Tensor, label: Tensor) -> Tensor | None:
         x = model.normalize(image)
         with torch.no_grad(), autocast(device):
             feats = patch_features(model, x, cfg.layer)
         logits = head(feats.float(), x.shape[-2:])
-        loss = F.cross_entropy(logits, label, ignore_index=IGNORE)
-        opt.zero_grad(set_to_none=True)
-        if torch.isfinite(loss) and (label != IGNORE).any():
-            loss.backward()
-            opt.step()
-        sched.step()
-        if step % cfg.log_every == 0 or step == cfg.iterations - 1:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if log is not None:
-                log({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
-    return head.eval()
+        return F.cross_entropy(logits, label, ignore_index=IGNORE) if (label != IGNORE).any() else None
+
+    return fit_head(
+        head,
+        iter(loader),
+        loss_of,
+        opt=opt,
+        sched=sched,
+        iterations=cfg.iterations,
+        log_every=cfg.log_every,
+        desc="probe",
+        progress=progress,
+        log=log,
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
