@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override of the demo config for every run (e.g. finetune.stages.0.lr=1e-3)")  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="a tiny teacher, 2 rows, a few steps (for tests)")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: tabulate the finished runs of --rows/--seeds in the work folder")  # fmt: skip
     args = p.parse_args(argv)
     unknown = [r for r in args.rows if r not in ROWS]
     if unknown:
@@ -105,13 +107,20 @@ class Curves:
         train_idx, _ = split_holdout(len(source), self.cfg.data.holdout)
         return ImageSet(source, train_idx)
 
+    def out_dir(self, row: str, seed: int) -> Path:
+        arch = ROWS[row] if not self.args.tiny else ROWS[row][: len(self.teacher.blocks)]
+        return self.work / f"{arch}-seed{seed}"
+
+    def finished(self, row: str, seed: int) -> bool:
+        return (self.out_dir(row, seed) / "result.json").is_file()
+
     def run(self, row: str, seed: int) -> dict[str, Any]:
         """One (row, seed): distill with the curve recorded; cached in the work folder."""
         from jetvit.runtime import setup_runtime
         from jetvit.train.distill import distill_arch, resolve_targets, student_for
 
         arch = ROWS[row] if not self.args.tiny else ROWS[row][: len(self.teacher.blocks)]
-        out = self.work / f"{arch}-seed{seed}"
+        out = self.out_dir(row, seed)
         done = out / "result.json"
         if done.is_file():
             return json.loads(done.read_text())
@@ -265,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/learning_curves.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for seed in args.seeds:
         for row in args.rows:
+            if args.report_only and not curves.finished(row, seed):
+                continue
             print(f"[curves {time.perf_counter() - start:6.0f}s] {row} seed {seed}", flush=True)
             results.append(curves.run(row, seed))
             res = {
@@ -283,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": summarize(results, args.tol),
             }
             write_outputs(out, res)
+    if not results:
+        raise SystemExit("no finished run to report (drop --report-only to train them)")
     print((out / "learning_curves.md").read_text())
     return 0
 

@@ -29,6 +29,11 @@ def test_learning_curves_tiny_writes_curves_and_convergence(tmp_path):
     assert len(before) == 4
     learning_curves.main(["--tiny", "--out", str(tmp_path), "--seeds", "0", "1"])
     assert before == {p: p.stat().st_mtime for p in (tmp_path / "curves-work").glob("*/result.json")}
+    # --report-only tabulates what is finished and trains nothing (seed 2 was never run).
+    learning_curves.main(["--tiny", "--out", str(tmp_path), "--seeds", "0", "1", "2", "--report-only"])
+    assert len(list((tmp_path / "curves-work").glob("*/result.json"))) == 4
+    res = json.loads((tmp_path / "learning_curves.json").read_text())
+    assert all(row["seeds"] == [0, 1] for row in res["rows"].values())
 
 
 def test_converged_at_is_the_first_step_near_the_best():
