@@ -472,3 +472,22 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     err = proc.stderr.read().decode()
     proc.wait(timeout=60)
     assert proc.returncode == 141 and err == ""
+
+
+def test_distill_options_for_fast_learning_through_the_cli(tmp_path, capsys):
+    """distill.targets=all, distill.inherit=mlp and run.eval_every through the real CLI on the built-in teacher."""
+    out = tmp_path / "run"
+    args = ["distill", *tiny("distill.targets=all", "distill.inherit=mlp", "run.eval_every=2",
+                             "finetune.stages.0.steps=4"), "--arch", "lfLWLFwl", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["arch"] == "LFLWLFWL"
+    assert [step for step, _ in summary["finetune"]["curve"]] == [2, 4]  # every 2 steps, and the last
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert sum("score" in m for m in logged) == 2
+    cfg = (out / "config.yaml").read_text()
+    assert "targets: all" in cfg and "inherit: mlp" in cfg
+    # inherit=mlp re-initialised the attention projections: they differ from the teacher's.
+    student, teacher = jetvit.load(out / "model"), jetvit.load_teacher("builtin")
+    assert not torch.equal(student.blocks[0].attn.qkv.weight, teacher.blocks[0].attn.qkv.weight)
+    capsys.readouterr()
