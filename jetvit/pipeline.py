@@ -83,14 +83,13 @@ class RunContext:
         learning curve the config asks for; recorded in `state.json`."""
         if self.finetune_done_from_export(model):
             return self.state.done("finetune")["result"]
-        ft = self.cfg.finetune.depth_weight
         return self.train(
             "finetune",
             None,
             finetune,
             model,
             stages=self.cfg.finetune.stages,
-            depth_weight=ft if ft is not None else self.cfg.distill.depth_weight,
+            depth_weight=self.cfg.finetune_depth_weight,
             depth_teacher=self.depth_teacher,
             evaluate=self.scorer if self.cfg.run.eval_every else None,
             global_offset=global_offset,
@@ -192,7 +191,7 @@ def prepare(cfg: Config, out: Path, rt: Runtime, *, search: bool, arch: str | No
     # teacher's config (an all-F teacher does not read them).
     teacher.cfg = dataclasses.replace(teacher.cfg, linear=cfg.supernet.linear)
     depth_teacher = None
-    if (cfg.finetune.depth_weight or 0) > 0 or cfg.distill.depth_weight > 0:
+    if cfg.finetune_depth_weight > 0 or cfg.distill.depth_weight > 0:
         depth_teacher = (
             teacher if cfg.distill.depth_teacher is None else load_teacher_model(cfg.distill.depth_teacher, rt.device)
         )

@@ -61,6 +61,10 @@ def _dav2(name: str) -> dict[str, Any]:
     )
 
 
+# The plain ViT encoder of DINO v1 and YOLOS: CLS only, learned position embeddings, biases everywhere.
+_PLAIN_VIT = dict(qkv_bias=True, k_bias=True, num_registers=0, layerscale=False, pos_embed="learned")
+
+
 def _dino(name: str) -> dict[str, Any]:
     size = released.DINO[name]
     return dict(
@@ -72,12 +76,8 @@ def _dino(name: str) -> dict[str, Any]:
         num_heads=size.heads,
         mlp=size.mlp,
         mlp_hidden=size.mlp_hidden,
-        qkv_bias=True,
-        k_bias=True,
-        num_registers=0,
-        layerscale=False,
+        **_PLAIN_VIT,
         norm_eps=1e-6,
-        pos_embed="learned",
         pos_interp="official",
     )
 
@@ -93,12 +93,8 @@ def _yolos_base() -> dict[str, Any]:
         num_heads=size.heads,
         mlp=size.mlp,
         mlp_hidden=size.mlp_hidden,
-        qkv_bias=True,
-        k_bias=True,
-        num_registers=0,
-        layerscale=False,
+        **_PLAIN_VIT,
         norm_eps=1e-12,  # transformers' YolosConfig default, which the conversion keeps
-        pos_embed="learned",
         pos_interp="yolos",
         pos_grid=(img_h // patch, img_w // patch),
         num_detection_tokens=released.YOLOS_DETECTION_TOKENS,

@@ -27,24 +27,17 @@ from torch import Tensor
 
 from jetvit.model import ViTConfig
 from jetvit.teachers.common import apply_key_table, ensure
+from jetvit.teachers.hf_vit import HF_DEFAULTS as VIT_DEFAULTS
 from jetvit.teachers.hf_vit import block_key_table, detect_naming, encoder_fields
 
 MODEL_TYPE = "yolos"
 HEADS = {"class_head": "class_labels_classifier", "box_head": "bbox_predictor"}  # jetvit -> HF module names
 MID_POS_KEYS = ("encoder.mid_position_embeddings", "encoder.interpolation.mid_position_embeddings")
 
-# transformers' YolosConfig defaults (Hub configs may omit default-valued fields).
+# transformers' YolosConfig defaults (Hub configs may omit default-valued fields): ViT's, plus its own.
 HF_DEFAULTS: dict[str, Any] = {
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "hidden_act": "gelu",
-    "layer_norm_eps": 1e-12,
+    **VIT_DEFAULTS,
     "image_size": [512, 864],
-    "patch_size": 16,
-    "num_channels": 3,
-    "qkv_bias": True,
     "num_detection_tokens": 100,
     "use_mid_position_embeddings": True,
 }

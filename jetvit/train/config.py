@@ -175,6 +175,12 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunSettings = field(default_factory=RunSettings)
 
+    @property
+    def finetune_depth_weight(self) -> float:
+        """The depth loss's weight in the final fine-tuning: `finetune.depth_weight`, else `distill.depth_weight`."""
+        ft = self.finetune.depth_weight
+        return ft if ft is not None else self.distill.depth_weight
+
 
 # --- building from plain data -------------------------------------------------------------------------
 

@@ -424,7 +424,6 @@ def distill_arch(
     the distillation of a fixed architecture that `jetvit distill`, the replication benchmark and the learning
     curves share. Resumable from `ckpt_path`. Returns the trained model and the phase summary."""
     student = student_for(teacher, arch, cfg, inherit=inherit, linear=linear).to(rt.device)
-    weight = cfg.finetune.depth_weight if cfg.finetune.depth_weight is not None else cfg.distill.depth_weight
     summary = finetune(
         student,
         stages=cfg.finetune.stages if stages is None else stages,
@@ -434,7 +433,7 @@ def distill_arch(
         rt=rt,
         ckpt_path=ckpt_path,
         targets=targets,
-        depth_weight=weight,
+        depth_weight=cfg.finetune_depth_weight,
         depth_teacher=depth_teacher,
         logger=logger,
         evaluate=evaluate,
