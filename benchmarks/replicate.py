@@ -73,10 +73,10 @@ BUDGETS = {
     "tiny": Budget(2, 2, 2, 2, 5e-4, 1, 2, 2, 8, 2, 1),
     "small": Budget(30, 20, 30, 4, 5e-4, 2, 16, 32, 256, 4, 3),
     "medium": Budget(150, 100, 150, 8, 5e-4, 2, 32, 128, 512, 8, 5),
-    # Where benchmarks/results/learning_curves.md says the rows stop improving with the demo config's settings
-    # (every block distilled, generated data): about 11 distillations of 450 steps and a search per seed, roughly
-    # 50 min per seed on 2 idle CPU cores.
-    "converged": Budget(300, 300, 450, 8, 5e-4, 2, 32, 256, 65536, 8, 5),
+    # Where benchmarks/results/learning_curves.md says every row has stopped improving with the demo config's
+    # settings (every block distilled; the F rows within 0.5 mIoU of their best by step 300, the L-heavy rows by 500):
+    # 11 distillations of 500 steps and a search of 2 x 300 supernet steps per seed, about 2 h of one CPU thread.
+    "converged": Budget(300, 300, 500, 8, 5e-4, 2, 32, 256, 65536, 8, 5),
 }
 
 # The paper's numbers (DINOv3 teacher, Cityscapes, mIoU %; step time s) and, for speed, DINOv3-B on H100.
@@ -128,11 +128,11 @@ class Lab:
 
     def config(self, seed: int) -> Config:
         """The demo config at this budget, on this lab's teacher and data, for `seed`."""
-        from jetvit.train.config import StageConfig, load_config, validate
+        from jetvit.train.config import load_config, validate
 
         b = self.budget
         cfg = load_config("demo")
-        stage = StageConfig(resolution=self.native, steps=1, batch_size=b.batch_size, lr=b.lr, warmup_steps=2)
+        stage = self.stage
         options = {"samples": b.score_samples, "offset": SEARCH_SCORE_OFFSET, "size": self.native}
         cfg = dataclasses.replace(
             cfg,
@@ -144,25 +144,37 @@ class Lab:
             budget=dataclasses.replace(cfg.budget, resolution=4 * self.native),
             step1=dataclasses.replace(
                 cfg.step1,
-                stages=[dataclasses.replace(stage, steps=b.step1_steps)],
+                stages=[stage(cfg.step1.stages[0], b.step1_steps)],
                 beam=dataclasses.replace(cfg.step1.beam, width=b.beam_width, max_rounds=None),
             ),
             step2=dataclasses.replace(
                 cfg.step2,
-                stages=[dataclasses.replace(stage, steps=b.step2_steps)],
+                stages=[stage(cfg.step2.stages[0], b.step2_steps)],
                 beam=dataclasses.replace(cfg.step2.beam, width=b.beam_width),
                 max_full=3,
             ),
-            # The search's own fine-tuning is skipped (1 step): every row is distilled alike by `run` instead.
-            finetune=dataclasses.replace(cfg.finetune, stages=[stage]),
-            run=dataclasses.replace(cfg.run, seed=seed, checkpoint_every=max(1, b.distill_steps), log_every=10),
+            # The search's own fine-tuning is skipped (1 step): every row is distilled alike by `run` instead, with
+            # the finetune stage at `distill_stages`.
+            finetune=dataclasses.replace(cfg.finetune, stages=[stage(cfg.finetune.stages[0], 1)]),
+            run=dataclasses.replace(cfg.run, seed=seed, checkpoint_every=min(100, b.distill_steps), log_every=10),
         )
         validate(cfg)
         return cfg
 
-    def distill_stages(self) -> list:
+    def stage(self, demo, steps: int):
+        """The demo config's stage `demo` at this budget: the native resolution, the budget's steps, batch and lr,
+        and the demo's warm-up, shortened to a tenth of the steps where the budget is shorter than the demo's."""
+        warmup = min(demo.warmup_steps, max(1, steps // 10))
         b = self.budget
-        return [dataclasses.replace(self.config(0).finetune.stages[0], steps=b.distill_steps)]
+        return dataclasses.replace(
+            demo, resolution=self.native, steps=steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=warmup
+        )
+
+    def distill_stages(self) -> list:
+        """The demo config's finetune stage at `distill_steps`: what every row is distilled with."""
+        from jetvit.train.config import load_config
+
+        return [self.stage(load_config("demo").finetune.stages[0], self.budget.distill_steps)]
 
     def search(self, seed: int) -> dict[str, Any]:
         """Run the search for `seed` (resumable) and read the architectures off its trajectory."""
@@ -191,12 +203,14 @@ class Lab:
         from jetvit.train.distill import distill_arch, resolve_targets, student_for
 
         lin = dataclasses.asdict(LinearAttnConfig(**(linear or {})))
-        key = f"{arch}-{lin['kernel']}-{lin['conv']}-rope{int(lin['rope'])}-{inherit}"
+        cfg = self.config(seed)
+        targets = resolve_targets(cfg.distill.targets, self.teacher)
+        tag = cfg.distill.targets if isinstance(cfg.distill.targets, str) else "-".join(map(str, targets))
+        key = f"{arch}-{lin['kernel']}-{lin['conv']}-rope{int(lin['rope'])}-{inherit}-t{tag}"
         out = self.work / f"seed{seed}" / "runs" / key
         done = out / "result.json"
         if done.is_file():
             return json.loads(done.read_text())
-        cfg = self.config(seed)
         rt = setup_runtime(cfg.run)
         source = open_source(self.data_source)
         train_idx, _ = split_holdout(len(source), cfg.data.holdout)
@@ -209,7 +223,7 @@ class Lab:
             cfg=cfg,
             rt=rt,
             ckpt_path=out / "ckpt.pt",
-            targets=resolve_targets("last", self.teacher),
+            targets=targets,
             stages=self.distill_stages(),
             inherit=inherit,
             linear=lin,
