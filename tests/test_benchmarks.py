@@ -41,3 +41,40 @@ def test_converged_at_is_the_first_step_near_the_best():
     assert learning_curves.converged_at(pts, tol=0.5) == 200  # 60.1 is within 0.5 points of 60.4
     assert learning_curves.converged_at(pts, tol=0.1) == 300
     assert learning_curves.converged_at([], tol=0.5) is None
+
+
+def test_rank_statistics_against_scipy():
+    import numpy as np
+    import ranking
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    for ties in (False, True):
+        x = rng.integers(0, 4, 9).tolist() if ties else rng.normal(size=9).tolist()
+        y = rng.integers(0, 4, 9).tolist() if ties else rng.normal(size=9).tolist()
+        assert abs(ranking.kendall_tau(x, y) - stats.kendalltau(x, y).statistic) < 1e-12
+        assert abs(ranking.spearman_rho(x, y) - stats.spearmanr(x, y).statistic) < 1e-12
+    # Hand-worked: one swapped pair out of 3 -> (2 - 1) / 3.
+    assert abs(ranking.kendall_tau([1, 2, 3], [1, 3, 2]) - 1 / 3) < 1e-12
+    a = ranking.agreement({"A": 0.3, "B": 0.2, "C": 0.1}, {"A": 0.5, "B": 0.7, "C": 0.1})
+    assert a["pick"] == "A" and not a["pick_is_best"] and abs(a["regret"] - 0.2) < 1e-12
+
+
+def test_ranking_tiny_end_to_end(tmp_path):
+    import ranking
+
+    assert ranking.main(["--tiny", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "ranking.json").read_text())
+    assert len(res["paths"]) == 4 == len(set(res["paths"]))
+    assert "LLLL" in res["paths"] and "WWWW" in res["paths"]
+    assert list(res["supernet"]) == ["0", "2", "4"]  # inheritance, then every 2 of the 4 supernet steps
+    for row in res["supernet"].values():
+        assert set(row) == set(res["paths"]) and all(0.0 <= v <= 1.0 for v in row.values())
+    assert set(res["by_step"]) == {"0", "2", "4"}
+    assert all(-1.0 <= s["kendall_tau"] <= 1.0 or s["kendall_tau"] != s["kendall_tau"] for s in res["by_step"].values())
+    assert (tmp_path / "ranking.png").stat().st_size > 0 and "Kendall tau" in (tmp_path / "ranking.md").read_text()
+    # A rerun trains nothing again: the supernet is done and every path's result is cached.
+    before = {p: p.stat().st_mtime for p in (tmp_path / "ranking-work").rglob("result.json")}
+    assert len(before) == 4
+    ranking.main(["--tiny", "--out", str(tmp_path)])
+    assert before == {p: p.stat().st_mtime for p in (tmp_path / "ranking-work").rglob("result.json")}

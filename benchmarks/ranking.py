@@ -1,0 +1,384 @@
+"""Supernet ranking quality: does the Step-1 supernet rank paths as they rank when each is distilled alone?
+
+    python benchmarks/ranking.py --out benchmarks/results                      # the built-in teacher (`make ranking`)
+    python benchmarks/ranking.py --tiny --out /tmp/ranking                      # a tiny teacher, for tests
+
+The beam search trusts the supernet's scores: it keeps the paths the shared weights score best. This measures that
+trust at the demo's scale. On the built-in teacher with the demo config:
+
+1. K paths of Step 1's L/W space: all-L, all-W, the demo's Step-1 pick and K - 3 more drawn with a fixed seed;
+2. the Step-1 supernet (`build_supernet`, single-path `PathSampler` training by `train_phase`: the search's own
+   phase) is trained for `--supernet-steps`, and every `--every` steps (and at step 0, inheritance alone) each of
+   the K paths is scored by the search's scorer (the demo config's: keyshapes mIoU on its 32 val samples);
+3. each path is distilled alone (`distill_arch`, the demo config's fine-tune settings) for `--alone-steps` and
+   scored on `--eval-samples` other val samples: the ground truth the supernet should rank by.
+
+Reports, for each supernet step, Kendall's tau and Spearman's rho of the supernet's scores against the alone scores,
+whether the supernet's best path is the alone-best, and the regret (alone score of the supernet's pick minus the
+best alone score); as a noise ceiling, the same statistics for the search scorer's own scores of the alone-distilled
+paths (what a perfect supernet could reach with that scorer). Writes OUT/ranking.{json,md,png}; work files (the
+supernet checkpoint, per-path runs) go to --work (default runs/ranking) and a rerun reuses what finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jetvit.io import atomic_write_json, atomic_write_text
+
+ROOT = Path(__file__).resolve().parent.parent
+EVAL_OFFSET = 512  # val samples [512, 512 + n): disjoint from the search scorer's (256..) and the demo's (0..)
+FIXED_PATHS = ("L", "W", "LWLWLLWL")  # all-L, all-W (widened to the depth) and the demo's Step-1 pick
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Rank statistics
+
+
+def ranks(values: list[float]) -> np.ndarray:
+    """1-based ranks, ties sharing their mean rank."""
+    v = np.asarray(values, dtype=float)
+    order = np.argsort(v, kind="stable")
+    r = np.empty(len(v))
+    r[order] = np.arange(1, len(v) + 1)
+    for x in np.unique(v):
+        tie = v == x
+        r[tie] = r[tie].mean()
+    return r
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b: concordant minus discordant pairs, normalised for ties in either list."""
+    n = len(x)
+    if n != len(y) or n < 2:
+        raise ValueError(f"need two lists of the same length >= 2, got {len(x)} and {len(y)}")
+    conc = disc = tx = ty = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                tx += 1
+            elif dy == 0:
+                ty += 1
+            elif dx == dy:
+                conc += 1
+            else:
+                disc += 1
+    denom = np.sqrt((conc + disc + tx) * (conc + disc + ty))
+    return float((conc - disc) / denom) if denom else float("nan")
+
+
+def spearman_rho(x: list[float], y: list[float]) -> float:
+    """Spearman's rho: the Pearson correlation of the ranks."""
+    rx, ry = ranks(x), ranks(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def agreement(scores: dict[str, float], truth: dict[str, float]) -> dict[str, Any]:
+    """How well `scores` ranks the paths of `truth` (both path -> score, higher is better)."""
+    paths = sorted(truth)
+    x, y = [scores[p] for p in paths], [truth[p] for p in paths]
+    pick = max(paths, key=lambda p: scores[p])
+    best = max(paths, key=lambda p: truth[p])
+    return {
+        "kendall_tau": kendall_tau(x, y),
+        "spearman_rho": spearman_rho(x, y),
+        "pick": pick,
+        "pick_is_best": truth[pick] == truth[best],
+        "regret": truth[best] - truth[pick],
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The experiment
+
+
+def choose_paths(depth: int, k: int, seed: int) -> list[str]:
+    """All-L, all-W, the demo's Step-1 pick (when the depth fits it), then distinct random L/W paths up to `k`."""
+    fixed = [p * depth if len(p) == 1 else p for p in FIXED_PATHS]
+    paths = [p for p in dict.fromkeys(fixed) if len(p) == depth][:k]
+    rng = np.random.default_rng(seed)
+    while len(paths) < min(k, 2**depth):
+        p = "".join(rng.choice(["L", "W"], size=depth))
+        if p not in paths:
+            paths.append(p)
+    return paths
+
+
+class Ranking:
+    """The teacher, config, scorers and work folder shared by the supernet run and the alone runs."""
+
+    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        from jetvit.demo.scoring import keyshapes_miou
+        from jetvit.demo.teacher import load_builtin
+        from jetvit.train.config import load_config, validate
+
+        self.args, self.work = args, work
+        teacher_dir = Path(args.teacher)
+        self.teacher, _, _, _ = load_builtin(teacher_dir)
+        self.teacher.requires_grad_(False)
+        native = self.teacher.cfg.img_size
+        cfg = load_config("demo", [f"teacher={teacher_dir}", *args.overrides])
+
+        def stage(s, steps):
+            return dataclasses.replace(
+                s, resolution=native, steps=steps, batch_size=args.batch_size, warmup_steps=min(s.warmup_steps, steps)
+            )
+
+        self.cfg = dataclasses.replace(
+            cfg,
+            step1=dataclasses.replace(cfg.step1, stages=[stage(cfg.step1.stages[0], args.supernet_steps)]),
+            finetune=dataclasses.replace(cfg.finetune, stages=[stage(cfg.finetune.stages[0], args.alone_steps)]),
+            run=dataclasses.replace(
+                cfg.run, seed=args.seed, eval_every=args.every, checkpoint_every=args.every, log_every=10
+            ),
+        )
+        validate(self.cfg)
+        head = str(teacher_dir / "seg_head")
+        opts = cfg.score.options
+        samples = args.score_samples or int(opts.get("samples", 32))
+        # The search's scorer (the demo config's slice of val) and the ground truth's (another slice).
+        self.score = keyshapes_miou(
+            teacher=self.teacher, head=head, samples=samples, offset=int(opts.get("offset", 256)), size=native
+        )
+        self.evaluate = keyshapes_miou(
+            teacher=self.teacher, head=head, samples=args.eval_samples, offset=EVAL_OFFSET, size=native
+        )
+        self.paths = choose_paths(len(self.teacher.blocks), args.paths, args.seed)
+
+    def images(self):
+        from jetvit.train.data import ImageSet, open_source, split_holdout
+
+        source = open_source(self.cfg.data.source)
+        train_idx, _ = split_holdout(len(source), self.cfg.data.holdout)
+        return ImageSet(source, train_idx)
+
+    def targets(self) -> list[int]:
+        from jetvit.train.distill import resolve_targets
+
+        return resolve_targets(self.cfg.distill.targets, self.teacher)
+
+    def supernet(self) -> dict[str, dict[str, float]]:
+        """Train the Step-1 supernet, scoring every path at step 0 and every `--every` steps. Returns
+        {step: {path: score}}; resumable (the scores so far live in supernet_scores.json)."""
+        from jetvit.runtime import setup_runtime
+        from jetvit.search.supernet import PathSampler, build_supernet, set_arch
+        from jetvit.train.distill import Phase, train_phase
+
+        cfg, depth = self.cfg, len(self.teacher.blocks)
+        record = self.work / "supernet_scores.json"
+        scores: dict[str, dict[str, float]] = json.loads(record.read_text()) if record.is_file() else {}
+        rt = setup_runtime(cfg.run)
+        choices = ["LW"] * depth
+        net = build_supernet(self.teacher, choices, share=cfg.supernet.share, window_size=cfg.supernet.window_size)
+        sampler = PathSampler(choices, seed=cfg.run.seed, phase="step1")
+        trained = {"steps": 0}
+
+        def choose(model, step: int) -> str:
+            trained["steps"] = step + 1  # the optimizer step about to run is the (step + 1)-th
+            return sampler(model, step)
+
+        def score_all(model) -> float:
+            step = str(trained["steps"])
+            if step not in scores:
+                row = {}
+                for p in self.paths:
+                    set_arch(model, p)
+                    row[p] = float(self.score(model))
+                scores[step] = row
+                atomic_write_json(record, scores)
+            return float(np.mean(list(scores[step].values())))
+
+        if "0" not in scores:
+            score_all(net.eval())
+        phase = Phase("step1", cfg.step1.stages, choose_path=choose, evaluate=score_all)
+        summary = train_phase(
+            phase, net.train(), teacher=self.teacher, images=self.images(), cfg=cfg, rt=rt,
+            ckpt_path=self.work / "supernet" / "ckpt.pt", targets=self.targets(),
+        )  # fmt: skip
+        self.supernet_seconds = summary["seconds"]
+        return {k: scores[k] for k in sorted(scores, key=int)}
+
+    def alone(self, path: str) -> dict[str, Any]:
+        """Distil `path` alone; cached in the work folder."""
+        from jetvit.runtime import setup_runtime
+        from jetvit.train.distill import distill_arch
+
+        out = self.work / "alone" / path
+        done = out / "result.json"
+        if done.is_file():
+            return json.loads(done.read_text())
+        rt = setup_runtime(self.cfg.run)
+        student, summary = distill_arch(
+            self.teacher, path, images=self.images(), cfg=self.cfg, rt=rt, ckpt_path=out / "ckpt.pt",
+            targets=self.targets(),
+        )  # fmt: skip
+        student.eval()
+        result = {
+            "path": path,
+            "eval": float(self.evaluate(student)),
+            "search_score": float(self.score(student)),
+            "train_seconds": summary["seconds"],
+        }
+        atomic_write_json(done, result)
+        (out / "ckpt.pt").unlink(missing_ok=True)
+        return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Report
+
+
+def report(res: dict[str, Any], out: Path) -> None:
+    atomic_write_json(out / "ranking.json", res)
+    a = res["args"]
+    md = [
+        "# Supernet ranking quality on the built-in teacher",
+        "",
+        f"Step-1 (L/W) supernet trained by the search's own phase with the demo config, batch {a['batch_size']}; "
+        f"{len(res['paths'])} paths, each also distilled alone for {a['alone_steps']} steps. Supernet scores: the "
+        f"search's scorer ({res['score_samples']} keyshapes val samples). Ground truth: each alone-distilled path's "
+        f"mIoU on {a['eval_samples']} other val samples (from {EVAL_OFFSET}). Seed {a['seed']}.",
+        "",
+        f"Command: `{res['command']}` on {res['machine']}; {res['seconds'] / 60:.1f} min for this invocation.",
+        "",
+        "| supernet steps | Kendall tau | Spearman rho | supernet's pick | pick is the alone-best | regret (mIoU) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for step, s in res["by_step"].items():
+        md.append(
+            f"| {step} | {s['kendall_tau']:.2f} | {s['spearman_rho']:.2f} | `{s['pick']}` | "
+            f"{'yes' if s['pick_is_best'] else 'no'} | {100 * s['regret']:.2f} |"
+        )
+    c = res["ceiling"]
+    md += [
+        f"| noise ceiling (alone runs, search scorer) | {c['kendall_tau']:.2f} | {c['spearman_rho']:.2f} | "
+        f"`{c['pick']}` | {'yes' if c['pick_is_best'] else 'no'} | {100 * c['regret']:.2f} |",
+        "",
+        "| path | alone, eval mIoU (%) | alone, search-scorer mIoU (%) | "
+        + " | ".join(f"supernet @{s}" for s in res["by_step"])
+        + " |",
+        "|---|---|---|" + "---|" * len(res["by_step"]),
+    ]
+    for p in sorted(res["paths"], key=lambda p: -res["alone"][p]["eval"]):
+        r = res["alone"][p]
+        cells = [f"{100 * res['supernet'][s][p]:.2f}" for s in res["by_step"]]
+        md.append(f"| `{p}` | {100 * r['eval']:.2f} | {100 * r['search_score']:.2f} | " + " | ".join(cells) + " |")
+    md.append("")
+    atomic_write_text(out / "ranking.md", "\n".join(md))
+    plot(res, out / "ranking.png")
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jetvit.io import atomic_write_bytes
+
+    steps = list(res["by_step"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot([int(s) for s in steps], [res["by_step"][s]["kendall_tau"] for s in steps], marker="o", label="tau")
+    ax1.plot([int(s) for s in steps], [res["by_step"][s]["spearman_rho"] for s in steps], marker="s", label="rho")
+    ax1.axhline(res["ceiling"]["kendall_tau"], color="k", ls=":", lw=1, label="tau ceiling (scorer noise)")
+    ax1.set_xlabel("supernet steps")
+    ax1.set_ylabel("rank correlation with paths distilled alone")
+    ax1.set_ylim(-1.05, 1.05)
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    last = steps[-1]
+    xs = [100 * res["supernet"][last][p] for p in res["paths"]]
+    ys = [100 * res["alone"][p]["eval"] for p in res["paths"]]
+    ax2.scatter(xs, ys)
+    for p, x, y in zip(res["paths"], xs, ys):
+        ax2.annotate(p, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+    ax2.set_xlabel(f"supernet score after {last} steps (mIoU %)")
+    ax2.set_ylabel("distilled alone (mIoU %)")
+    ax2.grid(alpha=0.3)
+    fig.suptitle("Step-1 supernet ranking, built-in teacher")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from jetvit.demo.teacher import ASSET_DIR
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", default=str(ASSET_DIR), help="a teacher directory written by the pretraining script")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--work", default=None, help="checkpoints and per-path results (default: runs/ranking)")
+    p.add_argument("--paths", type=int, default=8, help="how many L/W paths to rank")
+    p.add_argument("--supernet-steps", type=int, default=300)
+    p.add_argument("--every", type=int, default=100, help="score every path every this many supernet steps")
+    p.add_argument("--alone-steps", type=int, default=300, help="distillation steps of each path alone")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--score-samples", type=int, default=None, help="the search scorer's samples (default: config)")
+    p.add_argument("--eval-samples", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override of the demo config (e.g. supernet.share=true)")  # fmt: skip
+    p.add_argument("--tiny", action="store_true", help="a tiny teacher, 4 paths, a few steps (for tests)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    out = Path(args.out)
+    work = Path(args.work) if args.work else (out / "ranking-work" if args.tiny else ROOT / "runs" / "ranking")
+    work.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from replicate import tiny_teacher
+
+        args.teacher = str(tiny_teacher(work))
+        args.paths, args.supernet_steps, args.every, args.alone_steps = 4, 4, 2, 2
+        args.batch_size, args.eval_samples, args.score_samples = 2, 2, 2
+    lab = Ranking(args, work)
+    log = lambda m: print(f"[ranking {time.perf_counter() - start:6.0f}s] {m}", flush=True)  # noqa: E731
+    log(f"supernet, {args.supernet_steps} steps; paths {lab.paths}")
+    supernet = lab.supernet()
+    alone = {}
+    for i, p in enumerate(lab.paths):
+        log(f"path {i + 1}/{len(lab.paths)} {p} alone, {args.alone_steps} steps")
+        alone[p] = lab.alone(p)
+    truth = {p: r["eval"] for p, r in alone.items()}
+    res = {
+        "args": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
+        "command": "python benchmarks/ranking.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "paths": lab.paths,
+        "score_samples": len(lab.score.dataset),
+        "supernet": supernet,
+        "alone": alone,
+        "by_step": {s: agreement(row, truth) for s, row in supernet.items()},
+        "ceiling": agreement({p: r["search_score"] for p, r in alone.items()}, truth),
+        "seconds": time.perf_counter() - start,
+    }
+    report(res, out)
+    print((out / "ranking.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
