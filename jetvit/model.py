@@ -505,10 +505,15 @@ class DetectionHeadConfig:
 
     num_labels: int  # object classes; the class head has one more output, "no object"
     num_layers: int = 3
+    # The name of each label index (HF `id2label`), when the source names them; evaluation maps a dataset's
+    # categories to label indices by these names (`jetvit.tasks.detection.label_to_category`).
+    labels: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.num_labels < 1 or self.num_layers < 1:
             raise ValueError(f"detection head needs num_labels >= 1 and num_layers >= 1, got {self}")
+        if self.labels is not None and len(self.labels) != self.num_labels:
+            raise ValueError(f"detection head labels name {len(self.labels)} classes, num_labels is {self.num_labels}")
 
 
 class MlpHead(nn.Module):

@@ -6,6 +6,8 @@ Each factory is a session-scoped fixture that returns a function, so module-scop
   1 register, 2x2-patch windows, 32 px native; `depth` follows `arch` when only `arch` is given.
 - `tiny_model(arch, *, seed, random_weights, **overrides)`: a `HybridViT` of that config, in eval mode.
 - `tiny_depth_model(*, head, **overrides)`: a tiny Depth-Anything-V2 hybrid (DINOv2 layout) with a DPT head.
+- `tiny_yolos(**overrides)`: a tiny YOLOS hybrid: plain ViT blocks, a learned 4x6 position grid (32x48 px), 3
+  detection tokens, mid-layer position embeddings and class/box heads (4 labels, 2 layers), random weights.
 - `tiny_teacher_dir`: `tiny_model()` saved once with `jetvit.save`. Shared by the whole session: read it, never
   write into it.
 - `hf_dinov3`, `hf_dinov2`, `hf_depth_anything`: tiny random Hugging Face `transformers` models, every tensor
@@ -68,6 +70,17 @@ def _tiny_depth_model(*, head: dict[str, Any] | None = None, seed: int = 0, **ov
     return model
 
 
+# The tiny YOLOS of `tiny_yolos`: what differs from `TINY`.
+TINY_YOLOS: dict[str, Any] = dict(
+    family="yolos", depth=2, num_registers=0, layerscale=False, k_bias=True, pos_embed="learned", pos_interp="yolos",
+    pos_grid=(4, 6), num_detection_tokens=3, block_pos_embed=True, detection_head={"num_labels": 4, "num_layers": 2},
+)  # fmt: skip
+
+
+def _tiny_yolos(*, seed: int = 0, **overrides: Any) -> HybridViT:
+    return _tiny_model(seed=seed, random_weights=True, **{**TINY_YOLOS, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_cfg() -> Callable[..., ViTConfig]:
     return _tiny_cfg
@@ -81,6 +94,11 @@ def tiny_model() -> Callable[..., HybridViT]:
 @pytest.fixture(scope="session")
 def tiny_depth_model() -> Callable[..., HybridViT]:
     return _tiny_depth_model
+
+
+@pytest.fixture(scope="session")
+def tiny_yolos() -> Callable[..., HybridViT]:
+    return _tiny_yolos
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,10 @@ from jetvit.demo.teacher import ASSET_DIR
 from jetvit.train.data import split_holdout
 
 # Optional packages a plain `pip install jetvit` does not bring; the tour runs with all of them made unimportable.
-OPTIONAL = ("skimage", "tensorboard", "onnx", "onnxruntime", "onnxscript", "huggingface_hub", "transformers", "sklearn")
+OPTIONAL = (
+    "skimage", "tensorboard", "onnx", "onnxruntime", "onnxscript", "huggingface_hub", "transformers", "sklearn",
+    "pycocotools",
+)  # fmt: skip
 
 
 def sets(*assignments: str) -> list[str]:

@@ -265,6 +265,27 @@ def test_yolos_saved_round_trip(tmp_path: Path) -> None:
         _assert_close(list(again.predict_detections(x)), list(model.predict_detections(x)), "detections", 0)
 
 
+def test_yolos_label_names_are_kept(tmp_path: Path) -> None:
+    """`id2label` names (the COCO checkpoints': index == COCO category id, unused ids "N/A") become the head's
+    `labels`, survive `jetvit.save`, and map a dataset's categories by name; transformers' placeholders do not."""
+    from jetvit.tasks.detection import label_to_category
+
+    names = ["N/A", "person", "bicycle", "N/A", "car"]
+    cfg = transformers.YolosConfig(
+        hidden_size=D, num_hidden_layers=1, num_attention_heads=HEADS, intermediate_size=64, image_size=[32, 48],
+        patch_size=16, num_detection_tokens=2, id2label=dict(enumerate(names)),
+    )  # fmt: skip
+    transformers.YolosForObjectDetection(cfg).save_pretrained(tmp_path / "hub")
+    model = load_teacher(tmp_path / "hub")
+    assert model.cfg.detection_head == {"num_labels": 5, "num_layers": 3, "labels": names}
+    again = load_teacher(jetvit.save(model, tmp_path / "saved"))
+    assert again.detection_head.cfg.labels == names
+    categories = {1: "person", 3: "car", 2: "bicycle"}  # COCO's ids and names
+    assert label_to_category(again.detection_head, categories) == ({1: 1, 4: 3, 2: 2}, "names")
+    placeholders = load_teacher(_save_5x(hf_yolos(), tmp_path / "default"))  # id2label LABEL_0 .. LABEL_6
+    assert "labels" not in placeholders.cfg.detection_head
+
+
 def _yolos_teacher(tmp_path: Path) -> HybridViT:
     hf_yolos().save_pretrained(tmp_path / "hub")
     return load_teacher(tmp_path / "hub")

@@ -323,7 +323,7 @@ def run_benchmark(
             m.grid_size(*res)  # raises a clear ValueError for sizes that are not multiples of the patch
         row: dict[str, Any] = {"res": list(res)}
         h, w = teacher.grid_size(*res)
-        row["tokens"] = teacher.num_prefix_tokens + h * w
+        row["tokens"] = teacher.cfg.num_global_tokens + h * w  # CLS, registers, YOLOS detection tokens, patches
         torch.manual_seed(0)
         x = torch.randn(1, 3, *res, device=device)
         log(f"[{res[0]}x{res[1]}] latency at batch 1: warm-up {opts.warmup}, {opts.repeats} interleaved repeats")

@@ -29,8 +29,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("jetvit.cli.convert", "convert a teacher into a hybrid with a given architecture string"),
     "search": ("jetvit.cli.search", "Post-Training Attention Search: supernets, beam search, fine-tuning"),
     "distill": ("jetvit.cli.distill", "fine-tune a fixed architecture by feature distillation"),
-    "probe": ("jetvit.cli.probe", "train a linear segmentation or classification probe on a teacher's features"),
-    "eval": ("jetvit.cli.eval", "evaluate teacher and hybrid side by side: segmentation, depth, classification"),
+    "probe": (
+        "jetvit.cli.probe",
+        "train a linear segmentation or classification (images, video clips) probe on a teacher's features",
+    ),
+    "eval": (
+        "jetvit.cli.eval",
+        "evaluate teacher and hybrid side by side: segmentation, depth, classification, video, detection",
+    ),
     "bench": ("jetvit.cli.bench", "benchmark teacher against hybrid: latency, throughput, memory"),
     "export": ("jetvit.cli.export", "export a hybrid to ONNX and check it against PyTorch"),
     "plan": ("jetvit.cli.plan", "memory per GPU of each training phase of a run config, without weights"),
@@ -60,6 +66,7 @@ EXTRAS = {
     "huggingface_hub": "hub",
     "tensorboard": "tensorboard",
     "skimage": "skimage",
+    "pycocotools": "det",
 }
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130

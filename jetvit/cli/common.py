@@ -13,7 +13,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, *, out: bool = True) -
     parser.add_argument(
         "--config",
         required=True,
-        help="YAML run config, or the name of a shipped one (tiny, dinov3, depth_anything_v2)",
+        help="YAML run config, or the name of a shipped one (tiny, demo, dinov3, depth_anything_v2, dino-v1-cls, "
+        "yolos-det)",
     )
     parser.add_argument(
         "--set",

@@ -3,7 +3,8 @@
     jetvit export --model runs/student --res 1024x1024 --out student.onnx
 
 Prints the maximum absolute difference between onnxruntime and PyTorch on random images and exits non-zero when it
-exceeds --atol (1e-4 by default, fp32).
+exceeds --atol (1e-4 by default, fp32). The graph outputs the final tokens; a YOLOS model with its detection heads
+also outputs the class logits and boxes (`jetvit.bench.export`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
     from pathlib import Path
 
-    from jetvit.bench.export import check_onnx, export_onnx
+    from jetvit.bench.export import check_onnx, export_onnx, output_names
     from jetvit.bench.harness import parse_res
     from jetvit.io import CONFIG_NAME, WEIGHTS_NAME, load, refuse_overwrite
 
@@ -50,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model)
     model.grid_size(*res)  # a clear error for sizes that are not multiples of the patch
     path = export_onnx(model, res, args.out, batch=args.batch, opset=args.opset)
-    print(f"wrote {path} (arch {model.arch}, input {args.batch}x3x{res[0]}x{res[1]})")
+    outputs = ", ".join(output_names(model))
+    print(f"wrote {path} (arch {model.arch}, input {args.batch}x3x{res[0]}x{res[1]}, outputs {outputs})")
     if args.no_check:
         return 0
     report = check_onnx(model, path, res, batch=args.batch)

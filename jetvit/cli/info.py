@@ -1,7 +1,8 @@
 """`jetvit info SRC [--res HxW] [--json]`: describe a teacher or a saved hybrid.
 
-Prints the family, size, architecture, parameter counts and the model's own FLOP count at one resolution (default:
-the native one), with a per-block table (kind, parameters, FLOPs).
+Prints the family, size, architecture, the tokens at one resolution (default: the native one; CLS, registers, YOLOS's
+detection tokens and patches), parameter counts and the model's own FLOP count there, with a per-block table (kind,
+parameters, FLOPs).
 """
 
 from __future__ import annotations
@@ -29,15 +30,18 @@ def describe(model: Any, res: tuple[int, int] | None = None) -> dict[str, Any]:
     from jetvit.teachers import describe_size
 
     cfg = model.cfg
-    H, W = res or (cfg.img_size, cfg.img_size)
+    H, W = res or (cfg.img_size, cfg.img_size * cfg.learned_grid[1] // cfg.learned_grid[0])
     flops = model.flops(H, W)  # raises ValueError for a size that is not a patch multiple
-    head = model.depth_head
+    h, w = model.grid_size(H, W)
+    tokens = {"cls": 1, "registers": cfg.num_registers, "detection": cfg.num_detection_tokens, "patches": h * w}
+    tokens["total"] = sum(tokens.values())
+    heads = [m for m in (model.depth_head, model.detection_head) if m is not None]
     blocks = [
         {"index": i, "kind": blk.kind, "parameters": sum(p.numel() for p in blk.parameters()), "flops": f}
         for i, (blk, f) in enumerate(zip(model.blocks, flops["blocks"]))
     ]
     total = sum(p.numel() for p in model.parameters())
-    head_params = sum(p.numel() for p in head.parameters()) if head is not None else 0
+    head_params = sum(p.numel() for head in heads for p in head.parameters())
     return {
         "family": cfg.family,
         "size": describe_size(cfg),
@@ -47,8 +51,10 @@ def describe(model: Any, res: tuple[int, int] | None = None) -> dict[str, Any]:
         "num_heads": cfg.num_heads,
         "patch_size": cfg.patch_size,
         "prefix_tokens": cfg.num_prefix_tokens,
+        "tokens": tokens,
         "window_size": cfg.window_size,
-        "depth_head": head is not None,
+        "depth_head": model.depth_head is not None,
+        "detection_head": model.detection_head is not None,
         "parameters": {"total": total, "backbone": total - head_params, "head": head_params},
         "resolution": [H, W],
         "flops": {"total": flops["total"], "embed": flops["embed"], "head": flops["head"]},
@@ -59,16 +65,18 @@ def describe(model: Any, res: tuple[int, int] | None = None) -> dict[str, Any]:
 def format_report(info: dict[str, Any], src: str) -> str:
     arch = info["arch"]
     counts = ", ".join(f"{arch.count(k)} {k}" for k in "FWL" if k in arch)
-    p, f = info["parameters"], info["flops"]
+    p, f, t = info["parameters"], info["flops"], info["tokens"]
     H, W = info["resolution"]
+    parts = ["1 CLS", f"{t['registers']} registers"] + ([f"{t['detection']} detection"] if t["detection"] else [])
+    head = "detection heads" if info["detection_head"] else "depth head"
     lines = [
         f"source       {src}",
         f"family       {info['family']}",
         f"size         {info['size']} (dim {info['dim']}, depth {info['depth']}, heads {info['num_heads']}, "
         f"patch {info['patch_size']}, {info['prefix_tokens']} prefix tokens)",
         f"arch         {arch} ({counts}" + (f"; window {info['window_size']}" if "W" in arch else "") + ")",
-        f"parameters   {p['total'] / 1e6:.3f} M "
-        f"(backbone {p['backbone'] / 1e6:.3f} M, depth head {p['head'] / 1e6:.3f} M)",
+        f"tokens       {t['total']} at {H}x{W} ({' + '.join(parts)} + {t['patches']} patches)",
+        f"parameters   {p['total'] / 1e6:.3f} M (backbone {p['backbone'] / 1e6:.3f} M, {head} {p['head'] / 1e6:.3f} M)",
         f"FLOPs        {f['total'] / 1e9:.3f} G at {H}x{W} "
         f"(embed {f['embed'] / 1e9:.3f} G, head {f['head'] / 1e9:.3f} G)",
         "",

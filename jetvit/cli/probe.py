@@ -1,6 +1,8 @@
 """`jetvit probe`: train a linear probe on a teacher's frozen features and report its score: `--task seg` (default)
 a segmentation probe (mIoU), `--task cls` a classification probe on an image folder
-(`--data ROOT` with `ROOT/train/CLASS/*.jpg`, `ROOT/val/CLASS/*`; top-1 / top-5).
+(`--data ROOT` with `ROOT/train/CLASS/*.jpg`, `ROOT/val/CLASS/*`; top-1 / top-5), `--task video` the same probe on
+video clips extracted to frames (UCF101-style `ROOT/train/CLASS/CLIP/*.jpg`): each clip's features are the mean of
+up to `--frames` evenly spaced frames' (top-1 / top-5 per clip). `--task video` takes `--task cls`'s options.
 
 Writes into --out: `head.safetensors` + `head.json` (the head's config and what it was trained on), and
 `results.json` (validation metrics and the resolved probe config).
@@ -52,7 +54,7 @@ CLS_PROBE_OPTIONS = {
     "num_workers": int,
     "seed": int,
 }
-TASKS = ("seg", "cls")
+TASKS = ("seg", "cls", "video")
 PROBE_HELP = {
     "crop": "training crop side (a patch multiple)",
     "layer": "seg: block whose normed features the probe reads",
@@ -72,7 +74,12 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", choices=TASKS, default="seg", help="seg: segmentation probe; cls: classification probe")
+    p.add_argument(
+        "--task",
+        choices=TASKS,
+        default="seg",
+        help="seg: segmentation probe; cls: classification probe; video: classification of clips of frames",
+    )
     p.add_argument("--teacher", required=True, help="teacher source (HF id/dir, .pth) or a jetvit model directory")
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="output directory for the head and results")
@@ -84,6 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=PROBE_HELP.get(name))
         else:
             p.add_argument(flag, type=kind, default=None, help=PROBE_HELP.get(name))
+    p.add_argument("--frames", type=int, default=None, help="video: frames per clip, evenly spaced (default 8)")
     p.add_argument(
         "--max-val-images",
         type=int,
@@ -104,7 +112,9 @@ def _probe_options(args: argparse.Namespace, options: dict[str, type], others: d
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.task == "cls":
+    if args.frames is not None and args.task != "video":
+        raise ValueError(f"--frames is for --task video, not --task {args.task}")
+    if args.task in ("cls", "video"):
         return _run_cls(args)
     return _run_seg(args)
 
@@ -162,15 +172,23 @@ def _run_seg(args: argparse.Namespace) -> int:
 
 
 def _run_cls(args: argparse.Namespace) -> int:
+    """`--task cls` on an image folder, `--task video` on a folder of clips."""
     from jetvit.io import atomic_write_json
     from jetvit.tasks.classification import ClsProbeConfig, evaluate_classification, save_cls_probe, train_cls_probe
-    from jetvit.tasks.datasets import ImageFolderClassification
+    from jetvit.tasks.datasets import ImageFolderClassification, VideoFolderClassification
 
+    video = args.task == "video"
     if args.dataset != "folder":
-        raise ValueError(f"--task cls reads an image folder (--dataset folder), got --dataset {args.dataset}")
+        layout = "video folder" if video else "image folder"
+        raise ValueError(f"--task {args.task} reads an {layout} (--dataset folder), got --dataset {args.dataset}")
     cfg = ClsProbeConfig(**_probe_options(args, CLS_PROBE_OPTIONS, PROBE_OPTIONS))
-    train_data = ImageFolderClassification(args.data, split=args.train_split or "train")
-    val_data = ImageFolderClassification(args.data, split=args.val_split or "val")
+    frames = args.frames or 8
+    if video:
+        train_data = VideoFolderClassification(args.data, split=args.train_split or "train", frames=frames)
+        val_data = VideoFolderClassification(args.data, split=args.val_split or "val", frames=frames)
+    else:
+        train_data = ImageFolderClassification(args.data, split=args.train_split or "train")
+        val_data = ImageFolderClassification(args.data, split=args.val_split or "val")
     if val_data.class_names != train_data.class_names:
         raise ValueError(
             f"the val classes {val_data.class_names} differ from the train classes {train_data.class_names}"
@@ -182,7 +200,7 @@ def _run_cls(args: argparse.Namespace) -> int:
     progress = not args.no_progress
 
     start = time.perf_counter()
-    head = train_cls_probe(model, train_data, cfg, num_classes=train_data.num_classes, progress=progress)
+    head = train_cls_probe(model, train_data, cfg, num_classes=train_data.num_classes, clips=video, progress=progress)
     train_seconds = time.perf_counter() - start
     val_data = class_spread_limit(val_data, args.max_val_images, option="--max-val-images")
     result = evaluate_classification(
@@ -193,23 +211,26 @@ def _run_cls(args: argparse.Namespace) -> int:
         crop=cfg.eval_crop,
         batch_size=cfg.eval_batch_size,
         num_workers=cfg.num_workers,
+        clips=video,
         progress=progress,
     )
     meta = {
-        "task": "cls",
+        "task": args.task,
         "teacher": str(args.teacher),
         "arch": getattr(model, "arch", None),
         "dataset": "folder",
         "data": os.path.abspath(args.data),
         "class_names": list(train_data.class_names),
         "probe": dataclasses.asdict(cfg),
+        **({"frames": frames} if video else {}),
         "top1": result["top1"],
     }
     save_cls_probe(head, out, meta=meta)
     atomic_write_json(out / "results.json", {**meta, "train_seconds": train_seconds, "val": result})
+    what, unit = ("video", "clips") if video else ("classification", "images")
     print(
-        f"classification probe on {args.teacher}: top-1 {100 * result['top1']:.2f}  top-5 {100 * result['top5']:.2f}"
-        f"  ({len(val_data)} val images, {train_seconds:.0f}s training)"
+        f"{what} probe on {args.teacher}: top-1 {100 * result['top1']:.2f}  top-5 {100 * result['top5']:.2f}"
+        f"  ({len(val_data)} val {unit}, {train_seconds:.0f}s training)"
     )
     print(f"wrote {out / 'head.safetensors'}, {out / 'head.json'}, {out / 'results.json'}")
     return 0

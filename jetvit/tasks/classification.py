@@ -7,9 +7,14 @@ weight decay, lr 0.001 * batch / 256, cosine decay) for 100 epochs; AdamW is off
 random-resized crops (scale 0.08..1, aspect 3/4..4/3) of side `crop`, randomly flipped. Evaluation resizes the short
 side to `eval_short_side` (DINO: 256) and takes the centre `eval_crop` (224).
 
+Video clips (UCF101-style action recognition, `clips=True`): a sample is a clip of up to T frames (`frames` evenly
+spaced, `jetvit.tasks.datasets.VideoFolderClassification`); the probe's features (the same CLS tokens and mean patch
+token) are computed per frame and averaged over the clip's frames, and the linear layer classifies the mean, so a
+clip's logits are the mean of its frames' logits. Training crops every frame of a clip with the same random crop.
+
 Features: `model.forward_intermediates(x, last blocks)` -> per block (patches (B, D, h, w), prefix (B, P, D)),
 prefix[:, 0] the CLS token. Images: (B, 3, H, W) RGB in [0, 1] from `jetvit.tasks.datasets`; normalised here with the
-model's mean and std.
+model's mean and std. A batch of clips is their frames concatenated, (sum of T_i, 3, H, W), and the frame counts (B,).
 """
 
 from __future__ import annotations
@@ -55,6 +60,26 @@ def cls_logits(model: nn.Module, head: LinearClsHead, x: Tensor) -> Tensor:
     with torch.no_grad(), autocast(x.device):
         feats = model.forward_intermediates(x, blocks)  # n_last_blocks x ((B, D, h, w), (B, P, D))
     return head([(patches.float(), prefix.float()) for patches, prefix in feats])
+
+
+def clip_logits(model: nn.Module, head: LinearClsHead, frames: Tensor, counts: Tensor) -> Tensor:
+    """Normalised frames of B clips, concatenated (sum of counts, 3, H, W), and each clip's frame count (B,) ->
+    logits (B, classes) of the clips' mean features."""
+    blocks = list(range(-head.cfg.n_last_blocks, 0))
+    with torch.no_grad(), autocast(frames.device):
+        feats = model.forward_intermediates(frames, blocks)  # n_last_blocks x ((sum T, D, h, w), (sum T, P, D))
+    per_frame = head.features([(patches.float(), prefix.float()) for patches, prefix in feats])  # (sum T, F)
+    counts = counts.to(per_frame.device)
+    clip = torch.repeat_interleave(torch.arange(len(counts), device=per_frame.device), counts)  # (sum T,)
+    sums = per_frame.new_zeros(len(counts), per_frame.shape[1]).index_add_(0, clip, per_frame)  # (B, F)
+    return head.linear(sums / counts[:, None])
+
+
+def collate_clips(samples: list[tuple[Tensor, int]]) -> tuple[tuple[Tensor, Tensor], Tensor]:
+    """Clips (T_i, 3, H, W) with labels -> ((frames (sum T_i, 3, H, W), counts (B,)), labels (B,))."""
+    frames = [clip for clip, _ in samples]
+    counts = torch.tensor([len(f) for f in frames])
+    return (torch.cat(frames), counts), torch.tensor([label for _, label in samples])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -108,8 +133,9 @@ class ClsProbeConfig:
 
 
 def random_resized_crop(image: Tensor, *, crop: int, scale: tuple[float, float], rng: random.Random) -> Tensor:
-    """image (3, H, W) -> (3, crop, crop): a random area fraction in `scale` with aspect in [3/4, 4/3] (log-uniform),
-    resized to `crop` and flipped half the time; torchvision's RandomResizedCrop, falling back to the centre."""
+    """image (3, H, W) (or a clip (T, 3, H, W): one crop for every frame) -> (..., 3, crop, crop): a random area
+    fraction in `scale` with aspect in [3/4, 4/3] (log-uniform), resized to `crop` and flipped half the time;
+    torchvision's RandomResizedCrop, falling back to the centre."""
     h, w = image.shape[-2:]
     area = h * w
     for _ in range(10):
@@ -122,21 +148,23 @@ def random_resized_crop(image: Tensor, *, crop: int, scale: tuple[float, float],
     else:
         ch = cw = min(h, w)
         y, x = (h - ch) // 2, (w - cw) // 2
-    patch = image[:, y : y + ch, x : x + cw]  # (3, ch, cw)
-    out = F.interpolate(patch[None], size=(crop, crop), mode="bilinear", align_corners=False, antialias=True)[0]
+    patch = image[..., y : y + ch, x : x + cw].reshape(-1, *image.shape[-3:-2], ch, cw)  # (T, 3, ch, cw)
+    out = F.interpolate(patch, size=(crop, crop), mode="bilinear", align_corners=False, antialias=True)
+    out = out.reshape(*image.shape[:-2], crop, crop)
     return out.flip(-1) if rng.random() < 0.5 else out
 
 
 def center_crop(image: Tensor, *, short_side: int, crop: int) -> Tensor:
-    """image (3, H, W) -> (3, crop, crop): short side resized to `short_side`, then the centre crop."""
-    x = resize_short_side(image[None], short_side)[0]
+    """image (3, H, W) (or a clip (T, 3, H, W)) -> (..., 3, crop, crop): short side resized to `short_side`, then the
+    centre crop."""
+    x = resize_short_side(image.reshape(-1, *image.shape[-3:]), short_side)  # (T, 3, h, w)
     h, w = x.shape[-2:]
     y0, x0 = (h - crop) // 2, (w - crop) // 2
-    return x[:, y0 : y0 + crop, x0 : x0 + crop]
+    return x[..., y0 : y0 + crop, x0 : x0 + crop].reshape(*image.shape[:-2], crop, crop)
 
 
 class _AugmentedStream(torch.utils.data.IterableDataset):
-    """An endless stream of augmented (image, label) samples drawn with replacement, seeded per worker."""
+    """An endless stream of augmented (image or clip, label) samples drawn with replacement, seeded per worker."""
 
     def __init__(self, dataset: Any, cfg: ClsProbeConfig) -> None:
         self.dataset, self.cfg = dataset, cfg
@@ -176,11 +204,13 @@ def train_cls_probe(
     cfg: ClsProbeConfig,
     *,
     num_classes: int,
+    clips: bool = False,
     progress: bool = True,
     log: Callable[[dict[str, Any]], None] | None = None,
 ) -> LinearClsHead:
-    """Train a `LinearClsHead` on `model`'s frozen features of `dataset` (samples (image, class index)); returns it in
-    eval mode on the model's device. `log`, if given, receives {"step", "loss", "lr"} every `cfg.log_every` steps."""
+    """Train a `LinearClsHead` on `model`'s frozen features of `dataset` (samples (image, class index), or with
+    `clips` (frames (T, 3, H, W), class index), a batch being `cfg.batch_size` clips); returns it in eval mode on the
+    model's device. `log`, if given, receives {"step", "loss", "lr"} every `cfg.log_every` steps."""
     check_patch_multiple(model, crop=cfg.crop)
     if cfg.n_last_blocks > len(model.blocks):
         raise ValueError(f"n_last_blocks {cfg.n_last_blocks} exceeds the model's {len(model.blocks)} blocks")
@@ -195,11 +225,14 @@ def train_cls_probe(
     warmup = min(cfg.warmup, cfg.iterations // 10)  # short runs still decay
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps=cfg.iterations, warmup=warmup))
     loader = torch.utils.data.DataLoader(
-        _AugmentedStream(dataset, cfg), batch_size=cfg.batch_size, num_workers=cfg.num_workers
+        _AugmentedStream(dataset, cfg),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_clips if clips else None,
     )
 
-    def loss_of(image: Tensor, label: Tensor) -> Tensor:
-        return F.cross_entropy(cls_logits(model, head, model.normalize(image)), label)
+    def loss_of(inputs: Tensor | tuple[Tensor, Tensor], label: Tensor) -> Tensor:
+        return F.cross_entropy(_logits(model, head, inputs, clips=clips), label)
 
     return fit_head(
         head,
@@ -209,10 +242,18 @@ def train_cls_probe(
         sched=sched,
         iterations=cfg.iterations,
         log_every=cfg.log_every,
-        desc="cls probe",
+        desc="video probe" if clips else "cls probe",
         progress=progress,
         log=log,
     )
+
+
+def _logits(model: nn.Module, head: LinearClsHead, inputs: Tensor | tuple[Tensor, Tensor], *, clips: bool) -> Tensor:
+    """A batch of images (B, 3, H, W) in [0, 1], or of clips (frames, counts) (`collate_clips`) -> logits (B, C)."""
+    if clips:
+        frames, counts = inputs
+        return clip_logits(model, head, model.normalize(frames), counts)
+    return cls_logits(model, head, model.normalize(inputs))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -231,10 +272,12 @@ def evaluate_classification(
     batch_size: int = 64,
     num_workers: int = 0,
     topk: tuple[int, ...] = (1, 5),
+    clips: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Top-k accuracy of `head` on `model` over `dataset` (centre crops, in batches). Returns ClsMetrics.compute()
-    ({"top1", "top5", "num_images"}) plus "seconds"."""
+    """Top-k accuracy of `head` on `model` over `dataset` (centre crops, in batches; with `clips`, per clip over a
+    `VideoFolderClassification`, `batch_size` clips at a time). Returns ClsMetrics.compute() ({"top1", "top5",
+    "num_images"}: images, or clips) plus "seconds"."""
     from tqdm import tqdm
 
     check_patch_multiple(model, crop=crop)
@@ -243,13 +286,17 @@ def evaluate_classification(
     head.eval()
     device = model_device(model)
     loader = torch.utils.data.DataLoader(
-        _CenterCropped(dataset, short_side=short_side, crop=crop), batch_size=batch_size, num_workers=num_workers
+        _CenterCropped(dataset, short_side=short_side, crop=crop),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_clips if clips else None,
     )
     metrics = ClsMetrics(head.cfg.num_classes, topk=topk)
     start = time.perf_counter()
-    for image, label in tqdm(loader, desc="eval cls", disable=not progress, dynamic_ncols=True):
-        logits = cls_logits(model, head, model.normalize(image.to(device)))
-        metrics.update(logits, label)
+    desc = "eval video" if clips else "eval cls"
+    for inputs, label in tqdm(loader, desc=desc, disable=not progress, dynamic_ncols=True):
+        inputs = (inputs[0].to(device), inputs[1]) if clips else inputs.to(device)
+        metrics.update(_logits(model, head, inputs, clips=clips), label)
     result = metrics.compute()
     result["seconds"] = time.perf_counter() - start
     return result

@@ -48,8 +48,9 @@ def evaluate_dataset(
     progress: bool,
     on_prediction: Callable[[int, Tensor, Any, Tensor], None] | None = None,
 ) -> dict[str, Any]:
-    """Score every sample (image (3, H, W), target) of `dataset`: `predict(image)` gives the prediction (H, W) on the
-    CPU, `metric.update(prediction, target)` takes it. Returns `metric.compute()` plus "seconds".
+    """Score every sample (image (3, H, W), target) of `dataset`: `predict(image)` gives the prediction on the CPU (a
+    map (H, W), or an image's detections), `metric.update(prediction, target)` takes it. Returns `metric.compute()`
+    plus "seconds".
 
     on_prediction(index, image, target, prediction) is called per image, e.g. to save a figure.
     """
@@ -126,16 +127,20 @@ def fit_head(
     progress: bool,
     log: Callable[[dict[str, Any]], None] | None,
 ) -> nn.Module:
-    """The probes' training loop: `iterations` batches (image, label) on the head's device; `loss_of(image, label)`
-    gives the loss, or None to skip a batch's update (a non-finite loss skips it too). Returns the head in eval mode."""
+    """The probes' training loop: `iterations` batches (input, label) on the head's device, the input a tensor or a
+    tuple of tensors (a batch of clips: frames and counts); `loss_of(input, label)` gives the loss, or None to skip a
+    batch's update (a non-finite loss skips it too). Returns the head in eval mode."""
     from tqdm import tqdm
 
     device = next(head.parameters()).device
     bar = tqdm(range(iterations), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
-        image, label = next(batches)
-        image, label = image.to(device, non_blocking=True), label.to(device, non_blocking=True)
-        loss = loss_of(image, label)
+        inputs, label = next(batches)
+        if isinstance(inputs, tuple):
+            inputs = tuple(t.to(device, non_blocking=True) for t in inputs)
+        else:
+            inputs = inputs.to(device, non_blocking=True)
+        loss = loss_of(inputs, label.to(device, non_blocking=True))
         opt.zero_grad(set_to_none=True)
         if loss is not None and torch.isfinite(loss):
             loss.backward()

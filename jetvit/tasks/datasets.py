@@ -5,7 +5,10 @@ Targets:
 - segmentation: int64 (H, W), train ids in [0, num_classes) or `IGNORE` (255);
 - depth: float32 (H, W) in metres (or the file's units / `depth_scale`), 0 where there is no measurement;
 - DA2K: the list of point pairs of the image, `{"point1": [y, x], "point2": [y, x], "closer_point": ...}`;
-- classification: the class index (int) in [0, num_classes).
+- classification: the class index (int) in [0, num_classes);
+- video classification: (frames (T, 3, H, W), class index), T <= the frames asked for;
+- detection: {"image_id": int (the COCO id), "boxes": float32 (K, 4) [x, y, w, h] in pixels of the image (COCO's
+  convention: x, y the top-left corner), "category_ids": int64 (K,) (COCO category ids), "iscrowd": bool (K,)}.
 
 Layouts:
 - Cityscapes: `leftImg8bit/{split}/{city}/*_leftImg8bit.png`, `gtFine/{split}/{city}/*_gtFine_labelIds.png`.
@@ -16,11 +19,16 @@ Layouts:
 - DA2K: a JSON file mapping image paths (relative to the root) to pair lists, as the DA2K release ships it.
 - Image folder (classification, ImageNet's layout): `{split}/{class}/*.{jpg,png,...}`; classes are the subfolders
   of the split sorted by name (index = position), as torchvision's `ImageFolder` numbers them.
+- Video folder (UCF101 / Kinetics extracted to frames): `{split}/{class}/{clip}/*.{jpg,png,...}`, classes numbered as
+  the image folder's; a clip's frames in natural order of their names (`frame_2` before `frame_10`).
+- COCO detection: `instances_*.json` (COCO's `images`, `annotations`, `categories`) and the folder of its images;
+  `coco_layout(root, split)` finds COCO's own `{root}/annotations/instances_{split}.json` and `{root}/{split}/`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +344,134 @@ def build_segmentation_dataset(
         root = Path(root)
         return FolderSegmentation(root / split if (root / split / "images").is_dir() else root, num_classes=num_classes)
     raise ValueError(f"unknown segmentation dataset {name!r}; accepted: cityscapes, ade20k, folder")
+
+
+class VideoFolderClassification(Dataset):
+    """`root/{split}/{class}/{clip}/*` frames -> samples (frames (T, 3, H, W), class index), T = min(frames, the
+    clip's frame count) frames at evenly spaced times (`sample_frames`); classes sorted by folder name."""
+
+    def __init__(self, root: str | Path, *, split: str = "val", frames: int = 8) -> None:
+        if frames < 1:
+            raise ValueError(f"frames per clip must be >= 1, got {frames}")
+        root = Path(root)
+        split_dir = _require_dir(root, split)
+        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {split_dir} (expected {split_dir}/CLASS/CLIP/*.jpg)")
+        self.class_names: tuple[str, ...] = tuple(classes)
+        self.num_classes = len(classes)
+        self.frames = frames
+        self.samples: list[tuple[list[Path], int]] = []
+        empty = []
+        for index, name in enumerate(classes):
+            clips = sorted(p for p in (split_dir / name).iterdir() if p.is_dir() and not p.name.startswith("."))
+            for clip in clips:
+                files = sorted(
+                    (p for p in clip.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                    key=lambda p: _natural_key(p.name),
+                )
+                if not files:
+                    empty.append(f"{name}/{clip.name}")
+                self.samples.append((files, index))
+            if not clips:
+                empty.append(name)
+        if empty:
+            shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+            raise FileNotFoundError(
+                f"class or clip folders without frames ({', '.join(IMAGE_SUFFIXES)}) in {split_dir}: {shown}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        files, label = self.samples[i]
+        frames = [read_image(files[j]) for j in sample_frames(len(files), self.frames)]
+        sizes = {tuple(f.shape) for f in frames}
+        if len(sizes) > 1:
+            raise ValueError(f"the frames of clip {files[0].parent} differ in size: {sorted(sizes)}")
+        return torch.stack(frames), label  # (T, 3, H, W)
+
+
+def sample_frames(count: int, frames: int) -> list[int]:
+    """Indices of up to `frames` of a clip's `count` frames at evenly spaced times: the middle frame of each of
+    `frames` equal segments (TSN's test-time sampling); every frame when the clip has no more than `frames`."""
+    if count <= frames:
+        return list(range(count))
+    return [int((i + 0.5) * count / frames) for i in range(frames)]
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def coco_layout(root: str | Path, split: str) -> tuple[Path, Path]:
+    """COCO's layout: (`{root}/{split}` image folder, `{root}/annotations/instances_{split}.json`)."""
+    root = Path(root)
+    images, annotations = root / split, root / "annotations" / f"instances_{split}.json"
+    if not annotations.is_file():
+        raise FileNotFoundError(
+            f"no annotations/instances_{split}.json under {root} (COCO's layout: "
+            f"{root}/annotations/instances_{split}.json and the images in {root}/{split}/)"
+        )
+    if not images.is_dir():
+        raise FileNotFoundError(f"no image folder {images} for {annotations}")
+    return images, annotations
+
+
+class CocoDetection(Dataset):
+    """A COCO-format detection set: `annotations` (an `instances_*.json`) and the folder of its images -> samples
+    (image, target), target as the module docstring says, in the order of the file's `images` sorted by id.
+
+    `ground_truth` is the parsed file (what pycocotools' evaluator reads), `categories` maps category id -> name.
+    """
+
+    def __init__(self, images: str | Path, annotations: str | Path) -> None:
+        from jetvit.io import read_json
+
+        self.images_dir, self.annotation_file = Path(images), Path(annotations)
+        if not self.annotation_file.is_file():
+            raise FileNotFoundError(f"no annotation file {self.annotation_file}")
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"no image folder {self.images_dir}")
+        gt = read_json(self.annotation_file, expect=dict)
+        missing = [k for k in ("images", "annotations", "categories") if not isinstance(gt.get(k), list)]
+        if missing:
+            raise ValueError(f"{self.annotation_file} is not a COCO instances file: no list {missing}")
+        self.ground_truth: dict[str, Any] = gt
+        try:
+            self.categories: dict[int, str] = {int(c["id"]): str(c["name"]) for c in gt["categories"]}
+            self.images = sorted(gt["images"], key=lambda im: int(im["id"]))
+            by_image: dict[int, list[dict[str, Any]]] = {int(im["id"]): [] for im in self.images}
+            for ann in gt["annotations"]:
+                by_image[int(ann["image_id"])].append(ann)
+            files = [self.images_dir / im["file_name"] for im in self.images]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{self.annotation_file} is not a COCO instances file: {type(e).__name__} {e}") from e
+        absent = [f.name for f in files if not f.is_file()]
+        if absent:
+            shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+            raise FileNotFoundError(
+                f"{len(absent)} images of {self.annotation_file} are not in {self.images_dir}: {shown}"
+            )
+        self.files = files
+        self.targets = [self._target(int(im["id"]), by_image[int(im["id"])]) for im in self.images]
+
+    def _target(self, image_id: int, anns: list[dict[str, Any]]) -> dict[str, Any]:
+        unknown = sorted({int(a["category_id"]) for a in anns} - set(self.categories))
+        if unknown:
+            raise ValueError(
+                f"{self.annotation_file}: image {image_id} has annotations of unknown categories {unknown}"
+            )
+        return {
+            "image_id": image_id,
+            "boxes": torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4),  # (K, 4) xywh
+            "category_ids": torch.tensor([int(a["category_id"]) for a in anns], dtype=torch.int64),
+            "iscrowd": torch.tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool),
+        }
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, dict[str, Any]]:
+        return read_image(self.files[i]), self.targets[i]

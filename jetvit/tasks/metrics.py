@@ -21,6 +21,12 @@ Conventions (stated once, used everywhere in jetvit):
   as high as its true class: ties count against it (a constant prediction is never top-1 correct when there are two
   or more classes), so the result does not depend on how a sort orders equal scores. With k >= the number of classes
   every sample is correct. A NaN score counts as at least as high as any other, so NaN logits never help.
+- Detection: COCO's box AP, computed by pycocotools' own `COCOeval` (the reference implementation every COCO number
+  is reported with): per category, precision interpolated at 101 recall points, averaged over the IoU thresholds
+  0.50:0.05:0.95 ("map"), or at 0.50 ("ap50") and 0.75 ("ap75"); at most 100 detections per image, kept by score; a
+  detection matches the unmatched ground-truth box of its category with the highest IoU >= the threshold (crowd
+  boxes are ignored, not missed); categories without ground truth in the evaluated images are left out of the mean,
+  and a value COCO cannot define (no ground truth in an area range) is NaN. Boxes are [x, y, w, h] in pixels.
 """
 
 from __future__ import annotations
@@ -291,4 +297,92 @@ class ClsMetrics:
         """-> {"top1", "top5", ... (in [0, 1], NaN before any sample), "num_images"}."""
         out: dict[str, Any] = {f"top{k}": (c / self.total if self.total else math.nan) for k, c in self.correct.items()}
         out["num_images"] = self.total
+        return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Detection (COCO box AP)
+# --------------------------------------------------------------------------------------------------------------------
+
+# COCOeval.stats, in its order: AP over IoU .50:.95, at .50, at .75, per area; AR at 1, 10, 100 detections, per area.
+COCO_STATS = (
+    "map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small", "ar_medium",
+    "ar_large",
+)  # fmt: skip
+
+
+def import_pycocotools() -> Any:
+    """pycocotools' `coco` and `cocoeval` modules, or a ModuleNotFoundError that says how to install them."""
+    try:
+        from pycocotools import coco, cocoeval
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "COCO detection metrics need pycocotools, which is not installed: pip install jetvit[det]",
+            name="pycocotools",
+        ) from e
+    return coco, cocoeval
+
+
+class DetectionMetrics:
+    """Streaming COCO box AP: `update(prediction, target)` per image, `compute()` runs COCOeval on the images seen.
+
+    ground_truth: a parsed COCO instances file (`images`, `annotations`, `categories`), e.g. `CocoDetection`'s.
+    """
+
+    def __init__(self, ground_truth: dict[str, Any]) -> None:
+        import_pycocotools()  # fail before any prediction is made, not at the end
+        self.ground_truth = ground_truth
+        self.detections: list[dict[str, Any]] = []
+        self.image_ids: list[int] = []
+
+    def update(self, pred: dict[str, Tensor], target: dict[str, Any]) -> None:
+        """pred: one image's {"boxes" (K, 4) [x, y, w, h] pixels, "scores" (K,), "category_ids" (K,)} (COCO ids);
+        target: that image's {"image_id", ...} (`CocoDetection`'s)."""
+        boxes, scores, cats = pred["boxes"], pred["scores"], pred["category_ids"]
+        if boxes.dim() != 2 or boxes.shape[-1] != 4 or not len(boxes) == len(scores) == len(cats):
+            raise ValueError(
+                f"expected boxes (K, 4), scores (K,), category_ids (K,), got {tuple(boxes.shape)}, "
+                f"{tuple(scores.shape)}, {tuple(cats.shape)}"
+            )
+        image_id = int(target["image_id"])
+        self.image_ids.append(image_id)
+        for box, score, cat in zip(boxes.tolist(), scores.tolist(), cats.tolist()):
+            self.detections.append({"image_id": image_id, "category_id": int(cat), "bbox": box, "score": score})
+
+    def compute(self) -> dict[str, Any]:
+        """-> {"map", "ap50", "ap75", "ap_small", "ap_medium", "ap_large", "ar1", "ar10", "ar100", "ar_small",
+        "ar_medium", "ar_large" (in [0, 1], NaN where undefined), "per_category_ap" {category id: AP .50:.95},
+        "num_images", "num_detections"}."""
+        import contextlib
+        import io
+
+        import numpy as np
+
+        coco, cocoeval = import_pycocotools()
+        out: dict[str, Any] = dict.fromkeys(COCO_STATS, math.nan)
+        out.update(per_category_ap={}, num_images=len(set(self.image_ids)), num_detections=len(self.detections))
+        if not self.image_ids:
+            return out
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress and the table
+            # Copies of the records: the evaluator writes into them ("ignore", "area", ids).
+            gt = coco.COCO()
+            gt.dataset = {**self.ground_truth, "annotations": [dict(a) for a in self.ground_truth["annotations"]]}
+            gt.createIndex()
+            if self.detections:
+                dt = gt.loadRes([dict(d) for d in self.detections])
+            else:  # loadRes refuses an empty list; no detection is a valid result (AP 0)
+                dt = coco.COCO()
+                dt.dataset = {k: self.ground_truth[k] for k in ("images", "categories")} | {"annotations": []}
+                dt.createIndex()
+            ev = cocoeval.COCOeval(gt, dt, iouType="bbox")
+            ev.params.imgIds = sorted(set(self.image_ids))
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        out.update({k: (float(v) if v >= 0 else math.nan) for k, v in zip(COCO_STATS, ev.stats)})
+        precision = ev.eval["precision"]  # (IoU thresholds, recall points, categories, area ranges, max dets)
+        for k, cat in enumerate(ev.params.catIds):
+            p = precision[:, :, k, 0, -1]  # all areas, 100 detections
+            if (p > -1).any():
+                out["per_category_ap"][int(cat)] = float(np.mean(p[p > -1]))
         return out

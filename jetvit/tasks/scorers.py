@@ -1,7 +1,8 @@
 """Downstream scorers for the attention search: `scorer(model) -> float`, higher is better.
 
 Each scorer holds a head fitted on the teacher (a linear segmentation or classification probe, or the teacher's DPT
-depth head) and a fixed held-out subset, applies the head to the candidate's features, and returns one number.
+depth head or YOLOS detection heads) and a fixed held-out subset, applies the head to the candidate's features, and
+returns one number.
 `.name` says what the number is; `.last_seconds` and `.last_result` record the most recent call, so the search can
 report its cost.
 """
@@ -18,6 +19,7 @@ from torch.utils.data import Dataset, Subset
 from jetvit.heads import DPTHead, LinearClsHead, LinearSegHead
 from jetvit.tasks.classification import evaluate_classification
 from jetvit.tasks.depth import evaluate_da2k, evaluate_depth
+from jetvit.tasks.detection import MAX_SIDE, SHORT_SIDE, evaluate_detection
 from jetvit.tasks.segmentation import evaluate_segmentation
 
 
@@ -137,6 +139,43 @@ class DepthScorer:
         self.last_seconds = time.perf_counter() - start
         self.last_result = result
         return float(value)
+
+
+DETECTION_SCORES = ("map", "ap50", "ap75")
+
+
+class DetectionScorer:
+    """COCO box AP (in [0, 1]) of the teacher's YOLOS heads on a candidate's final detection tokens, on a fixed subset
+    of a COCO-format set. score: "map" (AP over IoU .50:.95), "ap50" or "ap75"."""
+
+    def __init__(
+        self,
+        head: nn.Module,
+        dataset: Dataset,
+        *,
+        score: str = "map",
+        size: int | None = None,
+        seed: int = 0,
+        short_side: int = SHORT_SIDE,
+        max_side: int = MAX_SIDE,
+        label_map: dict[int, int] | None = None,
+    ) -> None:
+        if score not in DETECTION_SCORES:
+            raise ValueError(f"detection score must be one of {DETECTION_SCORES}, got {score!r}")
+        self.head = head.eval()
+        self.name = score
+        self.dataset = fixed_subset(dataset, size, seed=seed)
+        self.options = {"short_side": short_side, "max_side": max_side, "label_map": label_map}
+        self.last_seconds: float | None = None
+        self.last_result: dict[str, Any] | None = None
+
+    def __call__(self, model: nn.Module) -> float:
+        start = time.perf_counter()
+        self.head.to(next(model.parameters()).device)
+        result = evaluate_detection(model, self.dataset, head=self.head, progress=False, **self.options)
+        self.last_seconds = time.perf_counter() - start
+        self.last_result = result
+        return float(result[self.name])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -261,3 +300,48 @@ def depth_scorer(
     if (score == "da2k") != (dataset == "da2k"):
         raise ValueError(f"score {score!r} does not fit dataset {dataset!r}")
     return DepthScorer(teacher.depth_head, subset, score=score, size=size, seed=seed, short_side=short_side)
+
+
+def detection_scorer(
+    *,
+    teacher: nn.Module,
+    data: str,
+    split: str = "val2017",
+    score: str = "map",
+    size: int | None = 64,
+    seed: int = 0,
+    short_side: int = SHORT_SIDE,
+    max_side: int = MAX_SIDE,
+    label_map: dict[int, int] | str | None = None,
+) -> DetectionScorer:
+    """A `DetectionScorer` with the teacher's YOLOS heads on a COCO-format set
+    (`data/annotations/instances_{split}.json` and `data/{split}/`). The evaluation subset is `size` images, fixed by
+    `seed`; images are resized as YOLOS evaluates (`short_side`, `max_side`). label_map: {label index: category id}
+    or a JSON file of it; default: by the teacher's label names, else label index == category id
+    (`jetvit.tasks.detection.label_to_category`)."""
+    from jetvit.tasks.datasets import CocoDetection, coco_layout
+    from jetvit.tasks.detection import label_to_category, read_label_map
+    from jetvit.tasks.metrics import import_pycocotools
+
+    head = getattr(teacher, "detection_head", None)
+    if head is None:
+        raise ValueError("the detection scorer needs a teacher with detection heads (a YOLOS object-detection model)")
+    import_pycocotools()
+    dataset = CocoDetection(*coco_layout(data, split))
+    if not dataset.ground_truth["annotations"]:
+        raise ValueError(f"{dataset.annotation_file} holds no annotations: there is nothing to detect")
+    if isinstance(label_map, str):
+        label_map = read_label_map(label_map)
+    elif label_map is not None:
+        label_map = {int(k): int(v) for k, v in label_map.items()}
+    label_to_category(head, dataset.categories, label_map)  # a mapping that cannot work fails before the search
+    return DetectionScorer(
+        head,
+        dataset,
+        score=score,
+        size=size,
+        seed=seed,
+        short_side=short_side,
+        max_side=max_side,
+        label_map=label_map,
+    )

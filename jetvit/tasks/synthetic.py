@@ -21,6 +21,10 @@ Depth-like target: the distance of each pixel to the key's centre, `1 + 2 * dist
 the farthest corner). It depends on where the key is relative to the pixel, which a token's content does not carry
 in a RoPE model: only attention between the pixel's token and the key's tokens can compute it.
 
+Detection (`write_coco`, a COCO-format set): one box per object, the tight box of its pixels, its category the
+segmentation class (1 key, 2 shape of the key's hue, 3 shape of another hue); like the segmentation, whether a shape
+is a 2 or a 3 needs the key, anywhere in the image.
+
 Sample `i` of split `s` with seed `k` is a pure function of `(k, s, i)` (numpy's `default_rng` seeded with the
 triple), so any process regenerates exactly the same data, and the validation split is disjoint from the training
 split by construction.
@@ -32,6 +36,7 @@ import colorsys
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,26 +119,54 @@ def render(scene: Scene, size: int | tuple[int, int]) -> tuple[Tensor, Tensor, T
     [0, NUM_CLASSES), depth-like float32 (H, W) (distance to the key, see the module docstring).
     """
     H, W = (size, size) if isinstance(size, int) else size
-    yy, xx = np.meshgrid((np.arange(H) + 0.5) / H, (np.arange(W) + 0.5) / W, indexing="ij")  # (H, W) each
+    yy, xx = _pixel_grid(H, W)
     image = _background(scene, yy, xx)
     seg = np.zeros((H, W), dtype=np.int64)
+    for class_id, hue, mask in _objects(scene, yy, xx):
+        image[mask] = _hue_rgb(hue)
+        seg[mask] = class_id
+    noise = np.random.default_rng(scene.noise_seed).normal(0.0, 0.03, size=image.shape).astype(np.float32)
+    # Quantised to 8 bits, so that a sample written as PNG (`write_folder`) reads back bit-identical.
+    image = np.round(np.clip(image + noise, 0.0, 1.0) * 255.0) / 255.0
+    depth = (1.0 + 2.0 * np.hypot(yy - scene.key[0], xx - scene.key[1])).astype(np.float32)
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(seg), torch.from_numpy(depth)
+
+
+def _pixel_grid(H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel centres as fractions of the image side: (y (H, W), x (H, W))."""
+    return np.meshgrid((np.arange(H) + 0.5) / H, (np.arange(W) + 0.5) / W, indexing="ij")
+
+
+def _objects(scene: Scene, yy: np.ndarray, xx: np.ndarray) -> list[tuple[int, float, np.ndarray]]:
+    """(segmentation class, hue, mask (H, W) bool) of the key and of every shape, in drawing order. The objects do not
+    overlap (`sample_scene`), so each mask is exactly the object's pixels in the rendered scene."""
     ky, kx, ro, ri, khue = scene.key
     dist = np.hypot(yy - ky, xx - kx)
-    ring = (dist <= ro) & (dist >= ri)
-    image[ring] = _hue_rgb(khue)
-    seg[ring] = 1
+    objects = [(1, khue, (dist <= ro) & (dist >= ri))]
     for s in scene.shapes:
         if s.kind == "disk":
             mask = np.hypot(yy - s.cy, xx - s.cx) <= s.r
         else:
             mask = (np.abs(yy - s.cy) <= s.r) & (np.abs(xx - s.cx) <= s.r)
-        image[mask] = _hue_rgb(s.hue)
-        seg[mask] = 2 if s.match else 3
-    noise = np.random.default_rng(scene.noise_seed).normal(0.0, 0.03, size=image.shape).astype(np.float32)
-    # Quantised to 8 bits, so that a sample written as PNG (`write_folder`) reads back bit-identical.
-    image = np.round(np.clip(image + noise, 0.0, 1.0) * 255.0) / 255.0
-    depth = (1.0 + 2.0 * dist).astype(np.float32)
-    return torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(seg), torch.from_numpy(depth)
+        objects.append((2 if s.match else 3, s.hue, mask))
+    return objects
+
+
+def object_boxes(scene: Scene, size: int | tuple[int, int]) -> list[dict[str, Any]]:
+    """The scene's objects rendered at `size` as COCO annotations without ids: {"category_id" (the segmentation
+    class: 1 key, 2 shape of the key's hue, 3 shape of another hue), "bbox" [x, y, w, h] (the tight box of the
+    object's pixels: x, y the top-left pixel's corner, in pixels), "area" (its pixel count), "iscrowd": 0}. Objects
+    too small to cover a pixel at this size are left out."""
+    H, W = (size, size) if isinstance(size, int) else size
+    out = []
+    for class_id, _, mask in _objects(scene, *_pixel_grid(H, W)):
+        ys, xs = np.nonzero(mask)
+        if len(ys) == 0:
+            continue
+        x0, y0 = int(xs.min()), int(ys.min())
+        box = [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0]
+        out.append({"category_id": class_id, "bbox": [float(v) for v in box], "area": float(mask.sum()), "iscrowd": 0})
+    return out
 
 
 TARGETS = ("seg", "depth", "both")
@@ -196,22 +229,76 @@ def write_folder(
     return root
 
 
+COCO_CATEGORIES = ({"id": 1, "name": "key"}, {"id": 2, "name": "matching shape"}, {"id": 3, "name": "other shape"})
+
+
+def write_coco(
+    root: str | Path,
+    *,
+    split: str = "val",
+    length: int = 16,
+    size: int | tuple[int, int] = NATIVE_SIZE,
+    seed: int = 0,
+    name: str | None = None,
+) -> Path:
+    """Materialise samples as a COCO-format detection set, the layout `jetvit.tasks.datasets.coco_layout` reads:
+    `root/{name}/{stem}.png` and `root/annotations/instances_{name}.json` (`name` defaults to `split`). Categories
+    are the segmentation classes (`COCO_CATEGORIES`, ids 1..3 as COCO numbers from 1); boxes come from the objects'
+    masks (`object_boxes`); image ids count from 1 and annotation ids from 1. Returns the annotation file."""
+    from PIL import Image
+
+    from jetvit.io import atomic_write_json
+
+    name = name or split
+    H, W = (size, size) if isinstance(size, int) else size
+    images_dir = Path(root) / name
+    images_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(length):
+        scene = sample_scene(seed, split, i)
+        image, _, _ = render(scene, (H, W))
+        file_name = f"{split}_{i:05d}.png"
+        rgb = np.round(image.permute(1, 2, 0).numpy() * 255.0).astype(np.uint8)
+        Image.fromarray(rgb).save(images_dir / file_name)
+        images.append({"id": i + 1, "file_name": file_name, "height": H, "width": W})
+        for box in object_boxes(scene, (H, W)):
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, **box})
+    path = Path(root) / "annotations" / f"instances_{name}.json"
+    description = f"keyshapes {split} scenes (seed {seed}) as COCO boxes"
+    atomic_write_json(
+        path,
+        {
+            "info": {"description": description},
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+            "categories": [dict(c) for c in COCO_CATEGORIES],
+        },
+    )
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m jetvit.tasks.synthetic ROOT [--split val] [--length 256] [--size 128] [--seed 0]`: write a split
-    as a folder that `jetvit probe` / `jetvit eval --dataset folder --num-classes 4` read (ROOT/SPLIT/{images,masks,
-    depth})."""
+    """`python -m jetvit.tasks.synthetic ROOT [--split val] [--length 256] [--size 128] [--seed 0] [--coco]`: write a
+    split as a folder that `jetvit probe` / `jetvit eval --dataset folder --num-classes 4` read (ROOT/SPLIT/{images,
+    masks,depth}), or with `--coco` as a COCO detection set that `jetvit eval --task det --data ROOT --split SPLIT`
+    reads (ROOT/SPLIT/*.png, ROOT/annotations/instances_SPLIT.json)."""
     import argparse
 
-    p = argparse.ArgumentParser(description="write keyshapes samples as an image/mask/depth folder")
+    p = argparse.ArgumentParser(description="write keyshapes samples as an image/mask/depth folder or a COCO set")
     p.add_argument("root")
     p.add_argument("--split", default="val", choices=sorted(SPLITS))
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--size", type=int, default=NATIVE_SIZE)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--coco", action="store_true", help="write COCO-format boxes (instances json) instead of masks")
     args = p.parse_args(argv)
-    out = write_folder(
-        Path(args.root) / args.split, split=args.split, length=args.length, size=args.size, seed=args.seed
-    )
+    if args.coco:
+        out = write_coco(args.root, split=args.split, length=args.length, size=args.size, seed=args.seed)
+    else:
+        out = write_folder(
+            Path(args.root) / args.split, split=args.split, length=args.length, size=args.size, seed=args.seed
+        )
     print(f"wrote {args.length} {args.split} samples to {out}")
     return 0
 

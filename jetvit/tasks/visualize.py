@@ -1,4 +1,5 @@
-"""Side-by-side figures of teacher and student predictions: colour-mapped masks and depth maps (matplotlib, Agg)."""
+"""Side-by-side figures of teacher and student predictions: colour-mapped masks, depth maps and boxes (matplotlib,
+Agg)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,42 @@ def save_panels(path: str | os.PathLike, panels: Sequence[tuple[str, np.ndarray]
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+def save_box_panels(
+    path: str | os.PathLike,
+    image: np.ndarray,
+    panels: Sequence[tuple[str, Sequence[Sequence[float]], Sequence[int], Sequence[str]]],
+    *,
+    num_colours: int,
+) -> None:
+    """Write one row of panels of the same image (H, W, 3), each with its boxes, as a PNG, atomically. A panel is
+    (title, boxes [[x, y, w, h], ...] in pixels, a colour index per box (its category), a caption per box)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from jetvit.io import atomic_write
+
+    h, w = image.shape[:2]
+    scale = 4.0 / max(h, w)
+    colours = palette(num_colours) / 255.0
+    fig = Figure(figsize=(len(panels) * w * scale + 0.2, h * scale + 0.5))
+    for i, (name, boxes, colour_ids, captions) in enumerate(panels, start=1):
+        ax = fig.add_subplot(1, len(panels), i)
+        ax.imshow(image, interpolation="nearest")
+        for (x, y, bw, bh), c, caption in zip(boxes, colour_ids, captions):
+            colour = colours[c % 255]
+            # Pixel i covers [i - 0.5, i + 0.5] in imshow's coordinates; a box's corner x is a pixel edge.
+            ax.add_patch(Rectangle((x - 0.5, y - 0.5), bw, bh, fill=False, edgecolor=colour, linewidth=1.2))
+            if caption:
+                ax.text(x - 0.5, y - 0.5, caption, color="white", fontsize=6, va="bottom",
+                        bbox={"facecolor": colour, "edgecolor": "none", "pad": 0.5})  # fmt: skip
+        ax.set_xlim(-0.5, w - 0.5)
+        ax.set_ylim(h - 0.5, -0.5)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 

@@ -54,6 +54,21 @@ def _head_layers(sd: dict[str, Tensor], hf_name: str) -> int:
     return n
 
 
+def label_names(id2label: dict[str, str] | None, num_labels: int) -> list[str] | None:
+    """The class names of label indices 0..num_labels-1 from an HF `id2label` (keys are strings in `config.json`);
+    None when it does not name exactly those indices or holds only transformers' placeholders `LABEL_i`. The COCO
+    checkpoints (`hustvl/yolos-*`) name 91 labels, index == COCO category id, unused ids "N/A"."""
+    if not id2label:
+        return None
+    try:
+        names = {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        return None
+    if sorted(names) != list(range(num_labels)) or all(names[i] == f"LABEL_{i}" for i in names):
+        return None
+    return [names[i] for i in range(num_labels)]
+
+
 def config_from_hf(hf_config: dict[str, Any], sd: dict[str, Tensor] | None = None) -> ViTConfig:
     """The jetvit config of an HF YOLOS config (the parsed `config.json`) and its weights, which tell whether the
     detection heads are there, their depth and the number of classes (without weights: `architectures` and
@@ -79,6 +94,10 @@ def config_from_hf(hf_config: dict[str, Any], sd: dict[str, Tensor] | None = Non
         box_layers = _head_layers(sd, HEADS["box_head"])
         ensure(box_layers == cls_layers, f"class head has {cls_layers} layers but the box head {box_layers}")
         det_head = {"num_labels": num_labels, "num_layers": cls_layers}
+    if det_head is not None:
+        labels = label_names(c.get("id2label"), det_head["num_labels"])
+        if labels is not None:
+            det_head["labels"] = labels
     return ViTConfig(
         family="yolos",
         img_size=img_h,
