@@ -43,6 +43,7 @@ from jetvit.train.config import Config
 from jetvit.train.data import ImageSet, describe, holdout_images, open_source, split_holdout
 from jetvit.train.distill import Phase, finetune, resolve_targets, student_for, train_phase
 from jetvit.train.metrics import MetricLogger
+from jetvit.train.sharding import frozen_teacher
 
 TRAINING_PHASES = ("step1", "step2", "finetune")
 
@@ -95,6 +96,12 @@ class RunContext:
             global_offset=global_offset,
             **self.train_kwargs("finetune"),
         )
+
+    def hold_teachers(self) -> None:
+        """Once every student has inherited its weights from the teacher: the frozen teacher(s) as the run's strategy
+        holds them (`jetvit.train.sharding.frozen_teacher`: bf16 under a sharded bf16 run)."""
+        for t in {id(t): t for t in (self.teacher, self.depth_teacher) if t is not None}.values():
+            frozen_teacher(t, self.rt, self.cfg.run.strategy)
 
     def score(self, model: nn.Module) -> float:
         """The run's scorer on `model`, rank 0's value on every process."""
@@ -288,6 +295,7 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
         # Step 1: linear vs window.
         choices1 = ["LW"] * depth
         supernet1 = build_supernet(teacher, choices1, share=share, window_size=window).to(rt.device)
+        ctx.hold_teachers()  # every later student derives from supernet1
         phase1 = Phase("step1", cfg.step1.stages, choose_path=PathSampler(choices1, seed=seed, phase="step1"))
         s1 = ctx.train("step1", "step2", train_phase, phase1, supernet1, **ctx.train_kwargs("step1"))
         traj1 = timed(
@@ -378,6 +386,7 @@ def run_distill(cfg: Config, out: str | Path, *, arch: str) -> dict[str, Any]:
     try:
         ctx = prepare(cfg, out, rt, search=False, arch=arch)
         model = student_for(ctx.teacher, arch, cfg).to(rt.device)
+        ctx.hold_teachers()
         start_score = ctx.score(model)  # what inheritance alone gives, before any training
         ft = ctx.finetune(model)
         summary = {

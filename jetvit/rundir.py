@@ -16,8 +16,9 @@ from jetvit.train.config import Config, dump_yaml, load_yaml, to_dict, yaml_prob
 CONFIG_NAME = "config.yaml"
 STATE_NAME = "state.json"
 # Settings that change how a run computes, not what it computes: a run may resume with another value (e.g. activation
-# checkpointing turned on after the run ran out of memory, fewer checkpoints kept after the disk filled up).
-HOW_NOT_WHAT = ("run.activation_checkpointing", "run.keep_checkpoints")
+# checkpointing turned on or the student sharded after the run ran out of memory, fewer checkpoints kept after the
+# disk filled up).
+HOW_NOT_WHAT = ("run.activation_checkpointing", "run.keep_checkpoints", "run.strategy")
 
 
 def check_out_dir(out: Path, cfg: Config) -> None:

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from jetvit.bench.plan import GIB, activation_bytes, block_activation_bytes, parse_size, plan_run
+from jetvit.bench.plan import GIB, activation_bytes, block_activation_bytes, format_plan, parse_size, plan_run
 from jetvit.cli import main
 from jetvit.model import Block, TokenLayout, ViTConfig, rope_tables
 from jetvit.train.config import load_config
@@ -131,8 +131,25 @@ def test_plan_counts_the_models_the_run_trains(tiny_teacher_dir, tiny_model):
     assert fp32.phases[0].weight_copies == 0 and fp32.phases[0].stages[0].activations > ft.stages[0].activations
 
 
+def test_plan_with_fsdp_counts_each_process_shard(tiny_teacher_dir):
+    """`run.strategy: fsdp` on 4 processes: a quarter of the parameters, gradients and AdamW states, no DDP buckets
+    nor autocast copies but the gathered blocks, a bf16 teacher; on one process, the plan of a ddp run."""
+    base = [f"teacher={tiny_teacher_dir}"]
+    ddp = plan_run(load_config("tiny", base), gpus=4, gpu_memory=GIB)
+    fsdp = plan_run(load_config("tiny", [*base, "run.strategy=fsdp"]), gpus=4, gpu_memory=GIB)
+    for d, f in zip(ddp.phases, fsdp.phases, strict=True):
+        quarter = tuple(-(-n // 4) for n in (d.parameters, d.gradients, d.optimizer))
+        assert (f.parameters, f.gradients, f.optimizer) == quarter
+        assert f.ddp_buckets == f.weight_copies == 0 < f.gathered
+        assert 2 * f.teacher == d.teacher and f.stages == d.stages
+    assert "FSDP gathered" in format_plan(fsdp) and "run.strategy: fsdp" in format_plan(fsdp)
+    one = plan_run(load_config("tiny", [*base, "run.strategy=fsdp"]), gpus=1, gpu_memory=GIB)
+    assert one.phases == plan_run(load_config("tiny", base), gpus=1, gpu_memory=GIB).phases
+
+
 def test_plan_command_for_a_preset_teacher_without_weights(capsys):
-    """DINOv3-7B from its preset: no file, built on the meta device; 8 x 80 GiB do not hold its separate supernet."""
+    """DINOv3-7B from its preset: no file, built on the meta device; 8 x 80 GiB do not hold its separate supernet
+    replicated."""
     rc = main(["plan", "--config", "dinov3", "--set", "teacher=dinov3-7b", "--gpus", "8", "--gpu-memory", "80GiB"])
     out = capsys.readouterr().out
     assert rc == 0
@@ -140,6 +157,10 @@ def test_plan_command_for_a_preset_teacher_without_weights(capsys):
     for phase in ("step1:", "step2:", "finetune:"):
         assert phase in out
     assert "does not fit: step1, step2, finetune" in out
+    # Sharded, with activation checkpointing, they do (the README's 7B command).
+    args = ["plan", "--config", "dinov3", "--set", "teacher=dinov3-7b", "--set", "run.strategy=fsdp", "--gpus", "8"]
+    assert main(args) == 0
+    assert "with activation checkpointing: every phase fits" in capsys.readouterr().out
     rc = main(["plan", "--config", "dinov3", "--set", "teacher=dinov3-s", "--arch", "L" * 12, "--json"])
     plan = json.loads(capsys.readouterr().out)
     assert rc == 0 and [p["name"] for p in plan["phases"]] == ["finetune"]

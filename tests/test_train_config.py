@@ -52,6 +52,7 @@ def test_load_and_override(tmp_path):
         ("novalue", "not of the form key=value"),
         ("supernet.linear.cnov=static", "unknown config key 'supernet.linear.cnov'"),
         ("supernet.linear.conv=sideways", "linear.conv must be"),
+        ("run.strategy=zero3", "run.strategy 'zero3' is not one of ddp, fsdp"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(tmp_path, override, message):

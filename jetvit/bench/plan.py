@@ -12,6 +12,13 @@ process and per stage of each phase:
   autocast keeps from the forward until the backward has used it;
 - activations of one micro-batch at the stage's resolution, without and with activation checkpointing (below).
 
+With `run.strategy: fsdp` on more than one process (`jetvit.train.sharding`), parameters, gradients and AdamW states
+are each process's 1/N shard (fp32 master weights); there are no DDP buckets and no autocast weight copies; instead the
+parameters FSDP gathers for compute are counted (`gathered`: the root group's, that is everything outside the blocks,
+and two blocks', the one computing and the next one prefetched, in bf16 under autocast, else fp32; plus one block's
+unsharded fp32 gradient before its reduce-scatter; a supernet block with all its candidates, which are gathered
+together), and the teacher is held in bf16 under autocast.
+
 A stage fits when the sum stays under the GPU memory less a `HEADROOM` share (CUDA context, allocator fragmentation,
 kernel workspaces, which this does not count).
 
@@ -22,9 +29,10 @@ in `tests/test_bench_plan.py`):
 - per block: the residual stream at both norms (fp32) and their statistics; the inputs of `qkv`, `proj`, the MLP's
   linears and the two LayerScales; the `qkv` output; the MLP's hidden activations (2 for GELU, 4 for SwiGLU, of width
   `mlp_hidden`); and per kind: `F` the rotated q/k, the attention output and its log-sum-exp (flash attention: no
-  N x N matrix); `W` the rotated q/k, the windowed q, k, v (keys and values with the prefix tokens in every window,
-  padded grids padded) and output; `L` the kernel features phi(q), phi(k), the fp32 copies the state product keeps,
-  the output with its normaliser column, the rotated keys of the prefix queries and the convolution's input;
+  N x N matrix); `W` the rotated q/k, the windowed q, k, v (keys and values with the global tokens, CLS, registers
+  and detection tokens, in every window; padded grids padded) and output; `L` the kernel features phi(q), phi(k),
+  the fp32 copies the state product keeps, the output with its normaliser column, the rotated keys of the prefix
+  queries and the convolution's input;
 - the patch embedding's input, the student's normed target features and the teacher's (kept for the loss);
 - the backward's working set: twice the gradient of a block's widest activation (the MLP's hidden layer, or the qkv
   output when that is wider);
@@ -89,7 +97,7 @@ def block_activation_bytes(cfg: ViTConfig, kind: str, *, batch: int, grid: tuple
     """Bytes autograd keeps for the backward of one block of kind `kind` (the module docstring lists what), for a
     batch of `batch` images with patch grid `grid`; `autocast`: bf16 autocast (else fp32)."""
     h, w = grid
-    Np, P, D, Hm, nh = h * w, cfg.num_prefix_tokens, cfg.dim, cfg.mlp_hidden, cfg.num_heads
+    Np, P, D, Hm, nh = h * w, cfg.num_global_tokens, cfg.dim, cfg.mlp_hidden, cfg.num_heads
     N = Np + P
     a, f = (2 if autocast else 4), 4  # bytes of a matmul-side activation, of an fp32 one
     rope = cfg.pos_embed == "rope"
@@ -108,7 +116,7 @@ def block_activation_bytes(cfg: ViTConfig, kind: str, *, batch: int, grid: tuple
         hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
         windows = hp * wp // (ws * ws)
         n += a * (2 * N * D if rope else 0)  # rotated q, k
-        # windowed q and output over the padded grid; keys and values with the prefix tokens in every window
+        # windowed q and output over the padded grid; keys and values with the global tokens in every window
         n += a * 2 * hp * wp * D + a * 2 * windows * (ws * ws + P) * D + f * windows * nh * ws * ws
         if P:  # the prefix queries' attention over all tokens
             n += a * P * D + f * nh * P
@@ -147,7 +155,7 @@ def activation_bytes(
     H, W = size
     p = cfg.patch_size
     grid = (H // p, W // p)
-    N = grid[0] * grid[1] + cfg.num_prefix_tokens
+    N = grid[0] * grid[1] + cfg.num_global_tokens
     a = 2 if autocast else 4
     run = kinds[: max(targets) + 1]  # the forward stops after the deepest target
     per_block = [
@@ -188,11 +196,13 @@ class PhasePlan:
     teacher: int
     weight_copies: int
     stages: list[StagePlan] = field(default_factory=list)
+    gathered: int = 0  # fsdp: the parameters gathered for compute and one block's unsharded gradient
 
     @property
     def fixed(self) -> int:
         """Everything but the activations."""
-        return self.parameters + self.gradients + self.optimizer + self.ddp_buckets + self.teacher + self.weight_copies
+        held = self.parameters + self.gradients + self.optimizer + self.ddp_buckets + self.gathered
+        return held + self.teacher + self.weight_copies
 
     def peak(self, *, checkpointing: bool) -> int:
         if not self.stages:
@@ -210,6 +220,7 @@ class RunPlan:
     autocast: bool
     checkpointing: bool  # run.activation_checkpointing of the config
     phases: list[PhasePlan]
+    strategy: str = "ddp"  # run.strategy of the config
 
     @property
     def usable(self) -> int:
@@ -232,6 +243,15 @@ def _count(model: torch.nn.Module) -> tuple[int, int]:
     """(all parameters, trainable parameters); shared tensors once."""
     params = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def _gathered(model: HybridViT, *, autocast: bool) -> int:
+    """Bytes FSDP holds unsharded at a time (the module docstring says what): the root group's parameters and two
+    blocks', in the compute dtype, and one block's fp32 gradient."""
+    total = _count(model)[0]
+    blocks = [_count(blk) for blk in model.blocks]
+    root = total - sum(n for n, _ in blocks)
+    return (2 if autocast else 4) * (root + 2 * max(n for n, _ in blocks)) + 4 * max(t for _, t in blocks)
 
 
 def _matmul_weights(model: HybridViT) -> int:
@@ -265,12 +285,15 @@ def plan_run(
     depth = tcfg.depth
     arch = arch or cfg.arch
     autocast = cfg.run.precision != "fp32"  # on GPUs, `auto` is bf16 autocast
+    sharded = cfg.run.strategy == "fsdp" and gpus > 1
+    shard = gpus if sharded else 1
     with torch.device("meta"):
         teacher = HybridViT(tcfg).requires_grad_(False)
     targets = resolve_targets(cfg.distill.targets, teacher)
-    teacher_bytes = 4 * _count(teacher)[0]
+    held = 2 if sharded and autocast else 4  # bytes per teacher weight (jetvit.train.sharding.frozen_teacher)
+    teacher_bytes = held * _count(teacher)[0]
     if cfg.distill.depth_teacher is not None and ((cfg.finetune.depth_weight or 0) > 0 or cfg.distill.depth_weight > 0):
-        teacher_bytes += 4 * _count(_meta_model(teacher_config(cfg.distill.depth_teacher)))[0]
+        teacher_bytes += held * _count(_meta_model(teacher_config(cfg.distill.depth_teacher)))[0]
 
     def phase(name: str, what: str, model: HybridViT, path: HybridViT, kinds: list[str], stages) -> PhasePlan:
         total, trainable = _count(model)
@@ -289,13 +312,14 @@ def plan_run(
         return PhasePlan(
             name=name,
             model=what,
-            parameters=4 * total,
-            gradients=4 * trainable,
-            optimizer=8 * trainable,
-            ddp_buckets=4 * trainable if gpus > 1 else 0,
+            parameters=-(-4 * total // shard),
+            gradients=-(-4 * trainable // shard),
+            optimizer=-(-8 * trainable // shard),
+            ddp_buckets=4 * trainable if gpus > 1 and not sharded else 0,
             teacher=teacher_bytes,
-            weight_copies=2 * _matmul_weights(path) if autocast else 0,
+            weight_copies=2 * _matmul_weights(path) if autocast and not sharded else 0,
             stages=stage_plans,
+            gathered=_gathered(model, autocast=autocast) if sharded else 0,
         )
 
     share = cfg.supernet.share
@@ -325,6 +349,7 @@ def plan_run(
         autocast=autocast,
         checkpointing=cfg.run.activation_checkpointing,
         phases=phases,
+        strategy="fsdp" if sharded else "ddp",
     )
 
 
@@ -360,16 +385,24 @@ def format_plan(plan: RunPlan) -> str:
         f"teacher {plan.teacher}: {plan.teacher_parameters / 1e6:.1f}M parameters; "
         f"{plan.gpus} process(es) with {plan.gpu_memory / GIB:.2f} GiB each, {plan.usable / GIB:.2f} GiB usable "
         f"({HEADROOM:.0%} kept back); precision {'bf16 autocast' if plan.autocast else 'fp32'}; "
-        f"run.activation_checkpointing: {str(plan.checkpointing).lower()}",
+        f"run.strategy: {plan.strategy}; run.activation_checkpointing: {str(plan.checkpointing).lower()}",
         f"sizes in {unit} per process",
     ]
     for ph in plan.phases:
         lines += ["", f"{ph.name}: {ph.model}"]
-        fixed = [("parameters (fp32)", ph.parameters), ("gradients (fp32)", ph.gradients),
-                 ("optimizer (AdamW, 2 fp32 states)", ph.optimizer)]  # fmt: skip
+        if plan.strategy == "fsdp":  # each process's shard
+            part = f"1/{plan.gpus}"
+            fixed = [(f"parameters (fp32, {part})", ph.parameters), (f"gradients (fp32, {part})", ph.gradients),
+                     (f"optimizer (AdamW, 2 x fp32, {part})", ph.optimizer)]  # fmt: skip
+        else:
+            fixed = [("parameters (fp32)", ph.parameters), ("gradients (fp32)", ph.gradients),
+                     ("optimizer (AdamW, 2 fp32 states)", ph.optimizer)]  # fmt: skip
         if ph.ddp_buckets:
             fixed.append(("DDP gradient buckets", ph.ddp_buckets))
-        fixed.append(("teacher (fp32, frozen)", ph.teacher))
+        if ph.gathered:
+            fixed.append(("FSDP gathered (root, 2 blocks)", ph.gathered))
+        bf16_teacher = plan.strategy == "fsdp" and plan.autocast
+        fixed.append((f"teacher ({'bf16' if bf16_teacher else 'fp32'}, frozen)", ph.teacher))
         if ph.weight_copies:
             fixed.append(("bf16 weight copies (autocast)", ph.weight_copies))
         for label, n in fixed:

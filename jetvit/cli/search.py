@@ -2,7 +2,8 @@
 
 Runs the whole pipeline (Step 1 supernet and beam search, Step 2 supernet and beam search, final
 fine-tuning, export). Run it again with the same arguments to continue an interrupted run. Under
-`torchrun --nproc_per_node N` it trains with DistributedDataParallel (NCCL on GPUs, gloo on CPU).
+`torchrun --nproc_per_node N` it trains with DistributedDataParallel, or with the student sharded by FSDP under
+`--set run.strategy=fsdp` (NCCL on GPUs, gloo on CPU).
 """
 
 from __future__ import annotations

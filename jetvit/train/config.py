@@ -21,6 +21,7 @@ from jetvit._config import build
 from jetvit.model import LinearAttnConfig, validate_arch
 from jetvit.schedule import SCHEDULES
 from jetvit.train.losses import DEPTH_LOSSES
+from jetvit.train.sharding import STRATEGIES
 
 TARGET_PRESETS = ("last", "all", "dpt")
 KEEP_CHECKPOINTS = ("last", "all", "none")
@@ -157,6 +158,10 @@ class RunSettings:
     # only its input and recomputes the rest in the backward pass. Activation memory drops to about one block's
     # plus the blocks' inputs, for about one more student forward per step (`jetvit plan` shows both).
     activation_checkpointing: bool = False
+    # How the student is held across torchrun processes (jetvit.train.sharding): "ddp", a full copy per process
+    # (DistributedDataParallel); "fsdp", parameters, gradients and AdamW states sharded per block (FSDP2) with sharded
+    # checkpoints (torch.distributed.checkpoint), for students too large to replicate. One process: the same run.
+    strategy: str = "ddp"
 
 
 @dataclass
@@ -326,6 +331,8 @@ def validate(cfg: Config) -> None:
         raise ValueError("run.checkpoint_every and run.log_every must be >= 1")
     if cfg.run.eval_every is not None and cfg.run.eval_every < 1:
         raise ValueError(f"run.eval_every must be >= 1 or null, got {cfg.run.eval_every}")
+    if cfg.run.strategy not in STRATEGIES:
+        raise ValueError(f"run.strategy {cfg.run.strategy!r} is not one of {', '.join(STRATEGIES)}")
     if cfg.run.keep_checkpoints not in KEEP_CHECKPOINTS:
         keep = cfg.run.keep_checkpoints
         raise ValueError(f"run.keep_checkpoints {keep!r} is not one of {', '.join(KEEP_CHECKPOINTS)}")

@@ -1,4 +1,4 @@
-"""Feature distillation from a frozen teacher: targets, losses, and the resumable (DDP) training loop.
+"""Feature distillation from a frozen teacher: targets, losses, and the resumable (DDP or FSDP) training loop.
 
 The student (a supernet or a fixed hybrid) learns to reproduce the teacher's normed features of the blocks
 the downstream head reads (supplementary A.1): the last block for a linear segmentation head, the four
@@ -10,14 +10,16 @@ against pseudo-labels from a (larger) depth teacher (`distill.depth_loss`, in `j
 samples one path per optimizer step (single-path sampling) from a generator seeded by the step, so every
 process trains the same path and a resumed run the same sequence of paths. Periodic atomic checkpoints
 hold the model, optimizer, position (stage, step) and RNG states; data positions are a pure function
-of the step (`jetvit.train.data.SamplePlan`), so a run killed at any moment continues exactly.
+of the step (`jetvit.train.data.SamplePlan`), so a run killed at any moment continues exactly. How the student is
+held across processes (`run.strategy`: replicated under DDP, sharded under FSDP) is `jetvit.train.sharding`'s;
+the checkpoint formats (full, or sharded with `torch.distributed.checkpoint`) are `jetvit.train.checkpoint`'s.
 
 Notation: B batch, N = P + h*w tokens, D width.
 """
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import logging
 import signal
 import threading
@@ -35,10 +37,19 @@ from jetvit.conversion import convert
 from jetvit.model import HybridViT, LinearAttnConfig, token_features
 from jetvit.runtime import Runtime, weights_digest
 from jetvit.schedule import lr_factor
-from jetvit.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from jetvit.train.checkpoint import (
+    load_checkpoint,
+    load_full_optimizer,
+    load_sharded_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_sharded_checkpoint,
+    set_rng_state,
+)
 from jetvit.train.config import Config, StageConfig
 from jetvit.train.data import DistillBatches, ImageSet, SamplePlan
 from jetvit.train.losses import depth_loss_fn, ssi_mse  # noqa: F401 (ssi_mse: where callers found it)
+from jetvit.train.sharding import wrap_student
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +82,8 @@ def feature_loss(student: list[Tensor], teacher: list[Tensor]) -> Tensor:
 
 
 class DistillStudent(nn.Module):
-    """What DDP wraps: images (B, 3, H, W) -> (target block features, each (B, N, D); depth (B, H, W) or None)."""
+    """What DDP wraps and FSDP shards: images (B, 3, H, W) -> (target block features, each (B, N, D); depth (B, H, W)
+    or None)."""
 
     def __init__(self, model: nn.Module, targets: list[int], *, with_depth: bool) -> None:
         super().__init__()
@@ -143,69 +155,71 @@ def train_phase(
 ) -> dict[str, Any]:
     """Train `model` (in place) through `phase.stages`, resuming from `ckpt_path` when it exists.
 
+    The student is held across processes as `cfg.run.strategy` says (`jetvit.train.sharding`); whatever the strategy,
+    `model` ends as a plain module holding the trained weights on every process. A checkpoint written under one
+    strategy and number of processes resumes under any other.
+
     Returns a summary: final loss, steps, skipped images, seconds, and per-rank weight digests.
     A checkpoint marked done is loaded and returned at once.
     """
     from tqdm import tqdm
 
-    opt = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
-        lr=0.0,
-        betas=tuple(cfg.optim.betas),
-        weight_decay=cfg.optim.weight_decay,
-    )
-    start_stage, start_step, skipped, history, elapsed = 0, 0, 0, {"curve": []}, 0.0
-    if ckpt_path.is_file():
-        ck = load_checkpoint(ckpt_path)
+    ck = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+    if ck is not None and ck.get("done"):
         model.load_state_dict(ck["model"])
-        if ck.get("done"):
-            return ck["summary"]
-        opt.load_state_dict(ck["optim"])
-        set_rng_state(ck["rng"])
+        return ck["summary"]
+    if ck is not None and "model" in ck:  # a full checkpoint: the weights go in before any sharding
+        model.load_state_dict(ck["model"])
+
+    with_depth = phase.depth_weight > 0
+    if with_depth and getattr(model, "depth_head", None) is None:
+        raise ValueError("a depth loss (depth_weight > 0) needs a teacher with a depth head (Depth-Anything-V2)")
+    depth_loss = depth_loss_fn(cfg.distill.depth_loss, gradient_weight=cfg.distill.gradient_weight)
+    model.set_grad_checkpointing(cfg.run.activation_checkpointing)  # the student's blocks only, never the teacher's
+    trainee = wrap_student(DistillStudent(model, targets, with_depth=with_depth), rt, cfg.run.strategy)
+    betas, decay = tuple(cfg.optim.betas), cfg.optim.weight_decay
+    opt = torch.optim.AdamW(trainee.parameters(), lr=0.0, betas=betas, weight_decay=decay)
+    start_stage, start_step, skipped, history, elapsed = 0, 0, 0, {"curve": []}, 0.0
+    if ck is not None:
+        if "shards" in ck:
+            load_sharded_checkpoint(ckpt_path, ck, trainee.model, opt)
+        elif trainee.sharded:
+            load_full_optimizer(trainee.model, opt, ck["optim"])
+        else:
+            opt.load_state_dict(ck["optim"])
+        # A sharded checkpoint holds every process's random state, a full one rank 0's.
+        rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]
+        set_rng_state(rngs[rt.rank] if rt.rank < len(rngs) else rngs[0])
         start_stage, start_step, skipped = ck["stage"], ck["step"], ck["skipped"]
         history, elapsed = ck["history"], ck["elapsed"]
         history.setdefault("curve", [])
         if rt.main:
             log.info("resuming %s at stage %d, step %d", phase.name, start_stage + 1, start_step)
 
-    with_depth = phase.depth_weight > 0
-    if with_depth and getattr(model, "depth_head", None) is None:
-        raise ValueError("a depth loss (depth_weight > 0) needs a teacher with a depth head (Depth-Anything-V2)")
-    depth_loss = depth_loss_fn(cfg.distill.depth_loss, gradient_weight=cfg.distill.gradient_weight)
-    student = DistillStudent(model, targets, with_depth=with_depth)
-    model.set_grad_checkpointing(cfg.run.activation_checkpointing)  # the student's blocks only, never the teacher's
-    wrapped: nn.Module = student
-    if rt.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Unused parameters: the inactive candidates' extras, a depth head without depth loss.
-        wrapped = DistributedDataParallel(
-            student, device_ids=[rt.device.index] if rt.device.type == "cuda" else None, find_unused_parameters=True
-        )
     mean, std = teacher.cfg.mean, teacher.cfg.std
     plan = SamplePlan(len(images), seed=cfg.run.seed, phase=phase.name)
-    params = [p for p in model.parameters() if p.requires_grad]
     t0 = time.perf_counter()
     loss_value = float("nan")
     phase_step = sum(s.steps for s in phase.stages[:start_stage]) + start_step
 
     def save(stage_idx: int, next_step: int) -> None:
-        if rt.main:
-            state = {
-                "phase": phase.name,
-                "done": False,
-                "stage": stage_idx,
-                "step": next_step,
-                "skipped": skipped,
-                "history": history,
-                "elapsed": elapsed + time.perf_counter() - t0,
-                "model": model.state_dict(),
-                "optim": opt.state_dict(),
-                "rng": rng_state(),
-            }
-            save_checkpoint(ckpt_path, state)
+        state = {
+            "phase": phase.name,
+            "done": False,
+            "stage": stage_idx,
+            "step": next_step,
+            "skipped": skipped,
+            "history": history,
+            "elapsed": elapsed + time.perf_counter() - t0,
+        }
+        if trainee.sharded:  # every process writes its shards
+            rngs = rt.all_gather_object(rng_state())
+            save_sharded_checkpoint(ckpt_path, {**state, "rng": rngs}, trainee.model, opt)
+        elif rt.main:
+            full = {"model": model.state_dict(), "optim": opt.state_dict(), "rng": rng_state()}
+            save_checkpoint(ckpt_path, {**state, **full})
 
-    model.train()
+    trainee.model.train()
     with StepBoundaryInterrupt() as interrupt:
         for si, stage in enumerate(phase.stages):
             if si < start_stage:
@@ -244,7 +258,7 @@ def train_phase(
             )
             for step in range(s0, stage.steps):
                 if phase.choose_path is not None:
-                    path = phase.choose_path(model, phase_step)
+                    path = phase.choose_path(trainee.model, phase_step)
                     if rt.distributed:  # internal invariant: the seeded path is the same everywhere
                         paths = rt.all_gather_object(path)
                         assert len(set(paths)) == 1, f"processes disagree on the path at step {phase_step}: {paths}"
@@ -260,10 +274,9 @@ def train_phase(
                     with torch.no_grad(), rt.autocast():
                         t_feats = token_features(teacher.forward_intermediates(x, targets))
                         label = depth_teacher.predict_depth(x) if with_depth else None
-                    sync = wrapped.no_sync() if rt.distributed and m < batches.accum - 1 else contextlib.nullcontext()
-                    with sync:
+                    with trainee.micro_batch(last=m == batches.accum - 1):
                         with rt.autocast():
-                            s_feats, depth = wrapped(x)
+                            s_feats, depth = trainee.module(x)
                         feat = feature_loss(s_feats, t_feats)
                         loss = feat + phase.depth_weight * depth_loss(depth, label) if with_depth else feat
                         (loss / batches.accum).backward()
@@ -271,7 +284,7 @@ def train_phase(
                     feat_sum += feat.item()
                 grad_norm = None
                 if cfg.optim.grad_clip is not None:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+                    grad_norm = trainee.clip_grad_norm(cfg.optim.grad_clip)
                 opt.step()
                 phase_step += 1
                 if (step + 1) % cfg.run.log_every == 0 or step + 1 == stage.steps:
@@ -287,23 +300,29 @@ def train_phase(
                 last = step + 1 == stage.steps and si == len(phase.stages) - 1
                 every = cfg.run.eval_every
                 if phase.evaluate is not None and ((every and phase_step % every == 0) or last):
-                    score = rt.broadcast_object(float(phase.evaluate(model.eval())))
-                    model.train()
+                    score = rt.broadcast_object(float(trainee.evaluate(phase.evaluate)))
                     history["curve"].append([phase_step, score])
                     if logger is not None:
                         logger.log(phase.name, phase.global_offset + phase_step, score=score)
                     bar.set_postfix(loss=f"{loss_value:.4g}", score=f"{score:.4g}")
                 if step + 1 == stage.steps:
                     history[f"stage{si + 1}"] = {"resolution": [H, W], "steps": stage.steps, "final_loss": loss_value}
-                if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == stage.steps or interrupt.requested:
+                # Every process stops at the same step (a sharded checkpoint is written by all of them).
+                stop = rt.mean(float(interrupt.requested)) > 0 if rt.distributed else interrupt.requested
+                if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == stage.steps or stop:
                     save(si, step + 1)
                 bar.update(1)
-                if interrupt.requested:
+                if stop:
                     bar.close()
                     raise KeyboardInterrupt(f"{phase.name} interrupted; saved at stage {si + 1}, step {step + 1}")
             bar.close()
             del loader
 
+    trainee.finish()
+    # The DDP wrapper, or the shards with their AdamW states, sit in reference cycles (hooks): free them now, before
+    # the next phase builds its model, not at some later collection.
+    trainee = opt = None
+    gc.collect()
     model.set_grad_checkpointing(False)
     skipped_total = int(round(rt.mean(float(skipped)) * rt.world))
     digests = rt.all_gather_object(weights_digest(model))
