@@ -265,7 +265,9 @@ def report(res: dict[str, Any], out: Path) -> None:
         f"search's scorer ({res['score_samples']} keyshapes val samples). Ground truth: each alone-distilled path's "
         f"mIoU on {a['eval_samples']} other val samples (from {EVAL_OFFSET}). Seed {a['seed']}.",
         "",
-        f"Command: `{res['command']}` on {res['machine']}; {res['seconds'] / 60:.1f} min for this invocation.",
+        f"Command: `{res['command']}` on {res['machine']}; {res['seconds'] / 60:.1f} min for this invocation; "
+        f"training in the runs it reports (earlier invocations' included): supernet {res['supernet_seconds'] / 60:.1f} "
+        f"min, paths alone {sum(r['train_seconds'] for r in res['alone'].values()) / 60:.1f} min.",
         "",
         "| supernet steps | Kendall tau | Spearman rho | supernet's pick | pick is the alone-best | regret (mIoU) |",
         "|---|---|---|---|---|---|",
@@ -392,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         "by_step": {s: agreement(row, truth) for s, row in supernet.items()},
         "ceiling": agreement({p: r["search_score"] for p, r in alone.items()}, truth),
         "supernet_eval": lab.supernet_eval,
+        "supernet_seconds": lab.supernet_seconds,
         "final_on_eval": agreement(lab.supernet_eval, truth),
         "seconds": time.perf_counter() - start,
     }
