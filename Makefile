@@ -45,7 +45,8 @@ demo: $(STAMP)
 	$(BIN)/python -m jetvit.demo.run --out runs/demo $(DEMO_ARGS)
 
 # The paper's findings on the built-in teacher, several seeds: benchmarks/results/replication.md.
-# REPLICATE_ARGS="--budget converged" for the budget the learning curves justify (about 50 min a seed on 2 cores).
+# REPLICATE_ARGS="--budget converged" for the budget the learning curves justify: about 2 h of one core a seed (run
+# seeds side by side as `--seeds N` processes with OMP_NUM_THREADS=1 and one --work; `--seeds 0 1 2` then gathers).
 replicate: $(STAMP)
 	$(BIN)/python benchmarks/replicate.py --out benchmarks/results $(REPLICATE_ARGS)
 
