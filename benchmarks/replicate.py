@@ -152,6 +152,7 @@ class Lab:
                 stages=[stage(cfg.step2.stages[0], b.step2_steps)],
                 beam=dataclasses.replace(cfg.step2.beam, width=b.beam_width),
                 max_full=3,
+                stop_at_teacher=False,  # every F count up to 3 has a row, also when fewer match the teacher
             ),
             # The search's own fine-tuning is skipped (1 step): every row is distilled alike by `run` instead, with
             # the finetune stage at `distill_stages`.

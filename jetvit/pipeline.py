@@ -341,7 +341,7 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
             rt=rt,
             path=out / "search" / "step2.json",
             feasible=full_attention_budget(cfg.step2.max_full, ctx.budget),
-            target=teacher_score["score"],
+            target=teacher_score["score"] if cfg.step2.stop_at_teacher else None,
         )
         arch2 = traj2["best"]["arch"]
 

@@ -494,3 +494,20 @@ def test_distill_options_for_fast_learning_through_the_cli(tmp_path, capsys):
     student, teacher = jetvit.load(out / "model"), jetvit.load_teacher("builtin")
     assert not torch.equal(student.blocks[0].attn.qkv.weight, teacher.blocks[0].attn.qkv.weight)
     capsys.readouterr()
+
+
+def test_step2_stop_at_teacher_through_the_cli(tmp_path):
+    """step2.stop_at_teacher: with a scorer under which every candidate matches the teacher, Step 2 stops at once
+    (the Step-1 architecture already scores as the teacher); false, it puts F blocks back up to step2.max_full."""
+    common = ["score.scorer=test_search_plugin_scorer:constant", "step2.max_full=2", "finetune.stages.0.steps=1"]
+    found = {}
+    for stop in ("true", "false"):
+        out = tmp_path / stop
+        assert main(["search", *tiny(*common, f"step2.stop_at_teacher={stop}"), "--out", str(out)]) == 0
+        traj = json.loads((out / "trajectory.json").read_text())["step2"]
+        found[stop] = (json.loads((out / "summary.json").read_text()), traj)
+    summary, traj = found["true"]
+    assert "reached the target" in traj["stop_reason"] and summary["arch"] == summary["step1_arch"]
+    summary, traj = found["false"]
+    assert "target" not in (traj["stop_reason"] or "")
+    assert max(a.count("F") for a in traj["scores"]) == 2  # every round ran, up to the F budget

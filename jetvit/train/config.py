@@ -67,6 +67,9 @@ class PhaseConfig:
 @dataclass
 class Step2Config(PhaseConfig):
     max_full: int = 2  # F budget: the most full-attention blocks the search may put back
+    # Stop putting F blocks back once a candidate scores as well as the teacher (the paper's "a few F blocks recover
+    # the accuracy"); false: go on while the F budget and the beam's own criteria allow, to see the whole trajectory.
+    stop_at_teacher: bool = True
 
 
 @dataclass
