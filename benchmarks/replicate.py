@@ -112,11 +112,14 @@ LINEAR_VARIANTS = {
 class Lab:
     """The teacher, data and scorers shared by every run of one replication."""
 
-    def __init__(self, teacher_dir: Path, work: Path, budget: Budget) -> None:
+    def __init__(
+        self, teacher_dir: Path, work: Path, budget: Budget, *, device: str = "cpu", precision: str = "auto"
+    ) -> None:
         from jetvit.demo.scoring import keyshapes_miou
         from jetvit.demo.teacher import load_builtin
 
         self.teacher_dir, self.work, self.budget = teacher_dir, work, budget
+        self.device, self.precision = device, precision
         self.teacher, _, _, self.record = load_builtin(teacher_dir)
         self.teacher.requires_grad_(False)
         self.native = self.teacher.cfg.img_size
@@ -125,6 +128,13 @@ class Lab:
         self.evaluator = keyshapes_miou(
             teacher=self.teacher, head=str(teacher_dir / "seg_head"), samples=budget.eval_samples, size=self.native
         )
+        self.rt = self._runtime()  # the device to train, score and time on (CUDA when asked or available)
+        self.teacher.to(self.rt.device)
+
+    def _runtime(self):
+        from jetvit.runtime import setup_runtime
+
+        return setup_runtime(self.config(0).run)
 
     def config(self, seed: int) -> Config:
         """The demo config at this budget, on this lab's teacher and data, for `seed`."""
@@ -157,7 +167,14 @@ class Lab:
             # The search's own fine-tuning is skipped (1 step): every row is distilled alike by `run` instead, with
             # the finetune stage at `distill_stages`.
             finetune=dataclasses.replace(cfg.finetune, stages=[stage(cfg.finetune.stages[0], 1)]),
-            run=dataclasses.replace(cfg.run, seed=seed, checkpoint_every=min(100, b.distill_steps), log_every=10),
+            run=dataclasses.replace(
+                cfg.run,
+                seed=seed,
+                checkpoint_every=min(100, b.distill_steps),
+                log_every=10,
+                device=self.device,
+                precision=self.precision,
+            ),
         )
         validate(cfg)
         return cfg
@@ -212,7 +229,7 @@ class Lab:
         done = out / "result.json"
         if done.is_file():
             return json.loads(done.read_text())
-        rt = setup_runtime(cfg.run)
+        rt = setup_runtime(cfg.run)  # seeds this row's run
         source = open_source(self.data_source)
         train_idx, _ = split_holdout(len(source), cfg.data.holdout)
         t0 = time.perf_counter()
@@ -239,6 +256,8 @@ class Lab:
             "final_feature_loss": summary["final_loss"],
             "train_seconds": summary["seconds"],
             "seconds": time.perf_counter() - t0,
+            "device": str(rt.device),
+            "autocast": str(rt.autocast_dtype).replace("torch.", "") if rt.autocast_dtype else "fp32",
         }
         atomic_write_json(done, result)
         (out / "ckpt.pt").unlink(missing_ok=True)  # the number is what we keep; checkpoints are large
@@ -255,21 +274,23 @@ def step_times(lab: Lab) -> dict[str, dict[str, float]]:
     from jetvit.conversion import convert
     from jetvit.model import LinearAttnConfig
 
+    rt = lab.rt
     torch.manual_seed(0)
-    x = torch.randn(lab.budget.step_time_batch, 3, lab.native, lab.native)
+    x = torch.randn(lab.budget.step_time_batch, 3, lab.native, lab.native, device=rt.device)
     runners = {}
     for name, lin in LINEAR_VARIANTS.items():
         student = convert(lab.teacher, "L" * lab.depth, linear=LinearAttnConfig(**lin)).train()
         opt = torch.optim.AdamW(student.parameters(), lr=1e-6)
 
         def step(x, student=student, opt=opt):
-            loss = student(x).square().mean()  # the loss's own cost is negligible; the step is what is timed
+            with rt.autocast():
+                loss = student(x).float().square().mean()  # the loss's own cost is negligible: the step is timed
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
         runners[name] = step
-    times = time_interleaved(runners, x, repeats=lab.budget.repeats, warmup=1, device="cpu")
+    times = time_interleaved(runners, x, repeats=lab.budget.repeats, warmup=1, device=rt.device.type)
     return {name: {k: v / 1e3 for k, v in summarize(t).items() if isinstance(v, float)} for name, t in times.items()}
 
 
@@ -278,13 +299,18 @@ def latencies(lab: Lab, archs: dict[str, str]) -> dict[str, dict[str, Any]]:
     from jetvit.bench.harness import BenchOptions, make_runner, summarize, time_interleaved
     from jetvit.conversion import convert
 
-    opts = BenchOptions(resolutions=[(lab.native, lab.native)], repeats=lab.budget.repeats, memory=False)
+    device = lab.rt.device
+    dtype = "bf16" if lab.rt.autocast_dtype == torch.bfloat16 else "fp32"
+    opts = BenchOptions(
+        resolutions=[(lab.native, lab.native)], repeats=lab.budget.repeats, memory=False, device=device.type,
+        dtype=dtype,
+    )  # fmt: skip
     unique = sorted(set(archs.values()))
-    runners = {a: make_runner(convert(lab.teacher, a), opts) for a in unique}
+    runners = {a: make_runner(convert(lab.teacher, a).eval(), opts) for a in unique}
     out: dict[str, dict[str, Any]] = {a: {} for a in unique}
     for side in (lab.native, 4 * lab.native):
-        x = torch.randn(1, 3, side, side)
-        times = time_interleaved(runners, x, repeats=lab.budget.repeats, warmup=1, device="cpu")
+        x = torch.randn(1, 3, side, side, device=device)
+        times = time_interleaved(runners, x, repeats=lab.budget.repeats, warmup=1, device=device.type)
         for a, t in times.items():
             out[a][f"{side}x{side}"] = summarize(t)["median"]
     return out
@@ -313,7 +339,8 @@ def write_tables(out: Path, res: dict[str, Any]) -> str:
         f"`{res['targets']}`) for {res['budget']['distill_steps']} steps. The paper's column is DINOv3 on "
         "Cityscapes: a different teacher, task and budget, so compare orderings and gaps, not values.",
         "",
-        f"Command: `{res['command']}`; this invocation took {res['seconds'] / 60:.1f} min on {res['machine']} "
+        f"Command: `{res['command']}`; this invocation took {res['seconds'] / 60:.1f} min on {res['machine']}; the "
+        f"rows were distilled on {', '.join(res.get('devices') or ['cpu'])} "
         f"(runs finished by earlier invocations are reused from the work folder). Compute in the runs themselves: "
         f"searches {res['compute']['search_seconds'] / 60:.1f} min, distillations "
         f"{res['compute']['run_seconds'] / 60:.1f} min (wall clock on the shared machine, summed over seeds; the "
@@ -413,6 +440,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--budget", choices=sorted(BUDGETS), default="small")
     p.add_argument("--tiny", action="store_true", help="a tiny teacher and budget, for tests (seeds 0 1)")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "auto"],
+        default="cpu",
+        help="where to train, score and time (auto: CUDA when available); rows record where they ran",
+    )
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="autocast of training and timing (auto: bf16 on CUDA, fp32 on the CPU)")  # fmt: skip
     args = p.parse_args(argv)
     start = time.perf_counter()
     out = Path(args.out)
@@ -424,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds = args.seeds if argv and "--seeds" in argv else [0, 1]
     else:
         teacher_dir = Path(args.teacher)
-    lab = Lab(teacher_dir, work, BUDGETS[args.budget])
+    lab = Lab(teacher_dir, work, BUDGETS[args.budget], device=args.device, precision=args.precision)
     L, W = "L" * lab.depth, "W" * lab.depth
     log = lambda m: print(f"[replicate {time.perf_counter() - start:6.0f}s] {m}", flush=True)  # noqa: E731
 
@@ -501,7 +536,18 @@ def main(argv: list[str] | None = None) -> int:
         "targets": lab.config(args.seeds[0]).distill.targets,
         "seeds": args.seeds,
         "command": "python benchmarks/replicate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+        "machine": (
+            f"{torch.cuda.get_device_name(lab.rt.device)}, torch {torch.__version__}"
+            if lab.rt.device.type == "cuda"
+            else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+        ),
+        "devices": sorted(
+            {
+                f"{json.loads(f.read_text()).get('device', 'cpu')}"
+                for seed in args.seeds
+                for f in (work / f"seed{seed}" / "runs").glob("*/result.json")
+            }
+        ),
         "search_table": search_rows,
         "positions": {str(k): v for k, v in positions.items()},
         "linear_table": linear_rows,

@@ -13,9 +13,11 @@ def test_replicate_tiny_writes_every_table(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "replicate.py"), "--tiny", "--out", str(tmp_path)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
     res = json.loads((tmp_path / "replication.json").read_text())
-    assert res["seeds"] == [0, 1] and res["teacher_arch"] == "FFFF"
+    assert res["seeds"] == [0, 1] and res["teacher_arch"] == "FFFF" and res["devices"] == ["cpu"]
     search = res["search_table"]
-    for row in ("teacher", "pure L", "pure W", "Step 1 (L/W)", "Step 2, 0 F"):
+    # Step 2 goes on to 3 F blocks whether or not fewer already match the teacher (step2.stop_at_teacher: false)
+    rows = ("teacher", "pure L", "pure W", "Step 1 (L/W)") + tuple(f"Step 2, {k} F" for k in range(4))
+    for row in rows:
         assert len(search[row]["miou"]) == 2 and all(0 <= v <= 1 for v in search[row]["miou"])
     assert search["pure L"]["archs"] == ["LLLL", "LLLL"] and search["pure W"]["archs"] == ["WWWW", "WWWW"]
     for by_count in res["positions"].values():
