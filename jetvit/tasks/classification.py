@@ -19,11 +19,12 @@ model's mean and std. A batch of clips is their frames concatenated, (sum of T_i
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from jetvit._config import from_dict
 from jetvit.heads import LinearClsConfig, LinearClsHead
 from jetvit.schedule import lr_factor
 from jetvit.tasks.common import (
+    AugmentedStream,
     autocast,
     fit_head,
     load_head,
@@ -163,21 +165,8 @@ def center_crop(image: Tensor, *, short_side: int, crop: int) -> Tensor:
     return x[..., y0 : y0 + crop, x0 : x0 + crop].reshape(*image.shape[:-2], crop, crop)
 
 
-class _AugmentedStream(torch.utils.data.IterableDataset):
-    """An endless stream of augmented (image or clip, label) samples drawn with replacement, seeded per worker."""
-
-    def __init__(self, dataset: Any, cfg: ClsProbeConfig) -> None:
-        self.dataset, self.cfg = dataset, cfg
-
-    def __iter__(self) -> Iterator[tuple[Tensor, int]]:
-        info = torch.utils.data.get_worker_info()
-        rng = random.Random(self.cfg.seed * 1000 + (info.id if info else 0))
-        while True:
-            image, label = self.dataset[rng.randrange(len(self.dataset))]
-            yield (
-                random_resized_crop(image, crop=self.cfg.crop, scale=(self.cfg.scale_min, self.cfg.scale_max), rng=rng),
-                label,
-            )
+def _resized_crop(image: Tensor, label: int, *, rng: random.Random, crop: int, scale: tuple[float, float]):
+    return random_resized_crop(image, crop=crop, scale=scale, rng=rng), label
 
 
 class _CenterCropped(torch.utils.data.Dataset):
@@ -225,7 +214,11 @@ def train_cls_probe(
     warmup = min(cfg.warmup, cfg.iterations // 10)  # short runs still decay
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps=cfg.iterations, warmup=warmup))
     loader = torch.utils.data.DataLoader(
-        _AugmentedStream(dataset, cfg),
+        AugmentedStream(
+            dataset,
+            seed=cfg.seed,
+            augment=functools.partial(_resized_crop, crop=cfg.crop, scale=(cfg.scale_min, cfg.scale_max)),
+        ),
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
         collate_fn=collate_clips if clips else None,

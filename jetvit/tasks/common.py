@@ -7,8 +7,9 @@ import contextlib
 import json
 import math
 import os
+import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,3 +152,18 @@ def fit_head(
             if log is not None:
                 log({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})
     return head.eval()
+
+
+class AugmentedStream(torch.utils.data.IterableDataset):
+    """An endless stream of `augment(image, label, rng=rng)` of samples of `dataset` drawn with replacement, seeded
+    per worker by `seed` (what the probes train on)."""
+
+    def __init__(self, dataset: Any, *, seed: int, augment: Callable[..., tuple[Any, Any]]) -> None:
+        self.dataset, self.seed, self.augment = dataset, seed, augment
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1000 + (info.id if info else 0))
+        while True:
+            image, label = self.dataset[rng.randrange(len(self.dataset))]
+            yield self.augment(image, label, rng=rng)

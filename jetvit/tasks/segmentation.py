@@ -12,10 +12,11 @@ Images: (B, 3, H, W) RGB in [0, 1] from `jetvit.tasks.datasets`; normalised here
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from jetvit._config import from_dict
 from jetvit.heads import LinearSegConfig, LinearSegHead
 from jetvit.schedule import lr_factor
 from jetvit.tasks.common import (
+    AugmentedStream,
     autocast,
     evaluate_dataset,
     fit_head,
@@ -176,22 +178,6 @@ def random_scale_crop(
     return image, label
 
 
-class _AugmentedStream(torch.utils.data.IterableDataset):
-    """An endless stream of augmented samples drawn with replacement, seeded per worker."""
-
-    def __init__(self, dataset: Any, cfg: ProbeConfig) -> None:
-        self.dataset, self.cfg = dataset, cfg
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        rng = random.Random(self.cfg.seed * 1000 + (info.id if info else 0))
-        while True:
-            image, label = self.dataset[rng.randrange(len(self.dataset))]
-            yield random_scale_crop(
-                image, label, crop=self.cfg.crop, scale=(self.cfg.scale_min, self.cfg.scale_max), rng=rng
-            )
-
-
 def _lr_factor(step: int, cfg: ProbeConfig) -> float:
     """Linear warm-up (at most a tenth of the iterations, so short runs still decay), then cosine to zero."""
     return lr_factor(step, steps=cfg.iterations, warmup=min(cfg.warmup, cfg.iterations // 10))
@@ -217,7 +203,13 @@ def train_probe(
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, cfg))
     loader = torch.utils.data.DataLoader(
-        _AugmentedStream(dataset, cfg), batch_size=cfg.batch_size, num_workers=cfg.num_workers
+        AugmentedStream(
+            dataset,
+            seed=cfg.seed,
+            augment=functools.partial(random_scale_crop, crop=cfg.crop, scale=(cfg.scale_min, cfg.scale_max)),
+        ),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
     )
 
     def loss_of(image: Tensor, label: Tensor) -> Tensor | None:
