@@ -83,9 +83,7 @@ class Curves:
         self.teacher.requires_grad_(False)
         native = self.teacher.cfg.img_size
         cfg = load_config("demo", [f"teacher={self.teacher_dir}", *args.overrides])
-        stage = dataclasses.replace(
-            cfg.finetune.stages[0], resolution=native, steps=args.steps, batch_size=args.batch_size
-        )
+        stage = cfg.finetune.stages[0].for_steps(args.steps, resolution=native, batch_size=args.batch_size)
         self.cfg = dataclasses.replace(
             cfg,
             finetune=dataclasses.replace(cfg.finetune, stages=[stage]),
@@ -251,14 +249,6 @@ def plot(res: dict[str, Any], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def tiny_teacher(work: Path) -> Path:
-    """A 4-block, width-32 teacher at 32x32 trained for a few steps (the replication benchmark's tiny teacher)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from replicate import tiny_teacher as build
-
-    return build(work)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
@@ -266,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else (out / "curves-work" if args.tiny else ROOT / "runs" / "curves")
     work.mkdir(parents=True, exist_ok=True)
     if args.tiny:
+        from jetvit.demo.teacher import tiny_teacher
+
         args.teacher = str(tiny_teacher(work))
         args.rows, args.steps, args.every, args.eval_samples = ["pure L", "2 F"], 4, 2, 2
         args.batch_size, args.seeds = 2, args.seeds[:2]

@@ -136,9 +136,7 @@ class Ranking:
         cfg = load_config("demo", [f"teacher={teacher_dir}", *args.overrides])
 
         def stage(s, steps):
-            return dataclasses.replace(
-                s, resolution=native, steps=steps, batch_size=args.batch_size, warmup_steps=min(s.warmup_steps, steps)
-            )
+            return s.for_steps(steps, resolution=native, batch_size=args.batch_size)
 
         self.cfg = dataclasses.replace(
             cfg,
@@ -368,8 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) if args.work else (out / "ranking-work" if args.tiny else ROOT / "runs" / "ranking")
     work.mkdir(parents=True, exist_ok=True)
     if args.tiny:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from replicate import tiny_teacher
+        from jetvit.demo.teacher import tiny_teacher
 
         args.teacher = str(tiny_teacher(work))
         args.paths, args.supernet_steps, args.every, args.alone_steps = 4, 4, 2, 2

@@ -182,11 +182,8 @@ class Lab:
     def stage(self, demo, steps: int):
         """The demo config's stage `demo` at this budget: the native resolution, the budget's steps, batch and lr,
         and the demo's warm-up, shortened to a tenth of the steps where the budget is shorter than the demo's."""
-        warmup = min(demo.warmup_steps, max(1, steps // 10))
         b = self.budget
-        return dataclasses.replace(
-            demo, resolution=self.native, steps=steps, batch_size=b.batch_size, lr=b.lr, warmup_steps=warmup
-        )
+        return demo.for_steps(steps, resolution=self.native, batch_size=b.batch_size, lr=b.lr)
 
     def distill_stages(self) -> list:
         """The demo config's finetune stage at `distill_steps`: what every row is distilled with."""
@@ -416,20 +413,6 @@ def write_tables(out: Path, res: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def tiny_teacher(work: Path) -> Path:
-    """A 4-block, width-32 teacher at 32x32 (4x4 patches, 2x2-patch windows), trained for a few steps."""
-    from jetvit.demo.teacher import TEACHER_JSON, TeacherRecipe, train_teacher
-
-    out = work / "tiny-teacher"
-    if not (out / TEACHER_JSON).is_file():
-        recipe = TeacherRecipe(
-            dim=32, depth=4, num_heads=2, mlp_hidden=64, size=32, window_size=2, steps=3, batch_size=2, warmup=1,
-            eval_every=3, val_samples=4, monitor_samples=2,
-        )  # fmt: skip
-        train_teacher(recipe, out, progress=False)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     from jetvit.demo.teacher import ASSET_DIR
 
@@ -455,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
+        from jetvit.demo.teacher import tiny_teacher
+
         args.budget, teacher_dir = "tiny", tiny_teacher(work)
         args.seeds = args.seeds if argv and "--seeds" in argv else [0, 1]
     else:

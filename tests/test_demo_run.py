@@ -4,16 +4,11 @@ import json
 import subprocess
 import sys
 
-from jetvit.demo.teacher import TeacherRecipe, train_teacher
+from jetvit.demo.teacher import tiny_teacher
 
 
 def test_demo_runner_end_to_end_on_a_tiny_teacher(tmp_path):
-    teacher = tmp_path / "teacher"
-    recipe = TeacherRecipe(
-        dim=32, depth=4, num_heads=2, mlp_hidden=64, size=32, window_size=2, steps=2, batch_size=2, warmup=1,
-        eval_every=2, val_samples=2, monitor_samples=2,
-    )  # fmt: skip
-    train_teacher(recipe, teacher, progress=False)
+    teacher = tiny_teacher(tmp_path)
     stage = "{resolution: 32, steps: 2, batch_size: 2, lr: 1.0e-3}"
     overrides = [
         "score.resolution=32", "score.options.samples=2", "score.options.size=32", "budget.resolution=128",

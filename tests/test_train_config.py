@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from jetvit.model import LinearAttnConfig
@@ -108,3 +110,13 @@ def test_a_run_written_before_a_key_existed_still_resumes(tmp_path):
     changed = load_config("tiny", ["distill.depth_loss=ssi_gm"])
     with pytest.raises(ValueError, match="differs in: distill.depth_loss"):
         check_out_dir(tmp_path, changed)
+
+
+def test_stage_for_steps_keeps_the_warmup_but_at_most_a_tenth_of_the_steps():
+    stage = StageConfig(resolution=128, steps=450, batch_size=8, lr=5e-4, warmup_steps=20)
+    longer = stage.for_steps(600, batch_size=16)
+    assert (longer.steps, longer.warmup_steps, longer.batch_size, longer.lr) == (600, 20, 16, 5e-4)
+    assert stage.for_steps(100).warmup_steps == 10  # a tenth of 100
+    assert stage.for_steps(4).warmup_steps == 1  # never 0 where the stage had a warm-up
+    assert dataclasses.replace(stage, warmup_steps=0).for_steps(100).warmup_steps == 0
+    assert stage.steps == 450  # the original is untouched

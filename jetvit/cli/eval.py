@@ -271,6 +271,18 @@ def _eval_cls(args: argparse.Namespace, models: dict[str, Any]) -> tuple[str, di
     return args.task, results, []
 
 
+def _carried_heads(models: dict[str, Any], attr: str, what: str) -> dict[str, Any]:
+    """Each model's own head `attr` (a YOLOS or DPT head saved with it), else the teacher's."""
+    fallback = getattr(models.get("teacher"), attr, None)
+    heads = {}
+    for name, model in models.items():
+        own = getattr(model, attr, None)
+        heads[name] = own if own is not None else fallback
+        if heads[name] is None:
+            raise ValueError(f"the {name} has no {what} head and no teacher with one was given (--teacher)")
+    return heads
+
+
 def _eval_det(args: argparse.Namespace, models: dict[str, Any], out: Path) -> tuple[str, dict, list[str]]:
     from jetvit.tasks.datasets import CocoDetection, coco_layout
     from jetvit.tasks.detection import MAX_SIDE, SHORT_SIDE, evaluate_detection, read_label_map
@@ -280,13 +292,7 @@ def _eval_det(args: argparse.Namespace, models: dict[str, Any], out: Path) -> tu
         raise ValueError(
             "--head is for seg, cls and video; detection uses the YOLOS heads the models (or the teacher) carry"
         )
-    fallback = getattr(models.get("teacher"), "detection_head", None)
-    heads = {}
-    for name, model in models.items():
-        own = getattr(model, "detection_head", None)
-        heads[name] = own if own is not None else fallback
-        if heads[name] is None:
-            raise ValueError(f"the {name} has no detection head and no teacher with one was given (--teacher)")
+    heads = _carried_heads(models, "detection_head", "detection")
     full = CocoDetection(*coco_layout(args.data, args.split or DEFAULT_SPLIT["coco"]))
     data = limit(full, args.max_images, option="--max-images")
     options = {
@@ -336,13 +342,7 @@ def _eval_depth(args: argparse.Namespace, models: dict[str, Any], out: Path) -> 
 
     if args.head is not None:
         raise ValueError("--head is for --task seg; depth uses the DPT head the models (or the teacher) carry")
-    fallback = getattr(models.get("teacher"), "depth_head", None)
-    heads = {}
-    for name, model in models.items():
-        own = getattr(model, "depth_head", None)
-        heads[name] = own if own is not None else fallback
-        if heads[name] is None:
-            raise ValueError(f"the {name} has no depth head and no teacher with one was given (--teacher)")
+    heads = _carried_heads(models, "depth_head", "depth")
     short_side = args.short_side or 518
     kept: dict[str, dict[int, Any]] = {}
     results = {}

@@ -247,6 +247,19 @@ def train_teacher(recipe: TeacherRecipe, out: str | os.PathLike, *, progress: bo
     return record
 
 
+def tiny_teacher(work: str | os.PathLike) -> Path:
+    """A 4-block, width-32 teacher at 32x32 (4x4 patches, 2x2-patch windows), trained for a few steps, written once
+    under `work/tiny-teacher` and reused: the benchmarks' `--tiny` settings and their tests run on it."""
+    out = Path(work) / "tiny-teacher"
+    if not (out / TEACHER_JSON).is_file():
+        recipe = TeacherRecipe(
+            dim=32, depth=4, num_heads=2, mlp_hidden=64, size=32, window_size=2, steps=3, batch_size=2, warmup=1,
+            eval_every=3, val_samples=4, monitor_samples=2,
+        )  # fmt: skip
+        train_teacher(recipe, out, progress=False)
+    return out
+
+
 def load_builtin(directory: str | os.PathLike = ASSET_DIR) -> tuple[HybridViT, LinearSegHead, LinearSegHead, dict]:
     """(backbone, seg head, depth head, teacher.json record) of a teacher written by `train_teacher`."""
     from jetvit.io import load

@@ -46,6 +46,12 @@ class StageConfig:
         r = self.resolution
         return (r, r) if isinstance(r, int) else (r[0], r[1])
 
+    def for_steps(self, steps: int, **changes: Any) -> StageConfig:
+        """This stage run for `steps` instead, with `changes` (resolution, batch_size, lr, ...): the warm-up is kept,
+        but at most a tenth of the steps (at least 1), so that a shortened stage is not all warm-up."""
+        warmup = min(self.warmup_steps, max(1, steps // 10))
+        return dataclasses.replace(self, steps=steps, warmup_steps=warmup, **changes)
+
 
 @dataclass
 class BeamConfig:
