@@ -510,8 +510,9 @@ def main(argv: list[str] | None = None) -> int:
         compute["search_seconds"] += sum(p.get("seconds") or 0 for p in state["phases"].values())
         for f in (work / f"seed{seed}" / "runs").glob("*/result.json"):
             compute["run_seconds"] += json.loads(f.read_text())["train_seconds"]
-    import platform
+    from jetvit.bench.harness import machine_info
 
+    info = machine_info(lab.rt.device.type)
     res = {
         "teacher": str(teacher_dir),
         "teacher_arch": lab.teacher.arch,
@@ -522,10 +523,10 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "command": "python benchmarks/replicate.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": (
-            f"{torch.cuda.get_device_name(lab.rt.device)}, torch {torch.__version__}"
-            if lab.rt.device.type == "cuda"
-            else f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads"
+            f"{info.get('gpu') or info['cpu']} ({info['cpu_count']} CPU cores, {info['torch_threads']} torch "
+            f"threads), torch {info['torch']}, commit {info['git_commit']}"
         ),
+        "machine_info": info,
         "devices": sorted(
             {
                 f"{json.loads(f.read_text()).get('device', 'cpu')}"
