@@ -214,3 +214,14 @@ def test_sharded_checkpoint_is_atomic_reshards_and_reads_only_data(tmp_path, mon
     with pytest.raises(ValueError, match="cannot be read"):
         load_sharded_checkpoint(path, load_checkpoint(path), plain, plain_opt)
     assert not marker.exists()
+
+
+def test_supernet_candidates_are_sharded_apart_unless_they_share_tensors(tiny_model):
+    from jetvit.train.sharding import shard_groups
+
+    teacher = tiny_model()
+    separate = build_supernet(teacher, CHOICES)
+    assert shard_groups(separate.blocks[0]) == list(separate.blocks[0].candidates.values())
+    shared = build_supernet(teacher, CHOICES, share=True)  # the candidates hold the same qkv, proj, MLP, norms
+    assert shard_groups(shared.blocks[0]) == [shared.blocks[0]]
+    assert shard_groups(teacher.blocks[0]) == [teacher.blocks[0]]

@@ -7,8 +7,10 @@
   student (patch embedding, tokens, final norm, heads) as the root group, over all processes: every process holds
   1/N of the fp32 parameters (the master weights), of their gradients and of the AdamW states, and gathers one
   block's parameters at a time for its forward and backward. Under bf16 autocast the gathered parameters are bf16
-  and the gradients are reduced in fp32 (`MixedPrecisionPolicy`). A supernet's candidates live in their block's
-  group: the inactive ones are gathered with it but get no gradient (None), and AdamW skips them, as under DDP.
+  and the gradients are reduced in fp32 (`MixedPrecisionPolicy`). A supernet's candidates with weights of their
+  own are groups of their own (`shard_groups`): a step gathers the active candidate of each block only, and the
+  inactive ones get no gradient (None), which AdamW skips, as under DDP. Candidates sharing tensors
+  (`supernet.share: true`) stay in their block's group, gathered together.
 
 A single process trains the student as it is under either strategy, and computes and checkpoints exactly as a
 one-process `ddp` run: sharding over one process only adds copies. `fsdp` shards whenever a process group exists,
@@ -146,12 +148,39 @@ def _fully_shard(student: nn.Module, rt: Runtime) -> Trainee:
     mesh = init_device_mesh(rt.device.type, (torch.distributed.get_world_size(),))
     bf16 = rt.autocast_dtype == torch.bfloat16
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if bf16 else None, reduce_dtype=torch.float32)
-    for blk in sharded.model.blocks:
-        fully_shard(blk, mesh=mesh, mp_policy=mp)
+    groups = [g for blk in sharded.model.blocks for g in shard_groups(blk)]
+    for group in groups:
+        fully_shard(group, mesh=mesh, mp_policy=mp)
     fully_shard(sharded, mesh=mesh, mp_policy=mp)
+    # A group that has never been gathered has no unsharded parameters yet, and FSDP2 (torch 2.13) then fails in
+    # the post-backward of a micro-batch without gradient sync whenever a step leaves the group out (an inactive
+    # candidate). Gathering each group once, one at a time, creates them; resharding frees their storage again.
+    for group in groups:
+        group.unshard()
+        group.reshard()
     for p in student.model.parameters():  # the shards hold the values now; `Trainee.finish` refills these
         p.data = p.data.new_empty(0)
     return Trainee(original=student.model, model=sharded.model, module=sharded, kind="fsdp")
+
+
+def shard_groups(block: nn.Module) -> list[nn.Module]:
+    """The modules of one block of `model.blocks` that `fsdp` shards as groups, each gathered only when it runs.
+
+    A supernet block whose candidates hold separate weights (`supernet.share: false`): each candidate, so a step
+    gathers only the active path's weights, not every candidate's. Candidates that share tensors cannot be
+    separate groups (a tensor belongs to one group), so a shared supernet's block, like a plain block, is one group.
+    """
+    candidates = getattr(block, "candidates", None)
+    if candidates is None or len(candidates) < 2:
+        return [block]
+    seen: set[int] = set()
+    for cand in candidates.values():
+        ids = {id(p) for p in cand.parameters()}
+        if ids & seen:
+            return [block]
+        seen |= ids
+    own = {id(p) for p in block.parameters()} - seen
+    return [*candidates.values(), *([block] if own else [])]
 
 
 def frozen_teacher(teacher: nn.Module, rt: Runtime, strategy: str) -> nn.Module:
