@@ -405,9 +405,55 @@ def write_tables(out: Path, res: dict[str, Any]) -> str:
         "1.64x throughput); DAv2-L 1.79x throughput.",
         "",
     ]
+    md.insert(2, "![search rows and speed](replication.png)\n")
     text = "\n".join(md)
     atomic_write_text(out / "replication.md", text)
+    plot(res, out / "replication.png")
     return text
+
+
+def plot(res: dict[str, Any], path: Path) -> None:
+    """Left: every search row's mIoU, one dot per seed and the mean ± sd, the teacher as a line. Right: mean mIoU
+    against the measured speedup at 4x the native side (the speed of the first seed's architecture)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jetvit.io import atomic_write_bytes
+
+    rows = {k: v for k, v in res["search_table"].items() if k not in ("teacher", "Step 2, 0 F")}
+    teacher = 100 * statistics.mean(res["search_table"]["teacher"]["miou"])
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, row in enumerate(rows.values()):
+        v = [100 * x for x in row["miou"]]
+        ax1.scatter([i] * len(v), v, color="tab:blue", alpha=0.5, s=18)
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        ax1.errorbar([i], [statistics.mean(v)], yerr=[sd], fmt="o", color="k", capsize=4, ms=5)
+    ax1.axhline(teacher, color="tab:red", ls="--", lw=1, label=f"teacher {teacher:.2f}")
+    ax1.set_xticks(range(len(rows)), [n.replace("Step 2, ", "") for n in rows], rotation=20, fontsize=8)
+    ax1.set_ylabel("keyshapes val mIoU (%)")
+    ax1.set_title(f"search rows, {len(res['seeds'])} seeds (dots), mean ± sd")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    big = res["speed_resolutions"][-1]
+    for name, row in res["speed_table"].items():
+        miou = 100 * statistics.mean(res["search_table"][name]["miou"])
+        ax2.scatter(row[big]["speedup"], miou, color="tab:red" if name == "teacher" else "tab:blue")
+        ax2.annotate(f"{name} {row['arch']}", (row[big]["speedup"], miou), fontsize=7, xytext=(3, 3),
+                     textcoords="offset points")  # fmt: skip
+    ax2.set_xlabel(f"speedup over the teacher at {big} (batch-1 latency)")
+    ax2.set_ylabel("mean mIoU (%)")
+    ax2.set_title("accuracy against speed")
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"Replication on the built-in teacher, budget {res['budget_name']}")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ def test_replicate_tiny_writes_every_table(tmp_path):
     for name in (row for table in tables for row in res[table]):
         assert f"| {name} |" in md, name  # every row of the results is in the report
     assert f"**{res['rope_choice']}**" in md
+    assert (tmp_path / "replication.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the plot, linked from the md
+    assert "(replication.png)" in md
     # a rerun reuses the finished runs instead of training again
     runs = sorted((tmp_path / "replication-work" / "seed0" / "runs").iterdir())
     assert runs and all((r / "result.json").is_file() for r in runs)
