@@ -439,10 +439,11 @@ def plot(res: dict[str, Any], path: Path) -> None:
     ax1.grid(alpha=0.3)
     ax1.legend(fontsize=8)
     big = res["speed_resolutions"][-1]
-    for name, row in res["speed_table"].items():
+    for i, (name, row) in enumerate(res["speed_table"].items()):
         miou = 100 * statistics.mean(res["search_table"][name]["miou"])
         ax2.scatter(row[big]["speedup"], miou, color="tab:red" if name == "teacher" else "tab:blue")
-        ax2.annotate(f"{name} {row['arch']}", (row[big]["speedup"], miou), fontsize=7, xytext=(3, 3),
+        label = f"{name.replace('Step 2, ', '')}\n{row['arch']}"  # labels alternate above and below their points
+        ax2.annotate(label, (row[big]["speedup"], miou), fontsize=7, xytext=(4, 4 if i % 2 else -20),
                      textcoords="offset points")  # fmt: skip
     ax2.set_xlabel(f"speedup over the teacher at {big} (batch-1 latency)")
     ax2.set_ylabel("mean mIoU (%)")
