@@ -35,7 +35,6 @@ from torch import Tensor, nn
 
 from jetvit._config import from_dict
 from jetvit.heads import LinearClsConfig, LinearClsHead
-from jetvit.schedule import lr_factor
 from jetvit.tasks.common import (
     AugmentedStream,
     autocast,
@@ -211,8 +210,6 @@ def train_cls_probe(
     head = LinearClsHead(head_cfg).to(device).train()
     model.eval()
     opt = _optimizer(head.parameters(), cfg)
-    warmup = min(cfg.warmup, cfg.iterations // 10)  # short runs still decay
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps=cfg.iterations, warmup=warmup))
     loader = torch.utils.data.DataLoader(
         AugmentedStream(
             dataset,
@@ -232,7 +229,7 @@ def train_cls_probe(
         iter(loader),
         loss_of,
         opt=opt,
-        sched=sched,
+        warmup=cfg.warmup,
         iterations=cfg.iterations,
         log_every=cfg.log_every,
         desc="video probe" if clips else "cls probe",

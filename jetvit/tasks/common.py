@@ -121,7 +121,7 @@ def fit_head(
     loss_of: Callable[[Tensor, Tensor], Tensor | None],
     *,
     opt: torch.optim.Optimizer,
-    sched: torch.optim.lr_scheduler.LRScheduler,
+    warmup: int,
     iterations: int,
     log_every: int,
     desc: str,
@@ -130,8 +130,15 @@ def fit_head(
 ) -> nn.Module:
     """The probes' training loop: `iterations` batches (input, label) on the head's device, the input a tensor or a
     tuple of tensors (a batch of clips: frames and counts); `loss_of(input, label)` gives the loss, or None to skip a
-    batch's update (a non-finite loss skips it too). Returns the head in eval mode."""
+    batch's update (a non-finite loss skips it too). The learning rate warms up linearly for `warmup` steps (at most a
+    tenth of the iterations, so that short runs still decay), then follows a cosine to zero. Returns the head in eval
+    mode."""
     from tqdm import tqdm
+
+    from jetvit.schedule import lr_factor
+
+    warmup = min(warmup, iterations // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps=iterations, warmup=warmup))
 
     device = next(head.parameters()).device
     bar = tqdm(range(iterations), desc=desc, disable=not progress, dynamic_ncols=True)

@@ -33,7 +33,32 @@ def fixed_subset(dataset: Dataset, size: int | None, *, seed: int = 0) -> Datase
     return Subset(dataset, sorted(random.Random(seed).sample(range(n), size)))
 
 
-class SegmentationScorer:
+class HeadScorer:
+    """What every scorer shares: a head fitted on the teacher, evaluated on a fixed subset of `dataset`; calling it
+    on a model moves the head to the model's device, times `_evaluate` and records its result. Subclasses give
+    `_evaluate(model) -> (result dict, the score)`."""
+
+    name: str
+
+    def __init__(self, head: nn.Module, dataset: Dataset, *, size: int | None, seed: int) -> None:
+        self.head = head.eval()
+        self.dataset = fixed_subset(dataset, size, seed=seed)
+        self.last_seconds: float | None = None
+        self.last_result: dict[str, Any] | None = None
+
+    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
+        raise NotImplementedError
+
+    def __call__(self, model: nn.Module) -> float:
+        start = time.perf_counter()
+        self.head.to(next(model.parameters()).device)
+        result, value = self._evaluate(model)
+        self.last_seconds = time.perf_counter() - start
+        self.last_result = result
+        return float(value)
+
+
+class SegmentationScorer(HeadScorer):
     """mIoU (in [0, 1]) of a probe trained on the teacher, applied to a candidate's features on a fixed subset."""
 
     name = "miou"
@@ -50,22 +75,15 @@ class SegmentationScorer:
         stride: int = 341,
         layer: int = -1,
     ) -> None:
-        self.head = head.eval()
-        self.dataset = fixed_subset(dataset, size, seed=seed)
+        super().__init__(head, dataset, size=size, seed=seed)
         self.options = {"short_side": short_side, "crop": crop, "stride": stride, "layer": layer}
-        self.last_seconds: float | None = None
-        self.last_result: dict[str, Any] | None = None
 
-    def __call__(self, model: nn.Module) -> float:
-        start = time.perf_counter()
-        self.head.to(next(model.parameters()).device)
+    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
         result = evaluate_segmentation(model, self.head, self.dataset, progress=False, **self.options)
-        self.last_seconds = time.perf_counter() - start
-        self.last_result = result
-        return float(result["miou"])
+        return result, result["miou"]
 
 
-class ClassificationScorer:
+class ClassificationScorer(HeadScorer):
     """Top-1 accuracy (in [0, 1]) of a linear probe trained on the teacher, applied to a candidate's features on a
     fixed subset (centre crops)."""
 
@@ -82,25 +100,18 @@ class ClassificationScorer:
         crop: int = 224,
         batch_size: int = 64,
     ) -> None:
-        self.head = head.eval()
-        self.dataset = fixed_subset(dataset, size, seed=seed)
+        super().__init__(head, dataset, size=size, seed=seed)
         self.options = {"short_side": short_side, "crop": crop, "batch_size": batch_size}
-        self.last_seconds: float | None = None
-        self.last_result: dict[str, Any] | None = None
 
-    def __call__(self, model: nn.Module) -> float:
-        start = time.perf_counter()
-        self.head.to(next(model.parameters()).device)
+    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
         result = evaluate_classification(model, self.head, self.dataset, progress=False, **self.options)
-        self.last_seconds = time.perf_counter() - start
-        self.last_result = result
-        return float(result["top1"])
+        return result, result["top1"]
 
 
 DEPTH_SCORES = ("delta1", "neg_abs_rel", "da2k")
 
 
-class DepthScorer:
+class DepthScorer(HeadScorer):
     """The teacher's DPT head on a candidate's intermediates, on a fixed subset.
 
     score: "delta1" (depth dataset), "neg_abs_rel" (depth dataset, -AbsRel so higher is better) or "da2k" (DA2K
@@ -119,32 +130,23 @@ class DepthScorer:
     ) -> None:
         if score not in DEPTH_SCORES:
             raise ValueError(f"depth score must be one of {DEPTH_SCORES}, got {score!r}")
-        self.head = head.eval()
+        super().__init__(head, dataset, size=size, seed=seed)
         self.score = score
         self.name = score
-        self.dataset = fixed_subset(dataset, size, seed=seed)
         self.short_side = short_side
-        self.last_seconds: float | None = None
-        self.last_result: dict[str, Any] | None = None
 
-    def __call__(self, model: nn.Module) -> float:
-        start = time.perf_counter()
-        self.head.to(next(model.parameters()).device)
+    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
         if self.score == "da2k":
             result = evaluate_da2k(model, self.dataset, head=self.head, short_side=self.short_side, progress=False)
-            value = result["accuracy"]
-        else:
-            result = evaluate_depth(model, self.dataset, head=self.head, short_side=self.short_side, progress=False)
-            value = result["delta1"] if self.score == "delta1" else -result["abs_rel"]
-        self.last_seconds = time.perf_counter() - start
-        self.last_result = result
-        return float(value)
+            return result, result["accuracy"]
+        result = evaluate_depth(model, self.dataset, head=self.head, short_side=self.short_side, progress=False)
+        return result, result["delta1"] if self.score == "delta1" else -result["abs_rel"]
 
 
 DETECTION_SCORES = ("map", "ap50", "ap75")
 
 
-class DetectionScorer:
+class DetectionScorer(HeadScorer):
     """COCO box AP (in [0, 1]) of the teacher's YOLOS heads on a candidate's final detection tokens, on a fixed subset
     of a COCO-format set. score: "map" (AP over IoU .50:.95), "ap50" or "ap75"."""
 
@@ -162,20 +164,13 @@ class DetectionScorer:
     ) -> None:
         if score not in DETECTION_SCORES:
             raise ValueError(f"detection score must be one of {DETECTION_SCORES}, got {score!r}")
-        self.head = head.eval()
+        super().__init__(head, dataset, size=size, seed=seed)
         self.name = score
-        self.dataset = fixed_subset(dataset, size, seed=seed)
         self.options = {"short_side": short_side, "max_side": max_side, "label_map": label_map}
-        self.last_seconds: float | None = None
-        self.last_result: dict[str, Any] | None = None
 
-    def __call__(self, model: nn.Module) -> float:
-        start = time.perf_counter()
-        self.head.to(next(model.parameters()).device)
+    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
         result = evaluate_detection(model, self.dataset, head=self.head, progress=False, **self.options)
-        self.last_seconds = time.perf_counter() - start
-        self.last_result = result
-        return float(result[self.name])
+        return result, result[self.name]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ from torch import Tensor, nn
 
 from jetvit._config import from_dict
 from jetvit.heads import LinearSegConfig, LinearSegHead
-from jetvit.schedule import lr_factor
 from jetvit.tasks.common import (
     AugmentedStream,
     autocast,
@@ -178,11 +177,6 @@ def random_scale_crop(
     return image, label
 
 
-def _lr_factor(step: int, cfg: ProbeConfig) -> float:
-    """Linear warm-up (at most a tenth of the iterations, so short runs still decay), then cosine to zero."""
-    return lr_factor(step, steps=cfg.iterations, warmup=min(cfg.warmup, cfg.iterations // 10))
-
-
 def train_probe(
     model: nn.Module,
     dataset: Any,
@@ -201,7 +195,6 @@ def train_probe(
     head.to(device).train()
     model.eval()
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, cfg))
     loader = torch.utils.data.DataLoader(
         AugmentedStream(
             dataset,
@@ -224,7 +217,7 @@ def train_probe(
         iter(loader),
         loss_of,
         opt=opt,
-        sched=sched,
+        warmup=cfg.warmup,
         iterations=cfg.iterations,
         log_every=cfg.log_every,
         desc="probe",
