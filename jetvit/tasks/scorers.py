@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -178,6 +179,20 @@ class DetectionScorer(HeadScorer):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _probe_head(
+    head: str | None, probe: dict[str, Any] | None, *, load: Callable, recipe_type: type, fit: Callable
+) -> tuple[nn.Module, Any]:
+    """A probe scorer's (head, recipe): the probe saved at `head` (`load`) and its recorded recipe, or, without one, a
+    probe trained here by `fit(recipe)` on the recipe `probe` (fields of `recipe_type`)."""
+    if head is not None:
+        if probe:
+            raise ValueError("score.options: give either head (a trained probe) or probe (a recipe to train one)")
+        loaded, meta = load(head)
+        return loaded, recipe_type.from_dict(meta.get("probe", {}))
+    recipe = recipe_type.from_dict(probe or {})
+    return fit(recipe), recipe
+
+
 def segmentation_scorer(
     *,
     teacher: nn.Module,
@@ -201,15 +216,12 @@ def segmentation_scorer(
     from jetvit.tasks.segmentation import ProbeConfig, load_probe, train_probe
 
     val = build_segmentation_dataset(dataset, data, split=split, num_classes=num_classes)
-    if head is not None:
-        if probe:
-            raise ValueError("score.options: give either head (a trained probe) or probe (a recipe to train one)")
-        seg_head, meta = load_probe(head)
-        recipe = ProbeConfig.from_dict(meta.get("probe", {}))
-    else:
-        recipe = ProbeConfig.from_dict(probe or {})
+
+    def fit(recipe: ProbeConfig) -> LinearSegHead:
         train = build_segmentation_dataset(dataset, data, split=train_split, num_classes=num_classes)
-        seg_head = train_probe(teacher, train, recipe, num_classes=train.num_classes, progress=False)
+        return train_probe(teacher, train, recipe, num_classes=train.num_classes, progress=False)
+
+    seg_head, recipe = _probe_head(head, probe, load=load_probe, recipe_type=ProbeConfig, fit=fit)
     if seg_head.cfg.num_classes != val.num_classes:
         raise ValueError(f"the probe predicts {seg_head.cfg.num_classes} classes, {dataset} has {val.num_classes}")
     return SegmentationScorer(
@@ -246,15 +258,12 @@ def classification_scorer(
     from jetvit.tasks.datasets import ImageFolderClassification
 
     val = ImageFolderClassification(data, split=split)
-    if head is not None:
-        if probe:
-            raise ValueError("score.options: give either head (a trained probe) or probe (a recipe to train one)")
-        cls_head, meta = load_cls_probe(head)
-        recipe = ClsProbeConfig.from_dict(meta.get("probe", {}))
-    else:
-        recipe = ClsProbeConfig.from_dict(probe or {})
+
+    def fit(recipe: ClsProbeConfig) -> LinearClsHead:
         train = ImageFolderClassification(data, split=train_split)
-        cls_head = train_cls_probe(teacher, train, recipe, num_classes=train.num_classes, progress=False)
+        return train_cls_probe(teacher, train, recipe, num_classes=train.num_classes, progress=False)
+
+    cls_head, recipe = _probe_head(head, probe, load=load_cls_probe, recipe_type=ClsProbeConfig, fit=fit)
     if cls_head.cfg.num_classes != val.num_classes:
         raise ValueError(f"the probe predicts {cls_head.cfg.num_classes} classes, {data}/{split} has {val.num_classes}")
     return ClassificationScorer(
