@@ -75,7 +75,7 @@ class Curves:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         from jetvit.demo.scoring import keyshapes_miou
         from jetvit.demo.teacher import load_builtin
-        from jetvit.train.config import load_config
+        from jetvit.config import load_config
 
         self.args, self.work = args, work
         self.teacher_dir = Path(args.teacher)

@@ -126,7 +126,7 @@ class Ranking:
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
         from jetvit.demo.scoring import keyshapes_miou
         from jetvit.demo.teacher import load_builtin
-        from jetvit.train.config import load_config, validate
+        from jetvit.config import load_config, validate
 
         self.args, self.work = args, work
         teacher_dir = Path(args.teacher)

@@ -41,7 +41,7 @@ import torch
 
 from jetvit.io import atomic_write_json, atomic_write_text
 from jetvit.model import LinearAttnConfig
-from jetvit.train.config import Config
+from jetvit.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_SCORE_OFFSET = 256  # the search scores on val samples 256.. ; final numbers use val samples 0..eval_samples-1
@@ -138,7 +138,7 @@ class Lab:
 
     def config(self, seed: int) -> Config:
         """The demo config at this budget, on this lab's teacher and data, for `seed`."""
-        from jetvit.train.config import load_config, validate
+        from jetvit.config import load_config, validate
 
         b = self.budget
         cfg = load_config("demo")
@@ -187,7 +187,7 @@ class Lab:
 
     def distill_stages(self) -> list:
         """The demo config's finetune stage at `distill_steps`: what every row is distilled with."""
-        from jetvit.train.config import load_config
+        from jetvit.config import load_config
 
         return [self.stage(load_config("demo").finetune.stages[0], self.budget.distill_steps)]
 

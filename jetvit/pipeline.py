@@ -39,7 +39,7 @@ from jetvit.search.budget import FlopBudget, full_attention_budget
 from jetvit.search.driver import run_beam
 from jetvit.search.scorers import Scorer, build_scorer
 from jetvit.search.supernet import PathSampler, build_supernet, extract
-from jetvit.train.config import Config
+from jetvit.config import Config
 from jetvit.train.data import ImageSet, describe, holdout_images, open_source, split_holdout
 from jetvit.train.distill import Phase, finetune, resolve_targets, student_for, train_phase
 from jetvit.train.metrics import MetricLogger

@@ -11,7 +11,7 @@ from jetvit._config import build
 from jetvit.io import atomic_write_json, atomic_write_text, read_json, remove_stale_temporaries
 from jetvit.runtime import Runtime
 from jetvit.train.checkpoint import load_checkpoint
-from jetvit.train.config import Config, dump_yaml, load_yaml, to_dict, yaml_problem
+from jetvit.config import Config, dump_yaml, load_yaml, to_dict, yaml_problem
 
 CONFIG_NAME = "config.yaml"
 STATE_NAME = "state.json"

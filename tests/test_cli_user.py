@@ -310,7 +310,7 @@ def test_flops_comparison_says_fewer_or_more():
 
 
 def test_exponent_floats_are_numbers_as_in_yaml_1_2():
-    from jetvit.train.config import load_config
+    from jetvit.config import load_config
 
     cfg = load_config("tiny", ["finetune.stages.0.lr=1e-4", "optim.weight_decay=5E-2"])
     assert (cfg.finetune.stages[0].lr, cfg.optim.weight_decay) == (1e-4, 0.05)

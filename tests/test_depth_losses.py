@@ -12,7 +12,7 @@ import torch
 
 import jetvit
 from jetvit.cli import main
-from jetvit.train.config import load_config
+from jetvit.config import load_config
 from jetvit.train.losses import depth_loss_fn, gradient_matching, normalize_affine, ssi_gm, ssi_mae, ssi_mse
 
 # Two 2 x 3 maps worked by hand (the plain-Python reference below recomputes every number).

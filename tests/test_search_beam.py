@@ -152,7 +152,7 @@ def _search(tiny_model, world: int, path, calls: list, *, state_from=None) -> li
     The scorer (a Hamming score of the active path) records (rank, arch) in `calls`."""
     from jetvit.search.driver import run_beam
     from jetvit.search.supernet import build_supernet
-    from jetvit.train.config import BeamConfig
+    from jetvit.search.config import BeamConfig
 
     teacher = tiny_model(depth=6, arch="F" * 6)
     group = _ThreadGroup(world)

@@ -17,7 +17,7 @@ import jetvit
 from jetvit.bench.presets import preset_config
 from jetvit.cli import main
 from jetvit.tasks.synthetic import write_coco
-from jetvit.train.config import load_config
+from jetvit.config import load_config
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("pycocotools")

@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 
 from jetvit.model import LinearAttnConfig
-from jetvit.train.config import Config, StageConfig, dump_yaml, load_config
+from jetvit.config import Config, dump_yaml, load_config
+from jetvit.train.config import StageConfig
 
 
 def _write(tmp_path, text):

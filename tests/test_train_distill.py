@@ -11,7 +11,8 @@ from jetvit.conversion import convert
 from jetvit.runtime import Runtime
 from jetvit.search.budget import FlopBudget
 from jetvit.search.supernet import sample_path
-from jetvit.train.config import StageConfig, load_config
+from jetvit.config import load_config
+from jetvit.train.config import StageConfig
 from jetvit.train.data import ImageSet, SampleImages
 from jetvit.train.distill import Phase, lr_at, resolve_targets, ssi_mse, train_phase
 

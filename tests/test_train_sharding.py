@@ -21,7 +21,8 @@ from jetvit.train.checkpoint import (
     save_sharded_checkpoint,
     shards_dir,
 )
-from jetvit.train.config import StageConfig, load_config
+from jetvit.config import load_config
+from jetvit.train.config import StageConfig
 from jetvit.train.data import ImageSet, open_source
 from jetvit.train.distill import Phase, train_phase
 

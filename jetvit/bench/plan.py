@@ -268,7 +268,7 @@ def plan_run(
     arch: str | None = None,
     teacher_cfg: ViTConfig | None = None,
 ) -> RunPlan:
-    """The memory plan of run config `cfg` (`jetvit.train.config.Config`) on `gpus` processes of `gpu_memory` bytes
+    """The memory plan of run config `cfg` (`jetvit.config.Config`) on `gpus` processes of `gpu_memory` bytes
     each: `jetvit distill` when `arch` (or `cfg.arch`) is given, else `jetvit search`. `teacher_cfg`: the teacher's
     config when already known (default: read from `cfg.teacher`)."""
     from jetvit.search.supernet import build_supernet

@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jetvit.bench.plan import format_plan, parse_size, plan_run
-    from jetvit.train.config import load_config
+    from jetvit.config import load_config
 
     memory = parse_size(args.gpu_memory)
     cfg = load_config(args.config, args.overrides)

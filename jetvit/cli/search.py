@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from jetvit.pipeline import run_search
-    from jetvit.train.config import load_config
+    from jetvit.config import load_config
     from jetvit.train.report import flops_comparison
 
     cfg = load_config(args.config, args.overrides)

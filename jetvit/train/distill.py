@@ -46,7 +46,8 @@ from jetvit.train.checkpoint import (
     save_sharded_checkpoint,
     set_rng_state,
 )
-from jetvit.train.config import Config, StageConfig
+from jetvit.config import Config
+from jetvit.train.config import StageConfig
 from jetvit.train.data import DistillBatches, ImageSet, SamplePlan
 from jetvit.train.losses import depth_loss_fn, ssi_mse  # noqa: F401 (ssi_mse: where callers found it)
 from jetvit.train.sharding import wrap_student

@@ -7,7 +7,7 @@ from typing import Any
 
 from jetvit.io import atomic_write_text
 from jetvit.model import KIND_NAMES
-from jetvit.train.config import Config
+from jetvit.config import Config
 
 
 def _gflops(x: float) -> str:
