@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of torch these machines carry; a bare `torch` would pull several GB of CUDA packages.
 TORCH   ?= torch==2.13.0
 
-.PHONY: venv test test-slow test-dist lint demo teacher bench replicate curves clean
+.PHONY: venv test test-slow test-dist test-all lint demo teacher bench replicate curves clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,14 +17,22 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The default run: fast CPU tests, each feature through a short version, one single-threaded worker per core
+# (pytest-xdist): about 2 min on 2 cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto
 
+# The end-to-end runs (tiny replication, learning curves, ranking, demo runner, teacher pretraining, Inductor).
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# Several processes under torchrun (gloo, CPU).
 test-dist: $(STAMP)
 	$(BIN)/python -m pytest -q -m distributed
+
+# Everything that runs without a GPU.
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not gpu"
 
 lint: $(STAMP)
 	$(BIN)/ruff check jetvit tests benchmarks

@@ -4,7 +4,7 @@
     python benchmarks/learning_curves.py --tiny --out /tmp/curves                   # a tiny teacher, for tests
 
 For each row (pure L, pure W, the Step-1 mix, 1, 2 and 3 F) and seed: the teacher is converted to the row's
-architecture and distilled by `jetvit.train.distill.distill_arch` (the same function `jetvit distill` runs, with the
+architecture and distilled by `jetvit.experiment.Experiment.distill` (the same function `jetvit distill` runs, with the
 demo config's data, generated keyshapes scenes, and options), and the keyshapes val mIoU of the teacher's linear
 head on the student's features is measured every `--every` steps. Writes OUT/learning_curves.{json,md,png}: mIoU
 against images seen (mean and spread over seeds), and for each row the budget after which it stops improving (the
@@ -73,9 +73,9 @@ class Curves:
     """The teacher, data, config and evaluator shared by every run."""
 
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        from jetvit.config import load_config
         from jetvit.demo.scoring import keyshapes_miou
         from jetvit.demo.teacher import load_builtin
-        from jetvit.config import load_config
 
         self.args, self.work = args, work
         self.teacher_dir = Path(args.teacher)
@@ -98,13 +98,6 @@ class Curves:
         )
         self.teacher_miou = self.evaluate(self.teacher)
 
-    def images(self):
-        from jetvit.train.data import ImageSet, open_source, split_holdout
-
-        source = open_source(self.cfg.data.source)
-        train_idx, _ = split_holdout(len(source), self.cfg.data.holdout)
-        return ImageSet(source, train_idx)
-
     def out_dir(self, row: str, seed: int) -> Path:
         arch = ROWS[row] if not self.args.tiny else ROWS[row][: len(self.teacher.blocks)]
         return self.work / f"{arch}-seed{seed}"
@@ -113,9 +106,9 @@ class Curves:
         return (self.out_dir(row, seed) / "result.json").is_file()
 
     def run(self, row: str, seed: int) -> dict[str, Any]:
-        """One (row, seed): distill with the curve recorded; cached in the work folder."""
-        from jetvit.runtime import setup_runtime
-        from jetvit.train.distill import distill_arch, resolve_targets, student_for
+        """One (row, seed): distill with the curve recorded (`jetvit.experiment.Experiment.distill`, as `jetvit
+        distill` does); cached in the work folder."""
+        from jetvit.experiment import Experiment
 
         arch = ROWS[row] if not self.args.tiny else ROWS[row][: len(self.teacher.blocks)]
         out = self.out_dir(row, seed)
@@ -123,19 +116,11 @@ class Curves:
         if done.is_file():
             return json.loads(done.read_text())
         cfg = dataclasses.replace(self.cfg, run=dataclasses.replace(self.cfg.run, seed=seed))
-        rt = setup_runtime(cfg.run)
+        exp = Experiment.build(cfg, scorer=False, teacher=self.teacher)  # seeds this row's run
         t0 = time.perf_counter()
-        start = self.evaluate(student_for(self.teacher, arch, cfg))  # inheritance alone, before training
-        _, summary = distill_arch(
-            self.teacher,
-            arch,
-            images=self.images(),
-            cfg=cfg,
-            rt=rt,
-            ckpt_path=out / "ckpt.pt",
-            targets=resolve_targets(cfg.distill.targets, self.teacher),
-            evaluate=self.evaluate,
-        )
+        student = exp.student(arch)
+        start = self.evaluate(student)  # inheritance alone, before training
+        summary = exp.distill(student, ckpt_path=out / "ckpt.pt", evaluate=self.evaluate)
         bs = cfg.finetune.stages[0].batch_size
         result = {
             "row": row,
@@ -188,7 +173,7 @@ def write_outputs(out: Path, res: dict[str, Any]) -> None:
         f"Keyshapes val mIoU (%) of the teacher's linear head on the student's features ({res['eval_samples']} val "
         f"samples from {EVAL_OFFSET}), against optimizer steps at batch {bs} (images seen = steps x {bs}); mean ± "
         f"sample standard deviation over seeds. Teacher: **{100 * teacher:.2f}**. Each run: the teacher converted "
-        "to the row's architecture, then `distill_arch` with the demo config"
+        "to the row's architecture, then `Experiment.distill` (as `jetvit distill`) with the demo config"
         + (f" and `{' '.join(res['overrides'])}`" if res["overrides"] else "")
         + ".",
         "",

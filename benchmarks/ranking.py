@@ -7,11 +7,12 @@ The beam search trusts the supernet's scores: it keeps the paths the shared weig
 trust at the demo's scale. On the built-in teacher with the demo config:
 
 1. K paths of Step 1's L/W space: all-L, all-W, the demo's Step-1 pick and K - 3 more drawn with a fixed seed;
-2. the Step-1 supernet (`build_supernet`, single-path `PathSampler` training by `train_phase`: the search's own
+2. the Step-1 supernet (`build_supernet`, single-path `PathSampler` training by `Experiment.train`: the search's own
    phase) is trained for `--supernet-steps`, and every `--every` steps (and at step 0, inheritance alone) each of
    the K paths is scored by the search's scorer (the demo config's: keyshapes mIoU on its 32 val samples);
-3. each path is distilled alone (`distill_arch`, the demo config's fine-tune settings) for `--alone-steps` and
-   scored on `--eval-samples` other val samples: the ground truth the supernet should rank by.
+3. each path is distilled alone (`Experiment.distill`, as `jetvit distill`, with the demo config's fine-tune
+   settings) for `--alone-steps` and scored on `--eval-samples` other val samples: the ground truth the supernet
+   should rank by.
 
 Reports, for each supernet step, Kendall's tau and Spearman's rho of the supernet's scores against the alone scores,
 whether the supernet's best path is the alone-best, and the regret (alone score of the supernet's pick minus the
@@ -58,8 +59,9 @@ def ranks(values: list[float]) -> np.ndarray:
     return r
 
 
-def kendall_tau(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b: concordant minus discordant pairs, normalised for ties in either list."""
+def kendall_tau(x: list[float], y: list[float]) -> float | None:
+    """Kendall's tau-b: concordant minus discordant pairs, normalised for ties in either list. None where either list
+    is all one value: there is no order to compare (scipy's NaN would pass every range check and is not JSON)."""
     n = len(x)
     if n != len(y) or n < 2:
         raise ValueError(f"need two lists of the same length >= 2, got {len(x)} and {len(y)}")
@@ -78,14 +80,14 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
             else:
                 disc += 1
     denom = np.sqrt((conc + disc + tx) * (conc + disc + ty))
-    return float((conc - disc) / denom) if denom else float("nan")
+    return float((conc - disc) / denom) if denom else None
 
 
-def spearman_rho(x: list[float], y: list[float]) -> float:
-    """Spearman's rho: the Pearson correlation of the ranks."""
+def spearman_rho(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rho: the Pearson correlation of the ranks; None where either list is all one value."""
     rx, ry = ranks(x), ranks(y)
     if rx.std() == 0 or ry.std() == 0:
-        return float("nan")
+        return None
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
@@ -124,9 +126,9 @@ class Ranking:
     """The teacher, config, scorers and work folder shared by the supernet run and the alone runs."""
 
     def __init__(self, args: argparse.Namespace, work: Path) -> None:
+        from jetvit.config import load_config, validate
         from jetvit.demo.scoring import keyshapes_miou
         from jetvit.demo.teacher import load_builtin
-        from jetvit.config import load_config, validate
 
         self.args, self.work = args, work
         teacher_dir = Path(args.teacher)
@@ -159,31 +161,25 @@ class Ranking:
         )
         self.paths = choose_paths(len(self.teacher.blocks), args.paths, args.seed)
 
-    def images(self):
-        from jetvit.train.data import ImageSet, open_source, split_holdout
+    def experiment(self):
+        """The run both kinds of training share (`jetvit.experiment.Experiment`: data, targets, student config), with
+        torch seeded afresh by `run.seed`, as every run starts."""
+        from jetvit.experiment import Experiment
 
-        source = open_source(self.cfg.data.source)
-        train_idx, _ = split_holdout(len(source), self.cfg.data.holdout)
-        return ImageSet(source, train_idx)
-
-    def targets(self) -> list[int]:
-        from jetvit.train.distill import resolve_targets
-
-        return resolve_targets(self.cfg.distill.targets, self.teacher)
+        return Experiment.build(self.cfg, scorer=False, teacher=self.teacher)
 
     def supernet(self) -> dict[str, dict[str, float]]:
         """Train the Step-1 supernet, scoring every path at step 0 and every `--every` steps. Returns
         {step: {path: score}}; resumable (the scores so far live in supernet_scores.json)."""
-        from jetvit.runtime import setup_runtime
-        from jetvit.search.supernet import PathSampler, build_supernet, set_arch
-        from jetvit.train.distill import Phase, train_phase
+        from jetvit.search.supernet import PathSampler, set_arch
+        from jetvit.train.distill import Phase
 
         cfg, depth = self.cfg, len(self.teacher.blocks)
         record = self.work / "supernet_scores.json"
         scores: dict[str, dict[str, float]] = json.loads(record.read_text()) if record.is_file() else {}
-        rt = setup_runtime(cfg.run)
+        exp = self.experiment()
         choices = ["LW"] * depth
-        net = build_supernet(self.teacher, choices, share=cfg.supernet.share, window_size=cfg.supernet.window_size)
+        net = exp.supernet(self.teacher, choices)
         sampler = PathSampler(choices, seed=cfg.run.seed, phase="step1")
         trained = {"steps": 0}
 
@@ -205,10 +201,7 @@ class Ranking:
         if "0" not in scores:
             score_all(net.eval())
         phase = Phase("step1", cfg.step1.stages, choose_path=choose, evaluate=score_all)
-        summary = train_phase(
-            phase, net.train(), teacher=self.teacher, images=self.images(), cfg=cfg, rt=rt,
-            ckpt_path=self.work / "supernet" / "ckpt.pt", targets=self.targets(),
-        )  # fmt: skip
+        summary = exp.train(phase, net, ckpt_path=self.work / "supernet" / "ckpt.pt")
         self.supernet_seconds = summary["seconds"]
         # The trained supernet's paths on the ground truth's own slice too: its ranking without the search scorer's
         # sampling noise, which separates what the shared weights get wrong from what 32 samples cannot tell.
@@ -224,18 +217,13 @@ class Ranking:
 
     def alone(self, path: str) -> dict[str, Any]:
         """Distil `path` alone; cached in the work folder."""
-        from jetvit.runtime import setup_runtime
-        from jetvit.train.distill import distill_arch
-
         out = self.work / "alone" / path
         done = out / "result.json"
         if done.is_file():
             return json.loads(done.read_text())
-        rt = setup_runtime(self.cfg.run)
-        student, summary = distill_arch(
-            self.teacher, path, images=self.images(), cfg=self.cfg, rt=rt, ckpt_path=out / "ckpt.pt",
-            targets=self.targets(),
-        )  # fmt: skip
+        exp = self.experiment()
+        student = exp.student(path)
+        summary = exp.distill(student, ckpt_path=out / "ckpt.pt")
         student.eval()
         result = {
             "path": path,
@@ -250,6 +238,10 @@ class Ranking:
 
 # --------------------------------------------------------------------------------------------------------------------
 # Report
+
+
+def correlation(value: float | None) -> str:
+    return "undefined (all tie)" if value is None else f"{value:.2f}"
 
 
 def report(res: dict[str, Any], out: Path) -> None:
@@ -272,7 +264,7 @@ def report(res: dict[str, Any], out: Path) -> None:
     ]
     for step, s in res["by_step"].items():
         md.append(
-            f"| {step} | {s['kendall_tau']:.2f} | {s['spearman_rho']:.2f} | `{s['pick']}` | "
+            f"| {step} | {correlation(s['kendall_tau'])} | {correlation(s['spearman_rho'])} | `{s['pick']}` | "
             f"{'yes' if s['pick_is_best'] else 'no'} | {100 * s['regret']:.2f} |"
         )
     last = list(res["by_step"])[-1]
@@ -281,7 +273,7 @@ def report(res: dict[str, Any], out: Path) -> None:
         ("noise ceiling: the alone runs scored by the search scorer", res["ceiling"]),
     ):
         md.append(
-            f"| {label} | {c['kendall_tau']:.2f} | {c['spearman_rho']:.2f} | `{c['pick']}` | "
+            f"| {label} | {correlation(c['kendall_tau'])} | {correlation(c['spearman_rho'])} | `{c['pick']}` | "
             f"{'yes' if c['pick_is_best'] else 'no'} | {100 * c['regret']:.2f} |"
         )
     md += [
@@ -313,9 +305,11 @@ def plot(res: dict[str, Any], path: Path) -> None:
 
     steps = list(res["by_step"])
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot([int(s) for s in steps], [res["by_step"][s]["kendall_tau"] for s in steps], marker="o", label="tau")
-    ax1.plot([int(s) for s in steps], [res["by_step"][s]["spearman_rho"] for s in steps], marker="s", label="rho")
-    ax1.axhline(res["ceiling"]["kendall_tau"], color="k", ls=":", lw=1, label="tau ceiling (scorer noise)")
+    for stat, marker, label in (("kendall_tau", "o", "tau"), ("spearman_rho", "s", "rho")):
+        values = [res["by_step"][s][stat] for s in steps]  # an undefined one (None) leaves a gap
+        ax1.plot([int(s) for s in steps], [np.nan if v is None else v for v in values], marker=marker, label=label)
+    if res["ceiling"]["kendall_tau"] is not None:
+        ax1.axhline(res["ceiling"]["kendall_tau"], color="k", ls=":", lw=1, label="tau ceiling (scorer noise)")
     ax1.set_xlabel("supernet steps")
     ax1.set_ylabel("rank correlation with paths distilled alone")
     ax1.set_ylim(-1.05, 1.05)

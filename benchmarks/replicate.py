@@ -13,7 +13,7 @@ initialisation of the tensors the teacher has no counterpart for):
 - search: `jetvit.pipeline.run_search` with the demo config (jetvit/configs/demo.yaml) at this budget and an F
   budget of 3; the Step 1 (L/W) architecture and the best architecture of each Step 2 round (1, 2, 3 F blocks) are
   read from the trajectory;
-- every row of every table is then the same experiment: `jetvit.train.distill.distill_arch` (the teacher converted
+- every row of every table is then the same experiment: `jetvit.experiment.Experiment.distill` (the teacher converted
   to the row's architecture with the row's inheritance and L-block options, feature distillation of the demo
   config's target blocks for `distill_steps` steps, the same function `jetvit distill` runs), and the keyshapes val
   mIoU of the teacher's linear head on the student's features, on `eval_samples` samples (the search
@@ -39,9 +39,9 @@ from typing import Any
 
 import torch
 
+from jetvit.config import Config
 from jetvit.io import atomic_write_json, atomic_write_text
 from jetvit.model import LinearAttnConfig
-from jetvit.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_SCORE_OFFSET = 256  # the search scores on val samples 256.. ; final numbers use val samples 0..eval_samples-1
@@ -132,9 +132,9 @@ class Lab:
         self.teacher.to(self.rt.device)
 
     def _runtime(self):
-        from jetvit.runtime import setup_runtime
+        from jetvit.experiment import runtime
 
-        return setup_runtime(self.config(0).run)
+        return runtime(self.config(0))
 
     def config(self, seed: int) -> Config:
         """The demo config at this budget, on this lab's teacher and data, for `seed`."""
@@ -210,39 +210,25 @@ class Lab:
         return {"step1_arch": summary["step1_arch"], "step2_archs": archs, "summary": summary}
 
     def run(self, seed: int, arch: str, *, linear: dict | None = None, inherit: str = "all") -> dict[str, Any]:
-        """Convert, distill `distill_steps` steps (`jetvit.train.distill.distill_arch`), score. Cached in the work
-        folder by (seed, arch, options)."""
+        """Convert and distill `distill_steps` steps (`jetvit.experiment.Experiment.distill`, as `jetvit distill`
+        does), then score. Cached in the work folder by (seed, arch, options)."""
+        from jetvit.experiment import Experiment, runtime
         from jetvit.model import LinearAttnConfig
-        from jetvit.runtime import setup_runtime
-        from jetvit.train.data import ImageSet, open_source, split_holdout
-        from jetvit.train.distill import distill_arch, resolve_targets, student_for
 
         lin = dataclasses.asdict(LinearAttnConfig(**(linear or {})))
         cfg = self.config(seed)
-        targets = resolve_targets(cfg.distill.targets, self.teacher)
-        tag = cfg.distill.targets if isinstance(cfg.distill.targets, str) else "-".join(map(str, targets))
+        exp = Experiment.build(cfg, rt=runtime(cfg), scorer=False, teacher=self.teacher)  # seeds this row's run
+        tag = cfg.distill.targets if isinstance(cfg.distill.targets, str) else "-".join(map(str, exp.targets))
         key = f"{arch}-{lin['kernel']}-{lin['conv']}-rope{int(lin['rope'])}-{inherit}-t{tag}"
         out = self.work / f"seed{seed}" / "runs" / key
         done = out / "result.json"
         if done.is_file():
             return json.loads(done.read_text())
-        rt = setup_runtime(cfg.run)  # seeds this row's run
-        source = open_source(self.data_source)
-        train_idx, _ = split_holdout(len(source), cfg.data.holdout)
         t0 = time.perf_counter()
-        start = self.evaluator(student_for(self.teacher, arch, cfg, inherit=inherit, linear=lin))
-        student, summary = distill_arch(
-            self.teacher,
-            arch,
-            images=ImageSet(source, train_idx),
-            cfg=cfg,
-            rt=rt,
-            ckpt_path=out / "ckpt.pt",
-            targets=targets,
-            stages=self.distill_stages(),
-            inherit=inherit,
-            linear=lin,
-        )
+        student = exp.student(arch, inherit=inherit, linear=lin)
+        start = self.evaluator(student)
+        summary = exp.distill(student, ckpt_path=out / "ckpt.pt", stages=self.distill_stages())
+        rt = exp.rt
         result = {
             "arch": arch,
             "linear": lin,

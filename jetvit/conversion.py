@@ -6,25 +6,24 @@ and shape, i.e. the attention projections `qkv`/`proj`, the norms, LayerScales a
 block's convolution) only when the source block is of the same kind. What is not inherited keeps its documented
 initialisation (zero convolution kernels: a fresh `L` block is plain ReLU linear attention).
 
-`convert` holds one copy of the weights: the student is built on the meta device, materialised on the teacher's
-device in its dtype, and every inherited tensor is copied in. The few tensors without a source get exactly the
-values that `torch.manual_seed(seed); HybridViT(cfg)` gives them, without that full random model ever existing
-(`_replay_init`).
+`convert` holds one copy of the weights: the student is built on the meta device (nothing drawn), materialised on the
+teacher's device in its dtype, and every inherited tensor is copied in. The few tensors without a source get their
+initialisation from the model's own `reset_projections` / `reset_extras` of the attention they belong to, after
+`torch.manual_seed(seed)`, drawn on the teacher's device in its dtype (`_init_fresh`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
-from jetvit.model import Block, HybridViT, LinearAttnConfig, ViTConfig, validate_arch
+from jetvit.model import Block, HybridViT, LinearAttnConfig, validate_arch
 
-INHERIT_MODES = ("all", "mlp")
+Inherit = Literal["all", "mlp"]  # which teacher weights a student inherits (below)
+INHERIT_MODES: tuple[str, ...] = get_args(Inherit)
 # Parameters that `inherit="mlp"` re-initialises: the attention projections (the paper's ablation baseline).
 ATTN_PROJECTIONS = ("attn.qkv.", "attn.proj.")
 # Parameters a block may legitimately lack a source for: the kinds' extras.
@@ -73,10 +72,12 @@ def convert(
 
     inherit: `all` copies every tensor the teacher has (Q, K, V, O, MLP, norms, LayerScale, embeddings, heads);
     `mlp` copies everything but the attention projections `qkv`/`proj`, which are re-initialised. The tensors without
-    a source (those, and the `L` blocks' new parameters) take the values of the model's own initialisation after
-    `torch.manual_seed(seed)`. Returns a model in eval mode on the teacher's device and dtype, whose inherited
-    tensors are copies, never views, of the teacher's. Memory: one copy of the student's weights (nothing else of
-    its size is allocated).
+    a source (those, and the `L` blocks' new parameters) take the model's own initialisation of their part of the
+    attention (`Attention.reset_projections` / `reset_extras`), block by block after `torch.manual_seed(seed)`, drawn
+    on the teacher's device in its dtype: the same seed gives the same values there (the process's random state is
+    left as it was on the CPU and that device). Returns a model in eval mode on the teacher's device and dtype, whose
+    inherited tensors are copies, never views, of the teacher's. Memory: one copy of the student's weights (nothing
+    else of its size is allocated).
     """
     _check_inherit(inherit)
     cfg = model.cfg
@@ -87,7 +88,8 @@ def convert(
         changes["linear"] = linear if isinstance(linear, LinearAttnConfig) else LinearAttnConfig(**linear)
     new_cfg = dataclasses.replace(cfg, **changes)
     param = next(model.parameters())
-    student, init_calls = _record_init(new_cfg)
+    with torch.device("meta"):
+        student = HybridViT(new_cfg)
     student.to(dtype=param.dtype).to_empty(device=param.device)
     own = student.state_dict()
 
@@ -102,135 +104,29 @@ def convert(
     fresh = [n for n in own if n not in sources]
     assert all(n.startswith("blocks.") for n in fresh), f"uninherited tensors outside the blocks: {fresh}"
     with torch.no_grad():
+        _init_fresh(student, fresh, seed=seed)  # first: a part re-initialised whole may hold inherited tensors too
         for name, t in sources.items():
             own[name].copy_(t)
-        _replay_init(init_calls, {n: own[n] for n in fresh}, seed=seed)
     return student.eval()
 
 
-# --- the seeded initialisation, replayed ------------------------------------------------------------------------
-#
-# Building the model on the meta device draws no random numbers. The construction's initialisation calls are
-# recorded in order (each in-place call on a tensor: `nn.init.*`, `Tensor.uniform_`, `zero_`...), then replayed on
-# the CPU after `torch.manual_seed(seed)`: every random call runs on a scratch tensor of its target's shape and dtype
-# (so the generator advances exactly as in a real construction), and the calls on the wanted tensors run on their
-# own scratch tensors, copied out after their last call. One scratch tensor at a time; the replay stops after the
-# last call on a wanted tensor. This costs the random draws of the construction up to there, not its memory.
-
-# In-place calls that draw random numbers (nn.init functions and Tensor methods).
-_RANDOM_CALLS = frozenset(
-    "uniform_ normal_ trunc_normal_ kaiming_uniform_ kaiming_normal_ xavier_uniform_ xavier_normal_ orthogonal_ "
-    "sparse_ random_ bernoulli_ exponential_ cauchy_ log_normal_ geometric_".split()
-)
-# Calls that overwrite the whole tensor: the first call on a re-initialised tensor must be one of them.
-_OVERWRITES = _RANDOM_CALLS | {"zero_", "zeros_", "fill_", "ones_", "constant_", "eye_", "dirac_"}
-# Random tensor factories: their output cannot be tied to a parameter here; the model must not use them.
-_RANDOM_FACTORIES = frozenset(
-    "rand randn randint randperm normal bernoulli multinomial poisson rand_like randn_like randint_like".split()
-)
-# nn.init functions that return at once on a meta tensor, before drawing: recorded by wrapping them (in `nn.init`
-# itself, for the few milliseconds of the recording).
-_SKIPPED_ON_META = ("trunc_normal_", "orthogonal_", "sparse_", "dirac_")
-
-
-@dataclasses.dataclass
-class _InitCall:
-    name: str  # e.g. "kaiming_uniform_"
-    run: Callable[[Tensor], Any]  # the same call on another tensor
-    target: Tensor | None  # while recording: the meta tensor it wrote (kept alive: its storage is never reused)
-    tensor: str | None = None  # after: the model's tensor it initialised (its state-dict name), if any
-    shape: torch.Size = torch.Size()
-    dtype: torch.dtype = torch.float32
-
-    @property
-    def random(self) -> bool:
-        return self.name in _RANDOM_CALLS
-
-
-class _InitRecorder(TorchFunctionMode):
-    """Records the in-place calls on tensors made while active (a model built on the meta device), in order."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[_InitCall] = []
-        self._originals: dict[str, Callable] = {}
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", "")
-        assert name not in _RANDOM_FACTORIES, f"the model's construction draws from torch.{name}: cannot replay it"
-        if name.endswith("_") and not name.startswith("__"):
-            if args and isinstance(args[0], Tensor):
-                rest = args[1:]
-                self.calls.append(_InitCall(name, lambda t, f=func, a=rest, k=kwargs: f(t, *a, **k), args[0]))
-            elif isinstance(kwargs.get("tensor"), Tensor):  # an nn.init function that hands itself to the mode
-                k = {key: v for key, v in kwargs.items() if key != "tensor"}
-                self.calls.append(_InitCall(name, lambda t, f=func, k=k: f(t, **k), kwargs["tensor"]))
-        return func(*args, **kwargs)
-
-    def __enter__(self):
-        for name in _SKIPPED_ON_META:
-            original = self._originals[name] = getattr(nn.init, name)
-
-            def record(tensor: Tensor, *args, _name=name, _f=original, **kwargs) -> Tensor:
-                self.calls.append(_InitCall(_name, lambda t: _f(t, *args, **kwargs), tensor))
-                return tensor
-
-            setattr(nn.init, name, record)
-        return super().__enter__()
-
-    def __exit__(self, *exc) -> None:
-        try:
-            super().__exit__(*exc)
-        finally:
-            for name, original in self._originals.items():
-                setattr(nn.init, name, original)
-
-
-def _record_init(cfg: ViTConfig) -> tuple[HybridViT, list[_InitCall]]:
-    """`HybridViT(cfg)` on the meta device, and the initialisation calls its construction made, each tied to the
-    model tensor it wrote (by storage: a parameter and the tensor it was made from are one)."""
-    with torch.device("meta"), _InitRecorder() as recorder:
-        model = HybridViT(cfg)
-    owners = {_storage(t): (n, t) for n, t in model.state_dict(keep_vars=True).items()}
-    for call in recorder.calls:
-        name, t = owners.get(_storage(call.target), (None, None))
-        if name is not None:
-            whole = call.target.shape == t.shape and call.target.storage_offset() == 0
-            assert whole, f"{call.name} on a part of {name}: cannot replay it"
-        call.tensor, call.shape, call.dtype, call.target = name, call.target.shape, call.target.dtype, None
-    return model, recorder.calls
-
-
-def _storage(t: Tensor) -> int:
-    return t.untyped_storage()._cdata
-
-
-def _replay_init(calls: list[_InitCall], wanted: dict[str, Tensor], *, seed: int) -> None:
-    """Write into each destination of `wanted` (state-dict name -> tensor, any device and dtype) the value that the
-    recorded construction gives that tensor after `torch.manual_seed(seed)`. The CPU generator's state is restored
-    afterwards (`torch.manual_seed` also seeds the CUDA generators, as building the model after it always did)."""
-    # A tensor's value is made by the calls from its last whole overwrite on; random calls before the last of
-    # those only advance the generator, and nothing after it needs to run.
-    mine = {name: [i for i, c in enumerate(calls) if c.tensor == name] for name in wanted}
-    start = {}
-    for name, idx in mine.items():
-        overwrites = [i for i in idx if calls[i].name in _OVERWRITES]
-        assert overwrites, f"no replayable initialisation of {name}"
-        start[name] = overwrites[-1]
-    making = {i: name for name, idx in mine.items() for i in idx if i >= start[name]}
-    last_random = max((i for i in making if calls[i].random), default=-1)
-    scratch: dict[str, Tensor] = {}
-    with torch.random.fork_rng(devices=[]):
+def _init_fresh(model: HybridViT, fresh: list[str], *, seed: int) -> None:
+    """Initialise the parts of `model`'s blocks that hold the tensors `fresh` (state-dict names): per block, in order,
+    the attention's projections and/or its kind's extras, after `torch.manual_seed(seed)` on the model's device."""
+    parts: dict[int, set[str]] = {}
+    for name in fresh:
+        _, i, rest = name.split(".", 2)  # blocks.{i}.{rest}
+        parts.setdefault(int(i), set()).add("projections" if rest.startswith(ATTN_PROJECTIONS) else "extras")
+    if not parts:
+        return
+    device = next(model.parameters()).device
+    # The process's random state is kept on the CPU and on the device drawn on (manual_seed reseeds every CUDA one).
+    on_device = [] if device.type in ("cpu", "meta") else [device]
+    with torch.random.fork_rng(devices=on_device, device_type=device.type if on_device else "cuda"):
         torch.manual_seed(seed)
-        for i in range(max(making, default=-1) + 1):
-            call = calls[i]
-            name = making.get(i)
-            if name is not None:
-                if i == start[name]:
-                    scratch[name] = torch.empty(call.shape, dtype=call.dtype)
-                call.run(scratch[name])
-                if i == mine[name][-1]:
-                    wanted[name].copy_(scratch.pop(name))
-            elif call.random and i < last_random:  # only to advance the generator as the real construction did
-                call.run(torch.empty(call.shape, dtype=call.dtype))
+        for i in sorted(parts):
+            attn = model.blocks[i].attn
+            if "projections" in parts[i]:
+                attn.reset_projections()
+            if "extras" in parts[i]:
+                attn.reset_extras()

@@ -2,13 +2,17 @@
 
 - `DPTHead`: the Depth-Anything-V2 DPT depth head. Its parameter names are the official DAv2 ones
   (`projects.i`, `resize_layers.i`, `scratch.layerK_rn`, `scratch.refinenetK...`, `scratch.output_conv*`), so an
-  official checkpoint's `depth_head.*` tensors load by identity; `dpt_hf_to_official_keys()` is the explicit table
-  for Hugging Face `DepthAnythingForDepthEstimation` checkpoints (`neck.*`, `head.*`).
+  official checkpoint's `depth_head.*` tensors load by identity (Hugging Face's names: the table in
+  `jetvit.teachers.hf_depth_anything`).
+- `DetectionHead`: YOLOS's class and box heads on the detection tokens (the object-detection teachers carry it).
 - `LinearSegHead`: DINOv3's linear segmentation probe on the normed last-block patch features.
 - `LinearClsHead`: DINO's linear classification probe on the normed CLS token(s), optionally with the mean patch token.
 
 Feature notation in this file: B batch, D backbone width, (h, w) patch grid, P prefix tokens (CLS + registers),
-C channels of a DPT level, F the DPT fusion width, (H, W) output image size.
+C channels of a DPT level, F the DPT fusion width, (H, W) output image size, S detection tokens.
+
+The heads a model carries (`DPTHead`, `DetectionHead`) are built by `jetvit.model.HybridViT`; this file does not import
+the model.
 """
 
 from __future__ import annotations
@@ -148,6 +152,12 @@ class DPTHead(nn.Module):
             nn.Sigmoid() if cfg.metric else nn.ReLU(),
         )
 
+    def reset_parameters(self) -> None:
+        """PyTorch's default initialisation of every layer (a DPT head is loaded from its checkpoint)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)):
+                m.reset_parameters()
+
     def forward(self, features: Features, size: tuple[int, int]) -> Tensor:
         """features: 4 tuples (patch (B, D, h, w), prefix (B, P, D)), normed; size: output (H, W) -> depth (B, H, W).
 
@@ -202,44 +212,67 @@ class DPTHead(nn.Module):
         return int(total)
 
 
-def dpt_hf_to_official_keys() -> dict[str, str]:
-    """The full key table HF `DepthAnythingForDepthEstimation` (`neck.*`, `head.*`) -> `DPTHead` (official DAv2).
-
-    Official names are relative to the head (an official checkpoint prefixes them with `depth_head.`). HF has no
-    CLS-readout projections, so the table covers heads with `use_clstoken=False`.
-    """
-    table: dict[str, str] = {}
-
-    def conv(hf: str, official: str, *, bias: bool = True) -> None:
-        table[f"{hf}.weight"] = f"{official}.weight"
-        if bias:
-            table[f"{hf}.bias"] = f"{official}.bias"
-
-    for i in range(4):
-        conv(f"neck.reassemble_stage.layers.{i}.projection", f"projects.{i}")
-        if i != 2:  # level 3 keeps the patch grid: an Identity with no parameters
-            conv(f"neck.reassemble_stage.layers.{i}.resize", f"resize_layers.{i}")
-        conv(f"neck.convs.{i}", f"scratch.layer{i + 1}_rn", bias=False)
-    for k in range(1, 5):
-        hf, official = f"neck.fusion_stage.layers.{4 - k}", f"scratch.refinenet{k}"  # HF fuses deepest first
-        conv(f"{hf}.projection", f"{official}.out_conv")
-        for unit in (1, 2):
-            for j in (1, 2):
-                conv(f"{hf}.residual_layer{unit}.convolution{j}", f"{official}.resConfUnit{unit}.conv{j}")
-    conv("head.conv1", "scratch.output_conv1")
-    conv("head.conv2", "scratch.output_conv2.0")
-    conv("head.conv3", "scratch.output_conv2.2")
-    return table
+# --------------------------------------------------------------------------------------------------------------------
+# Detection heads (YOLOS)
+# --------------------------------------------------------------------------------------------------------------------
 
 
-def dpt_state_dict_from_hf(sd: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rename an HF DepthAnything neck+head state dict (keys `neck.*`, `head.*`) to `DPTHead` names. Strict."""
-    table = dpt_hf_to_official_keys()
-    unknown = sorted(k for k in sd if k not in table)
-    missing = sorted(k for k in table if k not in sd)
-    if unknown or missing:
-        raise ValueError(f"HF DPT state dict does not match the key table: unknown {unknown}, missing {missing}")
-    return {table[k]: v for k, v in sd.items()}
+@dataclass
+class DetectionHeadConfig:
+    """YOLOS's heads on the detection tokens: two MLPs of `num_layers` Linear layers (width D, ReLU between)."""
+
+    num_labels: int  # object classes; the class head has one more output, "no object"
+    num_layers: int = 3
+    # The name of each label index (HF `id2label`), when the source names them; evaluation maps a dataset's
+    # categories to label indices by these names (`jetvit.tasks.detection.label_to_category`).
+    labels: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_labels < 1 or self.num_layers < 1:
+            raise ValueError(f"detection head needs num_labels >= 1 and num_layers >= 1, got {self}")
+        if self.labels is not None and len(self.labels) != self.num_labels:
+            raise ValueError(f"detection head labels name {len(self.labels)} classes, num_labels is {self.num_labels}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DetectionHeadConfig:
+        """Build from a dict (the model config's `detection_head`); unknown keys are an error."""
+        return from_dict(cls, d, "detection_head")
+
+
+class MlpHead(nn.Module):
+    """Linear layers with ReLU between them (DETR's / YOLOS's prediction MLP)."""
+
+    def __init__(self, dim: int, out: int, num_layers: int) -> None:
+        super().__init__()
+        widths = [dim] * num_layers + [out]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        for layer in self.layers[:-1]:
+            x = F.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class DetectionHead(nn.Module):
+    """YOLOS: detection tokens (B, S, D) -> (class logits (B, S, num_labels + 1), sigmoid boxes (B, S, 4))."""
+
+    def __init__(self, dim: int, cfg: DetectionHeadConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.class_head = MlpHead(dim, cfg.num_labels + 1, cfg.num_layers)
+        self.box_head = MlpHead(dim, 4, cfg.num_layers)
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default initialisation of every layer (YOLOS's heads are loaded from their checkpoint)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.reset_parameters()
+
+    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        return self.class_head(tokens), self.box_head(tokens).sigmoid()
+
+    def flops(self, num_tokens: int) -> int:
+        return sum(2 * num_tokens * m.in_features * m.out_features for m in self.modules() if isinstance(m, nn.Linear))
 
 
 # --------------------------------------------------------------------------------------------------------------------

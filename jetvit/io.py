@@ -1,11 +1,15 @@
-"""Saving and loading hybrids (safetensors + JSON config), and atomic file writes used across the project."""
+"""Saving and loading hybrids (safetensors + JSON config), atomic file writes, and opening image files within a
+size limit: the file handling used across the project."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
+import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from jetvit.model import ViTConfig
 
 FORMAT = "jetvit"
@@ -33,7 +39,11 @@ def _umask() -> int:
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)` and move the result onto `path` in one step: readers see the old file or the
     complete new one, never a half-written file, even if the process is killed. The file gets the mode a plain
-    `open` would give it (the user's umask), not the private mode of a temporary file."""
+    `open` would give it (the user's umask), not the private mode of a temporary file.
+
+    A write that fails for want of space or for another error of the file system (whatever the writer reports it as:
+    safetensors' Rust errors included) is an `OSError` naming `path`, not the temporary file; `path` keeps its
+    previous content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -41,13 +51,57 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # a full disk may only say so here (delayed allocation, network file systems)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
+        error = _file_system_error(e, tmp)
+        if error is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from e
+
+
+def _file_system_error(e: BaseException, tmp: str) -> OSError | None:
+    """The file-system error of a failed write to `tmp`, or None when `e` is something else (a bug, Ctrl-C, an
+    error about another file): an `OSError` without a file name or naming `tmp`, or a library's error that carries
+    one in its message (Rust's `(os error 28)`: safetensors)."""
+    if isinstance(e, OSError):
+        return e if e.filename in (None, tmp) and e.errno is not None else None
+    if not isinstance(e, Exception):
+        return None
+    code = re.search(r"\(os error (\d+)\)", str(e))
+    if code is None:
+        return None
+    return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
+
+
+def atomic_write_files(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """`atomic_write` for a writer that may also put files beside `path` named after it (ONNX puts the weights of a
+    model over 2 GB in `<name>.data`, which the graph file names): `write(tmp_path)` writes into a new temporary
+    folder beside `path`, then each file it wrote is moved beside `path`, `path` itself last, so that the file under
+    the final name is never cut short and never names weights that are not there yet."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        target = folder / path.name
+        write(str(target))
+        written = sorted((p for p in folder.iterdir() if p.is_file()), key=lambda p: p == target)  # path last
+        for p in written:
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+            os.chmod(p, 0o666 & ~_umask())
+        for p in written:
+            os.replace(p, path.parent / p.name)
+    except BaseException as e:
+        error = _file_system_error(e, str(target))
+        if error is None:
+            raise
+        raise OSError(error.errno, error.strerror, str(path)) from e
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -67,7 +121,37 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """`torch.save` through `atomic_write`. torch reports a failed write (a full disk) as a RuntimeError about
+    stream positions; writing through a Python file keeps the `OSError` behind it, which is raised instead."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            sink = _KeepError(f)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError:
+                if sink.error is None:
+                    raise
+                raise sink.error from None
+
+    atomic_write(path, write)
+
+
+class _KeepError:
+    """A binary file's `write`, remembering the `OSError` a write raised (torch replaces it with its own error)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def read_json(path: str | os.PathLike, default: Any = None, *, expect: type | None = None) -> Any:
@@ -93,22 +177,57 @@ def _json_type(tp: type) -> str:
 _TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
-def remove_stale_temporaries(directory: str | os.PathLike, *, recursive: bool = True) -> list[Path]:
-    """Delete the temporary files that `atomic_write` calls killed mid-write (SIGKILL, power loss) left in
-    `directory`; returns them. Call it only where no other process is writing (the start or the end of a run)."""
+def remove_stale_temporaries(
+    directory: str | os.PathLike, *, recursive: bool = True, name: str | None = None
+) -> list[Path]:
+    """Delete the temporary files (and `atomic_write_files`' folders) that writes killed mid-write (SIGKILL, power
+    loss) left in `directory`, only those of final name `name` when given; returns them. Call it only where no other
+    process is writing (the start or the end of a run)."""
     root = Path(directory)
     if not root.is_dir():
         return []
-    found = [p for p in (root.rglob(".*.tmp") if recursive else root.glob(".*.tmp")) if _TEMPORARY.match(p.name)]
+    pattern = ".*.tmp" if name is None else f".{glob.escape(name)}.*.tmp"
+    found = [p for p in (root.rglob(pattern) if recursive else root.glob(pattern)) if _TEMPORARY.match(p.name)]
     removed = []
     for p in found:
         try:
             if p.is_file():
                 p.unlink()
                 removed.append(p)
+            elif p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+                removed.append(p)
         except FileNotFoundError:
             pass
     return removed
+
+
+# The most pixels jetvit decodes from one image file: about 89.5 million (9459 x 9459; 256 MiB as 8-bit RGB), PIL's
+# own warning threshold. A larger file is refused before it is decoded: it is a decompression bomb (a small file that
+# decodes to gigabytes) or a photo to downscale first. Raising it past PIL's error threshold (twice PIL's
+# `Image.MAX_IMAGE_PIXELS`) needs that raised too.
+MAX_IMAGE_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """`PIL.Image.open(path)`: the file's header is read, its pixels when first used (close it, or use it in a
+    `with`). An image of more than `MAX_IMAGE_PIXELS` pixels is a ValueError naming the file and its size."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_IMAGE_PIXELS decides, below
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {str(path)!r} is refused as a decompression bomb: {e}") from None
+    if im.width * im.height > MAX_IMAGE_PIXELS:
+        im.close()
+        raise ValueError(
+            f"image {str(path)!r} has {im.width} x {im.height} = {im.width * im.height} pixels, more than the "
+            f"{MAX_IMAGE_PIXELS} jetvit decodes (jetvit.io.MAX_IMAGE_PIXELS): a decompression bomb, or an image to "
+            f"downscale first"
+        )
+    return im
 
 
 def refuse_overwrite(out: str | os.PathLike, sources: dict[str, str | os.PathLike | None], *, nested: bool) -> None:

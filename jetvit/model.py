@@ -13,7 +13,9 @@ What differs from a plain ViT:
 - RoPE (DINOv3) is computed once per forward on the global patch grid; `W` blocks slice each token's rotation from
   it (never per window), `L` blocks rotate q/k before the kernel when `cfg.linear.rope` is set.
 - `forward_intermediates` returns normed patch maps (B, D, h, w) and global tokens of chosen blocks, the features
-  the official heads read; `flops(H, W)` is the model's own cost model.
+  the official heads read; `flops(H, W)` is the model's own cost model, and each attention kind also says what
+  autograd keeps for its backward (`saved_bytes`, the memory plan's per-kind part).
+- Every tensor's initialisation is in one place, `HybridViT.init_weights()` (each module's `reset_parameters()`).
 
 Token layout: `[CLS, registers..., patches row-major (y, x)]`, P = 1 + num_registers prefix tokens. YOLOS appends
 S detection tokens after the patches; they are global tokens like the prefix, so the blocks see them moved in front
@@ -27,16 +29,18 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jetvit import ops
-from jetvit._config import from_dict
+from jetvit._config import check_choices, from_dict
+from jetvit.heads import DetectionHead, DetectionHeadConfig, DPTConfig, DPTHead
 
-FAMILIES = ("dinov3", "dinov2", "dinov2_reg", "depth_anything_v2", "vit", "yolos", "jetvit")
+Family = Literal["dinov3", "dinov2", "dinov2_reg", "depth_anything_v2", "vit", "yolos", "jetvit"]
+FAMILIES: tuple[str, ...] = get_args(Family)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -49,9 +53,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class LinearAttnConfig:
     """Options of the `L` block (the paper's linear-block ablation is these fields)."""
 
-    kernel: str = "relu"  # "relu" | "focus" (focusing factor, FLatten)
+    kernel: Literal["relu", "focus"] = "relu"  # focus: focusing factor (FLatten)
     focus_p: float = 3.0
-    conv: str = "dynamic"  # "none" | "static" (depthwise conv on V) | "dynamic" (squeeze dynamic conv)
+    conv: Literal["none", "static", "dynamic"] = "dynamic"  # static: depthwise conv on V; dynamic: squeeze dynamic
     conv_size: int = 5  # k of the k x k depthwise kernel
     conv_hidden: int = 64  # width of the kernel generator's hidden layer
     # Rotate q/k by RoPE before the kernel (RoPE families only). Off by default, chosen by measurement (no better
@@ -61,10 +65,7 @@ class LinearAttnConfig:
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        if self.kernel not in ("relu", "focus"):
-            raise ValueError(f"linear.kernel must be 'relu' or 'focus', got {self.kernel!r}")
-        if self.conv not in ("none", "static", "dynamic"):
-            raise ValueError(f"linear.conv must be 'none', 'static' or 'dynamic', got {self.conv!r}")
+        check_choices(self, "linear.")  # kernel, conv
         if self.conv_size < 1 or self.conv_size % 2 == 0:
             raise ValueError(f"linear.conv_size must be a positive odd number, got {self.conv_size}")
         # eps keeps the normaliser phi(q) . sum phi(K) away from zero: 0 (or NaN) gives NaN outputs.
@@ -80,14 +81,14 @@ class LinearAttnConfig:
 class ViTConfig:
     """Everything needed to build a `HybridViT`; saved as JSON next to the weights."""
 
-    family: str = "dinov3"
+    family: Family = "dinov3"
     img_size: int = 224  # native (pretraining) resolution; sets the learned pos-embed grid
     patch_size: int = 16
     in_chans: int = 3
     dim: int = 384
     depth: int = 12
     num_heads: int = 6
-    mlp: str = "gelu"  # "gelu" (fc1, fc2) | "swiglu" (w1 gate, w2 up, w3 down)
+    mlp: Literal["gelu", "swiglu"] = "gelu"  # gelu: fc1, fc2; swiglu: w1 gate, w2 up, w3 down
     mlp_hidden: int = 1536
     qkv_bias: bool = True
     k_bias: bool = False  # DINOv3 has q and v biases but no k bias
@@ -96,9 +97,9 @@ class ViTConfig:
     num_registers: int = 4
     layerscale: bool = True
     norm_eps: float = 1e-5
-    pos_embed: str = "rope"  # "rope" (DINOv3) | "learned" (DINOv2)
+    pos_embed: Literal["rope", "learned"] = "rope"  # rope: DINOv3; learned: DINOv2
     rope_base: float = 100.0
-    pos_interp: str = "official"  # learned pos-embed resize: "official" | "hf" | "hf_antialias" | "yolos"
+    pos_interp: Literal["official", "hf", "hf_antialias", "yolos"] = "official"  # learned pos-embed resize
     # The learned pos-embed grid (h, w) when it is not img_size/patch_size squared (YOLOS: 800x1344 px -> 50x84).
     pos_grid: tuple[int, int] | None = None
     # YOLOS: detection tokens, appended after the patches in the teacher's (and the outputs') token order; global
@@ -110,7 +111,7 @@ class ViTConfig:
     window_size: int = 8  # W blocks: window side in patches
     linear: LinearAttnConfig = field(default_factory=LinearAttnConfig)
     depth_head: dict[str, Any] | None = None  # DPT head config (jetvit.heads.DPTConfig fields), if any
-    detection_head: dict[str, Any] | None = None  # YOLOS class and box heads (`DetectionHeadConfig` fields), if any
+    detection_head: dict[str, Any] | None = None  # YOLOS class and box heads (jetvit.heads.DetectionHeadConfig), if any
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -118,16 +119,9 @@ class ViTConfig:
         if isinstance(self.linear, dict):
             self.linear = LinearAttnConfig(**self.linear)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
-        if self.family not in FAMILIES:
-            raise ValueError(f"unknown family {self.family!r}; expected one of {FAMILIES}")
+        check_choices(self)  # family, mlp, pos_embed, pos_interp
         if self.dim % self.num_heads:
             raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
-        if self.mlp not in ("gelu", "swiglu"):
-            raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
-        if self.pos_embed not in ("rope", "learned"):
-            raise ValueError(f"pos_embed must be 'rope' or 'learned', got {self.pos_embed!r}")
-        if self.pos_interp not in ("official", "hf", "hf_antialias", "yolos"):
-            raise ValueError(f"pos_interp must be 'official', 'hf', 'hf_antialias' or 'yolos', got {self.pos_interp!r}")
         if self.pos_grid is not None:
             self.pos_grid = tuple(self.pos_grid)
         if self.num_detection_tokens < 0:
@@ -284,6 +278,32 @@ class Attention(nn.Module):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         raise NotImplementedError
 
+    def reset_parameters(self) -> None:
+        """The projections (`reset_projections`) and the kind's own tensors (`reset_extras`)."""
+        self.reset_projections()
+        self.reset_extras()
+
+    def reset_projections(self) -> None:
+        """`qkv` and `proj`: truncated normal weights (std 0.02), zero biases."""
+        for m in (self.qkv, self.proj):
+            _init_linear(m)
+
+    def reset_extras(self) -> None:
+        """The kind's tensors beyond the shared projections (none but `L`'s)."""
+
+    @classmethod
+    def saved_bytes(cls, cfg: ViTConfig, grid: tuple[int, int], *, autocast: bool) -> int:
+        """Bytes autograd keeps for the backward of this kind's attention, between the `qkv` output and the `proj`
+        input (what every kind shares is counted by the caller), for one image with patch grid `grid` (h, w) under
+        bf16 `autocast` (else fp32). Counted tensor by tensor as `attend` saves them; shapes only, no instance."""
+        raise NotImplementedError
+
+
+def _init_linear(m: nn.Linear) -> None:
+    nn.init.trunc_normal_(m.weight, std=0.02)
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+
 
 def _rotate(q: Tensor, k: Tensor, layout: TokenLayout) -> tuple[Tensor, Tensor]:
     if layout.rope is None:
@@ -310,6 +330,13 @@ class FullAttention(Attention):
         N = grid[0] * grid[1] + num_prefix
         return 4 * N * N * self.num_heads * self.head_dim
 
+    @classmethod
+    def saved_bytes(cls, cfg: ViTConfig, grid: tuple[int, int], *, autocast: bool) -> int:
+        """The rotated q, k; the output and its fp32 log-sum-exp (flash attention: no N x N matrix)."""
+        N, D, nh = grid[0] * grid[1] + cfg.num_global_tokens, cfg.dim, cfg.num_heads
+        a, f = (2 if autocast else 4), 4  # bytes of a matmul-side activation, of an fp32 one
+        return a * (2 * N * D if cfg.pos_embed == "rope" else 0) + a * N * D + f * nh * N
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         q, k = _rotate(q, k, layout)
         return F.scaled_dot_product_attention(q, k, v)
@@ -332,6 +359,22 @@ class WindowAttention(Attention):
         ws, P, D = self.window_size, num_prefix, self.num_heads * self.head_dim
         padded = math.ceil(h / ws) * ws * math.ceil(w / ws) * ws
         return 4 * padded * (ws * ws + P) * D + 4 * P * (h * w + P) * D
+
+    @classmethod
+    def saved_bytes(cls, cfg: ViTConfig, grid: tuple[int, int], *, autocast: bool) -> int:
+        """The rotated q, k; the windowed q and output over the padded grid; the keys and values with the global
+        tokens in every window, and the windows' log-sum-exp; the global queries' attention over all tokens."""
+        h, w = grid
+        P, D, nh, ws = cfg.num_global_tokens, cfg.dim, cfg.num_heads, cfg.window_size
+        N = h * w + P
+        a, f = (2 if autocast else 4), 4  # bytes of a matmul-side activation, of an fp32 one
+        hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
+        windows = hp * wp // (ws * ws)
+        n = a * (2 * N * D if cfg.pos_embed == "rope" else 0)  # rotated q, k
+        n += a * 2 * hp * wp * D + a * 2 * windows * (ws * ws + P) * D + f * windows * nh * ws * ws
+        if P:  # the global queries' attention over all tokens
+            n += a * P * D + f * nh * P
+        return n
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         q, k = _rotate(q, k, layout)
@@ -363,10 +406,17 @@ class LinearAttention(Attention):
         if lin.conv == "dynamic":
             hidden = lin.conv_hidden
             self.conv_gen = nn.Sequential(nn.Linear(D, hidden), nn.SiLU(), nn.Linear(hidden, D * ks * ks))
-            nn.init.zeros_(self.conv_gen[2].weight)
-            nn.init.zeros_(self.conv_gen[2].bias)
         elif lin.conv == "static":
             self.conv = nn.Conv2d(D, D, ks, padding=ks // 2, groups=D, bias=False)
+
+    def reset_extras(self) -> None:
+        """The convolution starts at zero (the dynamic one: its generator's last Linear; the first keeps PyTorch's
+        default), so that a fresh block is plain linear attention."""
+        if self.conv_kind == "dynamic":
+            self.conv_gen[0].reset_parameters()
+            nn.init.zeros_(self.conv_gen[2].weight)
+            nn.init.zeros_(self.conv_gen[2].bias)
+        elif self.conv_kind == "static":
             nn.init.zeros_(self.conv.weight)
 
     def flops(self, grid: tuple[int, int], num_prefix: int) -> int:
@@ -384,6 +434,30 @@ class LinearAttention(Attention):
         if self.conv_kind == "dynamic":
             flops += 2 * (D * self.conv_hidden + self.conv_hidden * D * ks * ks)
         return flops
+
+    @classmethod
+    def saved_bytes(cls, cfg: ViTConfig, grid: tuple[int, int], *, autocast: bool) -> int:
+        """The kernel features phi(q) (patch queries), phi(k); the fp32 copies the state product keeps, the output
+        with its normaliser column; the rotated keys and the attention of the global queries; the convolution's
+        input (and the dynamic kernel generator's activations)."""
+        Np, P, D, nh, lin = grid[0] * grid[1], cfg.num_global_tokens, cfg.dim, cfg.num_heads, cfg.linear
+        N = Np + P
+        a, f = (2 if autocast else 4), 4  # bytes of a matmul-side activation, of an fp32 one
+        rope, n = cfg.pos_embed == "rope", 0
+        if rope and lin.rope:  # rotated q, k
+            n += a * 2 * N * D
+        elif rope and P:  # the global queries see rotated keys
+            n += a * N * D
+        if P:
+            n += a * P * D + f * nh * P
+        n += a * (Np + N) * D  # phi(q) (patch queries), phi(k)
+        # fp32: phi(K)^T and V for the state, phi(q), the output with its normaliser column, the normaliser
+        n += f * 2 * N * D + f * Np * D + f * Np * (D + nh) + f * nh * Np
+        if lin.conv != "none":  # the convolution's input, the patch tokens' V on the grid
+            n += a * Np * D
+        if lin.conv == "dynamic":  # the generated kernels and the generator's small activations
+            n += a * D * lin.conv_size**2 + a * (D + 2 * lin.conv_hidden)
+        return n
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         P = layout.num_prefix
@@ -437,6 +511,9 @@ class LayerScale(nn.Module):
         super().__init__()
         self.gamma = nn.Parameter(torch.ones(dim))
 
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.gamma)
+
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gamma
 
@@ -447,6 +524,11 @@ class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, bias: bool) -> None:
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, hidden, bias=bias), nn.Linear(hidden, dim, bias=bias)
+
+    def reset_parameters(self) -> None:
+        """Truncated normal weights (std 0.02), zero biases."""
+        for m in (self.fc1, self.fc2):
+            _init_linear(m)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -459,6 +541,11 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.w1, self.w2 = nn.Linear(dim, hidden, bias=bias), nn.Linear(dim, hidden, bias=bias)
         self.w3 = nn.Linear(hidden, dim, bias=bias)
+
+    def reset_parameters(self) -> None:
+        """Truncated normal weights (std 0.02), zero biases."""
+        for m in (self.w1, self.w2, self.w3):
+            _init_linear(m)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w3(F.silu(self.w1(x)) * self.w2(x))
@@ -476,6 +563,14 @@ class Block(nn.Module):
         mlp_cls = SwiGLU if cfg.mlp == "swiglu" else Mlp
         self.mlp = mlp_cls(cfg.dim, cfg.mlp_hidden, cfg.mlp_bias)
         self.ls2 = LayerScale(cfg.dim) if cfg.layerscale else nn.Identity()
+        self.reset_parameters()  # a block built on its own (a supernet's candidate) is initialised as in a model
+
+    def reset_parameters(self) -> None:
+        """The block's initialisation: norms weight 1 and bias 0, the attention's `reset_parameters`, the MLP's
+        (truncated normal, std 0.02, zero biases), LayerScales 1."""
+        for m in (self.norm1, self.attn, self.ls1, self.norm2, self.mlp, self.ls2):
+            if not isinstance(m, nn.Identity):
+                m.reset_parameters()
 
     @property
     def kind(self) -> str:
@@ -495,66 +590,34 @@ class PatchEmbed(nn.Module):
         super().__init__()
         self.proj = nn.Conv2d(cfg.in_chans, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
 
+    def reset_parameters(self) -> None:
+        self.proj.reset_parameters()  # PyTorch's default
+
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, h*w, D)
-
-
-@dataclass
-class DetectionHeadConfig:
-    """YOLOS's heads on the detection tokens: two MLPs of `num_layers` Linear layers (width D, ReLU between)."""
-
-    num_labels: int  # object classes; the class head has one more output, "no object"
-    num_layers: int = 3
-    # The name of each label index (HF `id2label`), when the source names them; evaluation maps a dataset's
-    # categories to label indices by these names (`jetvit.tasks.detection.label_to_category`).
-    labels: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        if self.num_labels < 1 or self.num_layers < 1:
-            raise ValueError(f"detection head needs num_labels >= 1 and num_layers >= 1, got {self}")
-        if self.labels is not None and len(self.labels) != self.num_labels:
-            raise ValueError(f"detection head labels name {len(self.labels)} classes, num_labels is {self.num_labels}")
-
-
-class MlpHead(nn.Module):
-    """Linear layers with ReLU between them (DETR's / YOLOS's prediction MLP)."""
-
-    def __init__(self, dim: int, out: int, num_layers: int) -> None:
-        super().__init__()
-        widths = [dim] * num_layers + [out]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers[:-1]:
-            x = F.relu(layer(x))
-        return self.layers[-1](x)
-
-
-class DetectionHead(nn.Module):
-    """YOLOS: detection tokens (B, S, D) -> (class logits (B, S, num_labels + 1), sigmoid boxes (B, S, 4))."""
-
-    def __init__(self, cfg: ViTConfig) -> None:
-        super().__init__()
-        self.cfg = from_dict(DetectionHeadConfig, cfg.detection_head, "detection_head")
-        self.class_head = MlpHead(cfg.dim, self.cfg.num_labels + 1, self.cfg.num_layers)
-        self.box_head = MlpHead(cfg.dim, 4, self.cfg.num_layers)
-
-    def forward(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
-        return self.class_head(tokens), self.box_head(tokens).sigmoid()
-
-    def flops(self, num_tokens: int) -> int:
-        return sum(2 * num_tokens * m.in_features * m.out_features for m in self.modules() if isinstance(m, nn.Linear))
 
 
 class HybridViT(nn.Module):
     """A DINOv3/DINOv2-layout ViT whose block i uses attention kind `cfg.arch[i]`.
 
     Input: normalised images (B, 3, H, W), H and W multiples of the patch size. See the module docstring.
+
+    The model is built on the meta device, then, unless the default device is meta, materialised there and given its
+    initialisation by `init_weights()`: each tensor is drawn once, in one place. Built on the meta device (to take a
+    checkpoint's tensors), it draws nothing.
     """
 
     def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        device = torch.get_default_device()
+        with torch.device("meta"):
+            self._build(cfg)
+        if device.type != "meta":
+            self.to_empty(device=device)
+            self.init_weights()
+
+    def _build(self, cfg: ViTConfig) -> None:
         D = cfg.dim
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
@@ -572,29 +635,28 @@ class HybridViT(nn.Module):
         )
         self.blocks = nn.ModuleList(Block(cfg, kind) for kind in cfg.arch)
         self.norm = nn.LayerNorm(D, eps=cfg.norm_eps)
-        self.depth_head: nn.Module | None = None
-        if cfg.depth_head is not None:
-            from jetvit.heads import DPTConfig, DPTHead
-
-            self.depth_head = DPTHead(DPTConfig.from_dict(cfg.depth_head))
-        self.detection_head = DetectionHead(cfg) if cfg.detection_head is not None else None
+        self.depth_head = DPTHead(DPTConfig.from_dict(cfg.depth_head)) if cfg.depth_head is not None else None
+        self.detection_head = None
+        if cfg.detection_head is not None:
+            self.detection_head = DetectionHead(D, DetectionHeadConfig.from_dict(cfg.detection_head))
         self.grad_checkpointing = False  # see set_grad_checkpointing
-        self._init_weights()
 
-    def _init_weights(self) -> None:
-        # A teacher's weights replace all of this; the init only matters for models built from scratch (the
-        # built-in teacher, the benchmark presets).
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        if self.register_tokens is not None:
-            nn.init.trunc_normal_(self.register_tokens, std=0.02)
-        for p in (self.det_tokens, self.pos_embed, self.block_pos_embed):
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Every tensor's initialisation, in this one place (a teacher's weights replace all of it; it matters for
+        models trained from scratch: the built-in teacher, the benchmark presets). Tokens and position embeddings:
+        truncated normal (std 0.02); the patch embedding: PyTorch's default; each block: `Block.reset_parameters`;
+        the final norm: weight 1, bias 0; the heads: their `reset_parameters` (PyTorch's defaults)."""
+        for p in (self.cls_token, self.register_tokens, self.det_tokens, self.pos_embed, self.block_pos_embed):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
+        self.patch_embed.reset_parameters()
         for blk in self.blocks:
-            for m in (blk.attn.qkv, blk.attn.proj, *[c for c in blk.mlp.children() if isinstance(c, nn.Linear)]):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+            blk.reset_parameters()
+        self.norm.reset_parameters()
+        for head in (self.depth_head, self.detection_head):
+            if head is not None:
+                head.reset_parameters()
 
     # -- properties -------------------------------------------------------------------------------------------
 

@@ -160,17 +160,18 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, eps: float = 1e-6) -> T
     """Non-causal linear attention out_i = phi(q_i) (sum_j phi(k_j)^T v_j) / (phi(q_i) . sum_j phi(k_j) + eps).
 
     q (B, H, Nq, d) and k (B, H, N, d) are kernel features phi(q), phi(k), non-negative; v (B, H, N, d). Returns
-    (B, H, Nq, d) in v's dtype. The state phi(K)^T [V, 1] and the normaliser are accumulated in fp32 even under
-    autocast (bf16 loses the sum over thousands of tokens); a zero denominator (phi(q_i) all zero, which the ReLU
-    makes common with inherited softmax projections) gives a zero output instead of NaN.
+    (B, H, Nq, d) in v's dtype. The state phi(K)^T [V, 1] and the normaliser are accumulated in fp32 (fp64 for fp64
+    inputs) even under autocast (bf16 loses the sum over thousands of tokens); a zero denominator (phi(q_i) all zero,
+    which the ReLU makes common with inherited softmax projections) gives a zero output instead of NaN.
     """
     dtype = v.dtype
+    acc = torch.promote_types(dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
     with torch.autocast(device_type=q.device.type, enabled=False):
-        k = k.float()
-        state = k.transpose(-1, -2) @ v.float()  # (B, H, d, d)
+        k = k.to(acc)
+        state = k.transpose(-1, -2) @ v.to(acc)  # (B, H, d, d)
         # The normaliser rides in the same matmul as the output: an extra state column sum_j phi(k_j).
         state = torch.cat((state, k.sum(dim=2).unsqueeze(-1)), dim=-1)  # (B, H, d, d+1)
-        out = q.float() @ state  # (B, H, Nq, d+1)
+        out = q.to(acc) @ state  # (B, H, Nq, d+1)
         out = out[..., :-1] / (out[..., -1:] + eps)
     return out.to(dtype)
 
@@ -195,26 +196,30 @@ def _grouped_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
     return out.reshape(B, C, h, w)
 
 
-@torch.library.custom_op("jetvit::depthwise_conv_per_image", mutates_args=())
-def _depthwise_conv_per_image_op(x: Tensor, weight: Tensor) -> Tensor:
-    return _grouped_depthwise_conv(x, weight).contiguous()
-
-
-@_depthwise_conv_per_image_op.register_fake
-def _(x: Tensor, weight: Tensor) -> Tensor:
-    return x.new_empty(x.shape)  # contiguous, like the real op's output
+def shifted_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
+    """`depthwise_conv_per_image` as k*k shifted multiply-adds over the zero-padded input: pointwise ops with no
+    batch-sized `groups`, which Inductor fuses into one kernel (whatever the batch, no recompile) and which export
+    with a free batch dimension (ONNX). x (B, C, h, w), weight (B, C, k, k) -> (B, C, h, w)."""
+    h, w = x.shape[-2:]
+    ks = weight.shape[-1]
+    xp = F.pad(x, (ks // 2,) * 4)  # (B, C, h + k - 1, w + k - 1)
+    out = None
+    for u in range(ks):
+        for v in range(ks):
+            term = xp[:, :, u : u + h, v : v + w] * weight[:, :, u, v, None, None]
+            out = term if out is None else out + term
+    return out
 
 
 def depthwise_conv_per_image(x: Tensor, weight: Tensor) -> Tensor:
     """Depthwise convolution with a different kernel for every image: x (B, C, h, w), weight (B, C, k, k).
 
-    One grouped convolution over the whole batch: the batch is folded into the channels (groups = B*C).
-    Under `torch.compile` the convolution is an opaque custom op: Inductor's convolution lowering would otherwise
-    bake `groups = B*C`, i.e. the batch size, into the graph and recompile for every batch size. Under
-    `torch.export` (ONNX) the plain convolution is traced, the batch then being fixed anyway.
+    Eager: one grouped convolution over the whole batch, the batch folded into the channels (groups = B*C), the
+    fastest form on the CPU. Compiled or exported: `shifted_depthwise_conv`, because a convolution with groups = B*C
+    would bake the batch size into the graph (Inductor recompiles for every batch size, ONNX fixes the batch).
     """
-    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-        return _depthwise_conv_per_image_op(x, weight)
+    if torch.compiler.is_compiling():
+        return shifted_depthwise_conv(x, weight)
     return _grouped_depthwise_conv(x, weight)
 
 

@@ -14,101 +14,64 @@ candidate), and `state.json` records which phases are done. Running the same com
 where the run stopped and ends with the same architecture. Only rank 0 writes files; the searches score their
 candidates in shares across the processes (`jetvit.search.driver`), other scores are rank 0's.
 
-Where things live: the process group in `jetvit.runtime`, the run directory in `jetvit.rundir`, training in
-`jetvit.train.distill`, the supernet, budgets and beam search in `jetvit.search`.
+Where things live: what the run is made of (teacher, students' config, data, targets, budget, scorer) in
+`jetvit.experiment`, built once and shared with the benchmarks; this module writes the run directory on top of it
+(`jetvit.rundir`). The process group in `jetvit.runtime`, training in `jetvit.train.distill`, the supernet, budgets and
+beam search in `jetvit.search`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from jetvit.io import atomic_write_json, refuse_overwrite, remove_stale_temporaries, save
-from jetvit.model import HybridViT, validate_arch
-from jetvit.rundir import RunState, check_out_dir, resume_step, start_run_dir
-from jetvit.runtime import Runtime, setup_runtime, teardown_runtime
-from jetvit.search.beam import switch_proposals
-from jetvit.search.budget import FlopBudget, full_attention_budget
-from jetvit.search.driver import run_beam
-from jetvit.search.scorers import Scorer, build_scorer
-from jetvit.search.supernet import PathSampler, build_supernet, extract
 from jetvit.config import Config
-from jetvit.train.data import ImageSet, describe, holdout_images, open_source, split_holdout
-from jetvit.train.distill import Phase, finetune, resolve_targets, student_for, train_phase
+from jetvit.experiment import TRAINING_PHASES, Experiment, runtime
+from jetvit.io import atomic_write_json, refuse_overwrite, remove_stale_temporaries, save
+from jetvit.rundir import RunState, check_out_dir, hold_run_dir, resume_step, start_run_dir
+from jetvit.runtime import Runtime, teardown_runtime
+from jetvit.search.beam import switch_proposals
+from jetvit.search.budget import full_attention_budget
+from jetvit.search.driver import run_beam
+from jetvit.search.supernet import PathSampler, extract
+from jetvit.train.data import describe
+from jetvit.train.distill import Phase
 from jetvit.train.metrics import MetricLogger
-from jetvit.train.sharding import frozen_teacher
-
-TRAINING_PHASES = ("step1", "step2", "finetune")
 
 
 @dataclass
 class RunContext:
-    """What every phase of a run shares: the frozen teacher(s), data, targets, scorer, budget, state, logger."""
+    """A run directory on top of an `Experiment`: the run's state (`state.json`), its metric logger, its checkpoints,
+    and the phases that record their results there."""
 
-    cfg: Config
-    rt: Runtime
+    exp: Experiment
     out: Path
-    teacher: HybridViT
-    depth_teacher: nn.Module | None
-    targets: list[int]
-    source: Any
-    train_images: ImageSet
-    holdout_names: list[str]
-    skipped_holdout: list[str]
-    scorer: Scorer
-    budget: FlopBudget
     state: RunState
     logger: MetricLogger
 
-    def train_kwargs(self, phase: str) -> dict[str, Any]:
-        """The keywords `train_phase` / `finetune` take from the run, for training phase `phase`."""
-        return {
-            "teacher": self.teacher,
-            "images": self.train_images,
-            "cfg": self.cfg,
-            "rt": self.rt,
-            "ckpt_path": self.out / "ckpt" / f"{phase}.pt",
-            "targets": self.targets,
-            "logger": self.logger,
-        }
+    @property
+    def cfg(self) -> Config:
+        return self.exp.cfg
 
-    def finetune(self, model: nn.Module, *, global_offset: int = 0) -> dict[str, Any]:
-        """The final fine-tuning of a fixed architecture (in place): `finetune.stages`, with the depth loss and the
-        learning curve the config asks for; recorded in `state.json`."""
-        if self.finetune_done_from_export(model):
-            return self.state.done("finetune")["result"]
-        return self.train(
-            "finetune",
-            None,
-            finetune,
-            model,
-            stages=self.cfg.finetune.stages,
-            depth_weight=self.cfg.finetune_depth_weight,
-            depth_teacher=self.depth_teacher,
-            evaluate=self.scorer if self.cfg.run.eval_every else None,
-            global_offset=global_offset,
-            **self.train_kwargs("finetune"),
-        )
-
-    def hold_teachers(self) -> None:
-        """Once every student has inherited its weights from the teacher: the frozen teacher(s) as the run's strategy
-        holds them (`jetvit.train.sharding.frozen_teacher`: bf16 under a sharded bf16 run)."""
-        for t in {id(t): t for t in (self.teacher, self.depth_teacher) if t is not None}.values():
-            frozen_teacher(t, self.rt, self.cfg.run.strategy)
-
-    def score(self, model: nn.Module) -> float:
-        """The run's scorer on `model`, rank 0's value on every process."""
-        return finite(self.rt.broadcast_object(float(self.scorer(model))), f"the {self.scorer.name} score")
+    @property
+    def rt(self) -> Runtime:
+        return self.exp.rt
 
     def ckpt(self, phase: str) -> Path:
         return self.out / "ckpt" / f"{phase}.pt"
+
+    def score(self, model: nn.Module) -> float:
+        """The run's scorer on `model`, rank 0's value on every process."""
+        scorer = self.exp.scorer
+        return finite(self.rt.broadcast_object(float(scorer(model))), f"the {scorer.name} score")
 
     def superseded(self, phase: str, after: str) -> bool:
         """Whether finished training phase `phase` need not be loaded: its checkpoint was removed
@@ -119,13 +82,32 @@ class RunContext:
             and (self.ckpt(after).is_file() or self.state.done(after) is not None)
         )
 
-    def train(self, phase: str, after: str | None, fn, *args, **kwargs) -> dict[str, Any]:
-        """Training phase `phase` through `timed`, or its recorded result when it is `superseded` by `after`; a
-        diverged loss is an error."""
-        if after is not None and self.superseded(phase, after):
-            return self.state.done(phase)["result"]
-        result = timed(self.state, phase, fn, *args, **kwargs)
-        finite(result["final_loss"], f"the final training loss of {phase}")
+    def train(self, phase: Phase, model: nn.Module, *, after: str | None) -> dict[str, Any]:
+        """Training phase `phase` of a supernet, recorded in `state.json`, or its recorded result when it is
+        `superseded` by phase `after`; a diverged loss is an error."""
+        if after is not None and self.superseded(phase.name, after):
+            return self.state.done(phase.name)["result"]
+        run = self.exp.train
+        result = timed(self.state, phase.name, run, phase, model, ckpt_path=self.ckpt(phase.name), logger=self.logger)
+        finite(result["final_loss"], f"the final training loss of {phase.name}")
+        return result
+
+    def finetune(self, model: nn.Module, *, global_offset: int = 0) -> dict[str, Any]:
+        """The final fine-tuning of a fixed architecture (in place, `Experiment.distill`), with the learning curve
+        the config asks for; recorded in `state.json`."""
+        if self.finetune_done_from_export(model):
+            return self.state.done("finetune")["result"]
+        result = timed(
+            self.state,
+            "finetune",
+            self.exp.distill,
+            model,
+            ckpt_path=self.ckpt("finetune"),
+            evaluate=self.exp.scorer if self.cfg.run.eval_every else None,
+            global_offset=global_offset,
+            logger=self.logger,
+        )
+        finite(result["final_loss"], "the final training loss of finetune")
         return result
 
     def drop_checkpoint(self, phase: str) -> None:
@@ -159,15 +141,6 @@ def finite(value: float, what: str) -> float:
     return value
 
 
-def load_teacher_model(src: str, device, options: dict[str, Any] | None = None) -> HybridViT:
-    """The frozen teacher (anything `jetvit.load_teacher` accepts): eval mode, no gradients, on `device`."""
-    from jetvit.teachers import load_teacher
-
-    teacher = load_teacher(src, **(options or {}))
-    teacher.to(device).eval().requires_grad_(False)
-    return teacher
-
-
 def check_sources(cfg: Config, out: Path) -> None:
     """Refuse a run directory that is, holds or lies inside what the run reads (teacher, depth teacher, image
     folder): the run writes `model/`, `ckpt/` and pictures there, which would overwrite a teacher or become
@@ -183,53 +156,15 @@ def check_sources(cfg: Config, out: Path) -> None:
 
 
 def prepare(cfg: Config, out: Path, rt: Runtime, *, search: bool, arch: str | None = None) -> RunContext:
-    """Teacher, data, distillation targets, scorer, budget, logger and run state shared by both commands.
+    """The experiment (`Experiment.build`), then the run directory on top of it: the resolved config, the run state
+    and the metric logger.
 
     Everything that can refuse the run (the run directory, teacher, data, targets, resolutions, scorer, budget) is
     checked before the first file is written, so a run that fails at start-up leaves nothing behind and the
-    corrected command starts cleanly. `search`: the FLOP budget must admit the search's start (all-L); `arch`: the
-    fixed architecture of `jetvit distill`, checked against the teacher's depth."""
+    corrected command starts cleanly."""
     check_out_dir(out, cfg)
     check_sources(cfg, out)
-    source = open_source(cfg.data.source)
-    train_idx, held_idx = split_holdout(len(source), cfg.data.holdout)
-    teacher = load_teacher_model(cfg.teacher, rt.device, cfg.teacher_options)
-    # The hybrids' L-block options come from the run's config: every supernet and student is derived from the
-    # teacher's config (an all-F teacher does not read them).
-    teacher.cfg = dataclasses.replace(teacher.cfg, linear=cfg.supernet.linear)
-    depth_teacher = None
-    if cfg.finetune_depth_weight > 0 or cfg.distill.depth_weight > 0:
-        depth_teacher = (
-            teacher if cfg.distill.depth_teacher is None else load_teacher_model(cfg.distill.depth_teacher, rt.device)
-        )
-    targets = resolve_targets(cfg.distill.targets, teacher)
-    if arch is not None:
-        validate_arch(arch, len(teacher.blocks))
-    sizes = {
-        f"{n}.stages.{i}.resolution": st.size for n in TRAINING_PHASES for i, st in enumerate(getattr(cfg, n).stages)
-    }
-    for key, res in (("score.resolution", cfg.score.resolution), ("budget.resolution", cfg.budget.resolution)):
-        sizes[key] = (res, res) if isinstance(res, int) else tuple(res)
-    for key, size in sizes.items():
-        try:
-            teacher.grid_size(*size)
-        except ValueError as e:
-            raise ValueError(f"{key}: {e}") from None
-    budget = FlopBudget.from_config(teacher.cfg, cfg.budget)
-    if search:
-        budget.check_start("L" * len(teacher.blocks), letters="LW")
-    held = ImageSet(source, held_idx, role="held-out")
-    images, skipped = holdout_images(held, sizes["score.resolution"], teacher.cfg.mean, teacher.cfg.std)
-    scorer = build_scorer(
-        cfg.score.scorer,
-        teacher=teacher,
-        images=images,
-        targets=targets,
-        batch_size=cfg.score.batch_size,
-        device=rt.device,
-        autocast=rt.autocast,
-        options=cfg.score.options,
-    )
+    exp = Experiment.build(cfg, rt=rt, arch=arch, search=search)
     # Everything loaded: from here on the run directory is written.
     start_run_dir(out, cfg, rt)
     state = RunState(out / "state.json", rt)
@@ -237,24 +172,9 @@ def prepare(cfg: Config, out: Path, rt: Runtime, *, search: bool, arch: str | No
     phases = [(n, sum(steps), steps) for n, steps in stage_steps.items()]
     done = [n for n in TRAINING_PHASES if state.done(n) is not None]
     logger = MetricLogger(out, enabled=rt.main, resume_step=resume_step(out, phases, done=done))
-    if skipped:
-        logger.event("data", 0, skipped_holdout_images=skipped)
-    return RunContext(
-        cfg=cfg,
-        rt=rt,
-        out=out,
-        teacher=teacher,
-        depth_teacher=depth_teacher,
-        targets=targets,
-        source=source,
-        train_images=ImageSet(source, train_idx, role="training"),
-        holdout_names=[source.name(i) for i in held_idx],
-        skipped_holdout=skipped,
-        scorer=scorer,
-        budget=budget,
-        state=state,
-        logger=logger,
-    )
+    if exp.skipped_holdout:
+        logger.event("data", 0, skipped_holdout_images=exp.skipped_holdout)
+    return RunContext(exp=exp, out=out, state=state, logger=logger)
 
 
 def timed(state: RunState, phase: str, fn, *args, **kwargs):
@@ -282,132 +202,134 @@ def _search_result(traj: dict[str, Any]) -> dict[str, Any]:
 def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
     """The whole Post-Training Attention Search; returns the summary also written to `DIR/summary.json`."""
     out = Path(out)
-    rt = setup_runtime(cfg.run)
-    ctx = None
-    try:
-        ctx = prepare(cfg, out, rt, search=True)
-        teacher, state = ctx.teacher, ctx.state
-        depth = len(teacher.blocks)
-        share, window, seed = cfg.supernet.share, cfg.supernet.window_size, cfg.run.seed
-        n1 = sum(s.steps for s in cfg.step1.stages)
-        n2 = sum(s.steps for s in cfg.step2.stages)
+    with running(cfg, out) as rt:
+        ctx = None
+        try:
+            ctx = prepare(cfg, out, rt, search=True)
+            exp, state = ctx.exp, ctx.state
+            teacher, seed = exp.teacher, cfg.run.seed
+            depth = len(teacher.blocks)
+            n1 = sum(s.steps for s in cfg.step1.stages)
+            n2 = sum(s.steps for s in cfg.step2.stages)
 
-        # Step 1: linear vs window.
-        choices1 = ["LW"] * depth
-        supernet1 = build_supernet(teacher, choices1, share=share, window_size=window).to(rt.device)
-        ctx.hold_teachers()  # every later student derives from supernet1
-        phase1 = Phase("step1", cfg.step1.stages, choose_path=PathSampler(choices1, seed=seed, phase="step1"))
-        s1 = ctx.train("step1", "step2", train_phase, phase1, supernet1, **ctx.train_kwargs("step1"))
-        traj1 = timed(
-            state,
-            "search1",
-            run_beam,
-            "step1",
-            supernet1,
-            start="L" * depth,
-            propose=switch_proposals("L", "W"),
-            beam_cfg=cfg.step1.beam,
-            scorer=ctx.scorer,
-            rt=rt,
-            path=out / "search" / "step1.json",
-            feasible=ctx.budget.reason,
-        )
-        arch1 = traj1["best"]["arch"]
+            # Step 1: linear vs window.
+            choices1 = ["LW"] * depth
+            supernet1 = exp.supernet(teacher, choices1)
+            exp.hold_teachers()  # every later student derives from supernet1
+            phase1 = Phase("step1", cfg.step1.stages, choose_path=PathSampler(choices1, seed=seed, phase="step1"))
+            s1 = ctx.train(phase1, supernet1, after="step2")
+            traj1 = timed(
+                state,
+                "search1",
+                run_beam,
+                "step1",
+                supernet1,
+                start="L" * depth,
+                propose=switch_proposals("L", "W"),
+                beam_cfg=cfg.step1.beam,
+                scorer=exp.scorer,
+                rt=rt,
+                path=out / "search" / "step1.json",
+                feasible=exp.budget.reason,
+            )
+            arch1 = traj1["best"]["arch"]
 
-        # Step 2: where full attention goes back.
-        base2 = extract(supernet1, arch1)
-        del supernet1
-        choices2 = [k + "F" for k in arch1]
-        supernet2 = build_supernet(base2, choices2, share=share).to(rt.device)
-        phase2 = Phase(
-            "step2", cfg.step2.stages, choose_path=PathSampler(choices2, seed=seed, phase="step2"), global_offset=n1
-        )
-        s2 = ctx.train("step2", "finetune", train_phase, phase2, supernet2, **ctx.train_kwargs("step2"))
-        ctx.drop_checkpoint("step1")  # step2's checkpoint holds everything the run needs from here
-        teacher_score = state.done("teacher_score")
-        if teacher_score is None:
-            teacher_score = {"score": ctx.score(teacher)}
-            state.finish("teacher_score", **teacher_score)
-        traj2 = timed(
-            state,
-            "search2",
-            run_beam,
-            "step2",
-            supernet2,
-            start=arch1,
-            propose=switch_proposals("LW", "F"),
-            beam_cfg=cfg.step2.beam,
-            scorer=ctx.scorer,
-            rt=rt,
-            path=out / "search" / "step2.json",
-            feasible=full_attention_budget(cfg.step2.max_full, ctx.budget),
-            target=teacher_score["score"] if cfg.step2.stop_at_teacher else None,
-        )
-        arch2 = traj2["best"]["arch"]
+            # Step 2: where full attention goes back.
+            base2 = extract(supernet1, arch1)
+            del supernet1
+            choices2 = [k + "F" for k in arch1]
+            supernet2 = exp.supernet(base2, choices2)
+            phase2 = Phase(
+                "step2", cfg.step2.stages, choose_path=PathSampler(choices2, seed=seed, phase="step2"), global_offset=n1
+            )
+            s2 = ctx.train(phase2, supernet2, after="finetune")
+            ctx.drop_checkpoint("step1")  # step2's checkpoint holds everything the run needs from here
+            teacher_score = state.done("teacher_score")
+            if teacher_score is None:
+                teacher_score = {"score": ctx.score(teacher)}
+                state.finish("teacher_score", **teacher_score)
+            traj2 = timed(
+                state,
+                "search2",
+                run_beam,
+                "step2",
+                supernet2,
+                start=arch1,
+                propose=switch_proposals("LW", "F"),
+                beam_cfg=cfg.step2.beam,
+                scorer=exp.scorer,
+                rt=rt,
+                path=out / "search" / "step2.json",
+                feasible=full_attention_budget(cfg.step2.max_full, exp.budget),
+                target=teacher_score["score"] if cfg.step2.stop_at_teacher else None,
+            )
+            arch2 = traj2["best"]["arch"]
 
-        # Final fine-tuning of the chosen architecture.
-        model = extract(supernet2, arch2)
-        del supernet2
-        ft = ctx.finetune(model, global_offset=n1 + n2)
-        ctx.drop_checkpoint("step2")
-        summary = {
-            "teacher": cfg.teacher,
-            "teacher_arch": teacher.arch,
-            "step1_arch": arch1,
-            "arch": arch2,
-            "scorer": ctx.scorer.name,
-            "teacher_score": teacher_score["score"],
-            "step1_score": traj1["best"]["score"],
-            "step2_score": traj2["best"]["score"],
-            "final_score": ctx.score(model),
-            **_cost_summary(ctx, arch2),
-            "step1_flops": ctx.budget.flops(arch1),
-            "phases": state.data["phases"],
-            "finetune": ft,
-            "skipped_training_images": s1["skipped_images"] + s2["skipped_images"] + ft["skipped_images"],
-            "holdout_images": ctx.holdout_names,
-            "skipped_images": ctx.skipped_holdout,
-            "data": describe(ctx.source),
-            **_files_summary(ctx),
-        }
-        if rt.main:
-            export(out, model, summary, {"step1": traj1, "step2": traj2}, cfg)
-        finish(ctx)
-        return summary
-    finally:
-        close(ctx, rt)
+            # Final fine-tuning of the chosen architecture.
+            model = extract(supernet2, arch2)
+            del supernet2
+            ft = ctx.finetune(model, global_offset=n1 + n2)
+            ctx.drop_checkpoint("step2")
+            summary = {
+                "teacher": cfg.teacher,
+                "teacher_arch": teacher.arch,
+                "step1_arch": arch1,
+                "arch": arch2,
+                "scorer": exp.scorer.name,
+                "teacher_score": teacher_score["score"],
+                "step1_score": traj1["best"]["score"],
+                "step2_score": traj2["best"]["score"],
+                "final_score": ctx.score(model),
+                **_cost_summary(ctx, arch2),
+                "step1_flops": exp.flops(arch1),
+                "phases": state.data["phases"],
+                "finetune": ft,
+                "skipped_training_images": s1["skipped_images"] + s2["skipped_images"] + ft["skipped_images"],
+                "holdout_images": exp.holdout_names,
+                "skipped_images": exp.skipped_holdout,
+                "data": describe(exp.source),
+                **_files_summary(ctx),
+            }
+            if rt.main:
+                export(out, model, summary, {"step1": traj1, "step2": traj2}, cfg)
+            finish(ctx)
+            return summary
+        finally:
+            close(ctx)
 
 
 def run_distill(cfg: Config, out: str | Path, *, arch: str) -> dict[str, Any]:
-    """`jetvit distill`: convert the teacher to `arch` (weights inherited as `distill.inherit`) and fine-tune it."""
+    """`jetvit distill`: convert the teacher to `arch` (weights inherited as `distill.inherit`) and distil it
+    (`Experiment.distill`, as the search's fine-tuning and the benchmarks do)."""
     out = Path(out)
-    rt = setup_runtime(cfg.run)
-    ctx = None
-    try:
-        ctx = prepare(cfg, out, rt, search=False, arch=arch)
-        model = student_for(ctx.teacher, arch, cfg).to(rt.device)
-        ctx.hold_teachers()
-        start_score = ctx.score(model)  # what inheritance alone gives, before any training
-        ft = ctx.finetune(model)
-        summary = {
-            "teacher": cfg.teacher,
-            "arch": model.arch,
-            "scorer": ctx.scorer.name,
-            "start_score": start_score,
-            "final_score": ctx.score(model),
-            **_cost_summary(ctx, model.arch),
-            "finetune": ft,
-            "skipped_training_images": ft["skipped_images"],
-            "skipped_images": ctx.skipped_holdout,
-            "data": describe(ctx.source),
-            **_files_summary(ctx),
-        }
-        if rt.main:
-            export(out, model, summary, None, cfg)
-        finish(ctx)
-        return summary
-    finally:
-        close(ctx, rt)
+    with running(cfg, out) as rt:
+        ctx = None
+        try:
+            ctx = prepare(cfg, out, rt, search=False, arch=arch)
+            exp = ctx.exp
+            model = exp.student(arch)
+            exp.hold_teachers()
+            start_score = ctx.score(model)  # what inheritance alone gives, before any training
+            ft = ctx.finetune(model)
+            summary = {
+                "teacher": cfg.teacher,
+                "arch": model.arch,
+                "scorer": exp.scorer.name,
+                "start_score": start_score,
+                "final_score": ctx.score(model),
+                **_cost_summary(ctx, model.arch),
+                "finetune": ft,
+                "skipped_training_images": ft["skipped_images"],
+                "skipped_images": exp.skipped_holdout,
+                "data": describe(exp.source),
+                **_files_summary(ctx),
+            }
+            if rt.main:
+                export(out, model, summary, None, cfg)
+            finish(ctx)
+            return summary
+        finally:
+            close(ctx)
 
 
 def _files_summary(ctx: RunContext) -> dict[str, Any]:
@@ -422,33 +344,44 @@ def finish(ctx: RunContext) -> None:
         shutil.rmtree(ctx.out / "ckpt", ignore_errors=True)
 
 
-def close(ctx: RunContext | None, rt: Runtime) -> None:
-    """However the run ends (finished, failed, interrupted): metrics flushed and closed, temporary files of writes
-    cut short removed, the process group left."""
+@contextmanager
+def running(cfg: Config, out: Path) -> Iterator[Runtime]:
+    """For the length of a run: this process's runtime (`jetvit.experiment.runtime`) and the hold on the run directory
+    (`jetvit.rundir.hold_run_dir`: a second run on `out` is refused); however the run ends, the process group is
+    left."""
+    rt = runtime(cfg)
     try:
-        if ctx is not None:
-            ctx.logger.close()
-            if rt.main:
-                remove_stale_temporaries(ctx.out)
+        with hold_run_dir(out, main=rt.main):
+            yield rt
     finally:
         teardown_runtime(rt)
 
 
+def close(ctx: RunContext | None) -> None:
+    """However the run ends (finished, failed, interrupted), while the run directory is still held: metrics flushed
+    and closed, temporary files of writes cut short removed."""
+    if ctx is not None:
+        ctx.logger.close()
+        if ctx.rt.main:
+            remove_stale_temporaries(ctx.out)
+
+
 def _cost_summary(ctx: RunContext, arch: str) -> dict[str, Any]:
+    budget = ctx.exp.budget
     return {
-        "flops_resolution": list(ctx.budget.size),
-        "teacher_flops": ctx.budget.teacher_flops,
-        "flops": ctx.budget.flops(arch),
-        "flop_limit": ctx.budget.limit,
+        "flops_resolution": list(budget.size),
+        "teacher_flops": budget.teacher_flops,
+        "flops": budget.flops(arch),
+        "flop_limit": budget.limit,
         "world_size": ctx.rt.world,
     }
 
 
 def export(out: Path, model: nn.Module, summary: dict, trajectories: dict | None, cfg: Config) -> None:
     """The run's deliverables: the model (`jetvit.save`), summary, trajectory, plots and `report.md`."""
+    from jetvit.report import write_report
     from jetvit.train import plots
     from jetvit.train.metrics import read_metrics
-    from jetvit.train.report import write_report
 
     save(model, out / "model")
     atomic_write_json(out / "summary.json", summary)

@@ -1,8 +1,9 @@
 """Where and how this process runs: the torchrun process group, device, precision, and collective helpers.
 
-`setup_runtime(cfg.run)` joins the process group when the process was started by torchrun (NCCL on GPUs, gloo on
-the CPU), picks the device and the autocast dtype and seeds torch; `Runtime` carries that to the training loop and
-the search, which use its `broadcast_object` / `all_gather_object` / `mean` (no-ops in a single process).
+`setup_runtime(device=..., precision=..., seed=...)` (a run config's `run` section) joins the process group when the
+process was started by torchrun (NCCL on GPUs, gloo on the CPU), picks the device and the autocast dtype and seeds
+torch; `Runtime` carries that to the training loop and the search, which use its `broadcast_object` /
+`all_gather_object` / `mean` (no-ops in a single process).
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
+
+Device = Literal["auto", "cpu", "cuda"]  # auto: CUDA when there is one
+Precision = Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on a GPU, fp32 on the CPU
 
 
 @dataclass
@@ -66,25 +70,29 @@ class Runtime:
         return float(t.item()) / self.world
 
 
-def setup_runtime(run) -> Runtime:
-    """Join the torchrun process group when there is one; pick device and precision from `run` (`RunSettings`:
-    `device` auto|cpu|cuda, `precision` auto|fp32|bf16, `seed`)."""
+def setup_runtime(
+    *,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    seed: int = 0,
+) -> Runtime:
+    """Join the torchrun process group when there is one; pick the device (`auto`: CUDA when there is one) and the
+    autocast precision (`auto`: bf16 autocast on a GPU, fp32 on the CPU); seed torch with `seed`. The run config's
+    `run.device`, `run.precision` and `run.seed`."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    want = run.device
-    if want == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("run.device is 'cuda' but no CUDA device is available (use run.device=cpu or auto)")
-    cuda = want == "cuda" or (want == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    where = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
-        torch.cuda.set_device(device)
+        torch.cuda.set_device(where)
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
-    precision = run.precision
     dtype = torch.bfloat16 if precision == "bf16" or (precision == "auto" and cuda) else None
-    torch.manual_seed(run.seed)
-    return Runtime(device=device, rank=rank, world=world, autocast_dtype=dtype)
+    torch.manual_seed(seed)
+    return Runtime(device=where, rank=rank, world=world, autocast_dtype=dtype)
 
 
 def teardown_runtime(rt: Runtime) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
-SCHEDULES = ("cosine", "linear", "constant")
+Schedule = Literal["cosine", "linear", "constant"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 def lr_factor(
@@ -12,7 +14,7 @@ def lr_factor(
     *,
     steps: int,
     warmup: int = 0,
-    schedule: str = "cosine",
+    schedule: Schedule = "cosine",
     final_ratio: float = 0.0,
     base: float = 1.0,
 ) -> float:

@@ -13,8 +13,8 @@ import torch
 
 from jetvit.bench.plan import GIB, activation_bytes, block_activation_bytes, format_plan, parse_size, plan_run
 from jetvit.cli import main
-from jetvit.model import Block, TokenLayout, ViTConfig, rope_tables
 from jetvit.config import load_config
+from jetvit.model import Block, TokenLayout, ViTConfig, rope_tables
 
 
 def _saved_bytes(blk: Block, x: torch.Tensor, layout: TokenLayout, *, autocast: bool) -> int:

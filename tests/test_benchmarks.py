@@ -1,4 +1,5 @@
-"""The learning-curve benchmark end to end on a tiny teacher (the replication's is in test_demo_replicate.py)."""
+"""The learning-curve and ranking benchmarks end to end on a tiny teacher (slow; the replication's is in
+test_demo_replicate.py), and their statistics."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import learning_curves  # noqa: E402
 
 
+@pytest.mark.slow
 def test_learning_curves_tiny_writes_curves_and_convergence(tmp_path):
     assert learning_curves.main(["--tiny", "--out", str(tmp_path), "--seeds", "0", "1"]) == 0
     res = json.loads((tmp_path / "learning_curves.json").read_text())
@@ -56,10 +60,14 @@ def test_rank_statistics_against_scipy():
         assert abs(ranking.spearman_rho(x, y) - stats.spearmanr(x, y).statistic) < 1e-12
     # Hand-worked: one swapped pair out of 3 -> (2 - 1) / 3.
     assert abs(ranking.kendall_tau([1, 2, 3], [1, 3, 2]) - 1 / 3) < 1e-12
+    # All scores tied: no order to compare. Said as None, never as a NaN (which passes every range check).
+    assert ranking.kendall_tau([0.5, 0.5, 0.5], [1, 2, 3]) is None
+    assert ranking.spearman_rho([1, 2, 3], [4, 4, 4]) is None
     a = ranking.agreement({"A": 0.3, "B": 0.2, "C": 0.1}, {"A": 0.5, "B": 0.7, "C": 0.1})
     assert a["pick"] == "A" and not a["pick_is_best"] and abs(a["regret"] - 0.2) < 1e-12
 
 
+@pytest.mark.slow
 def test_ranking_tiny_end_to_end(tmp_path):
     import ranking
 
@@ -71,7 +79,16 @@ def test_ranking_tiny_end_to_end(tmp_path):
     for row in res["supernet"].values():
         assert set(row) == set(res["paths"]) and all(0.0 <= v <= 1.0 for v in row.values())
     assert set(res["by_step"]) == {"0", "2", "4"}
-    assert all(-1.0 <= s["kendall_tau"] <= 1.0 or s["kendall_tau"] != s["kendall_tau"] for s in res["by_step"].values())
+    truth = [res["alone"][p]["eval"] for p in res["paths"]]
+    rows = {f"step {s}": (res["supernet"][s], a) for s, a in res["by_step"].items()}
+    rows["final on eval"] = (res["supernet_eval"], res["final_on_eval"])
+    rows["ceiling"] = ({p: r["search_score"] for p, r in res["alone"].items()}, res["ceiling"])
+    for name, (scores, stats) in rows.items():
+        tied = len(set(truth)) == 1 or len({scores[p] for p in res["paths"]}) == 1
+        for stat in ("kendall_tau", "spearman_rho"):
+            value = stats[stat]
+            assert (value is None) if tied else (isinstance(value, float) and -1.0 <= value <= 1.0), (name, stat, value)
+    assert "nan" not in (tmp_path / "ranking.md").read_text().lower()
     assert (tmp_path / "ranking.png").stat().st_size > 0 and "Kendall tau" in (tmp_path / "ranking.md").read_text()
     # A rerun trains nothing again: the supernet is done and every path's result is cached.
     before = {p: p.stat().st_mtime for p in (tmp_path / "ranking-work").rglob("result.json")}

@@ -302,7 +302,7 @@ def test_a_diverged_run_is_an_error_not_a_result(tmp_path, capsys):
 
 
 def test_flops_comparison_says_fewer_or_more():
-    from jetvit.train.report import flops_comparison
+    from jetvit.report import flops_comparison
 
     assert flops_comparison(100.0, 50.0) == "2.00x fewer FLOPs than the teacher"
     assert flops_comparison(100.0, 110.0) == "1.10x more FLOPs than the teacher"
@@ -344,7 +344,7 @@ def test_outputs_never_overwrite_their_sources(files, tmp_path, monkeypatch, cap
     rc = main(["convert", "--teacher", str(teacher), "--arch", "LLLLLLLL", "--out", str(teacher)])
     assert "is the --teacher" in one_line_error(capsys, rc)
     # `builtin` is the installed teacher: pointed at the copy here, so that a failure could not damage the real one.
-    monkeypatch.setattr("jetvit.demo.teacher.ASSET_DIR", teacher)
+    monkeypatch.setattr("jetvit.teachers.BUILTIN_DIR", teacher)
     rc = main(["convert", "--teacher", "builtin", "--arch", "LLLLLLLL", "--out", str(teacher) + "/"])
     assert "is the --teacher" in one_line_error(capsys, rc)
     rc = main(["export", "--model", str(teacher), "--res", "64", "--out", str(teacher / "model.safetensors")])

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_replicate_tiny_writes_every_table(tmp_path):
     cmd = [sys.executable, str(ROOT / "benchmarks" / "replicate.py"), "--tiny", "--out", str(tmp_path)]
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)

@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from jetvit.demo.teacher import tiny_teacher
 
 
+@pytest.mark.slow
 def test_demo_runner_end_to_end_on_a_tiny_teacher(tmp_path):
     teacher = tiny_teacher(tmp_path)
     stage = "{resolution: 32, steps: 2, batch_size: 2, lr: 1.0e-3}"

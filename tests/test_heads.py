@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jetvit.heads import (
-    DPTConfig,
-    DPTHead,
-    LinearSegConfig,
-    LinearSegHead,
-    dpt_hf_to_official_keys,
-    dpt_state_dict_from_hf,
-)
+from jetvit.heads import DPTConfig, DPTHead, LinearSegConfig, LinearSegHead
+from jetvit.teachers.hf_depth_anything import dpt_hf_to_official_keys, dpt_state_dict_from_hf
 
 NECK = [8, 12, 16, 20]
 

@@ -150,9 +150,9 @@ class _ThreadRuntime(Runtime):
 def _search(tiny_model, world: int, path, calls: list, *, state_from=None) -> list[dict]:
     """`run_beam` on `world` simulated processes, each with its own supernet; returns every process's trajectory.
     The scorer (a Hamming score of the active path) records (rank, arch) in `calls`."""
+    from jetvit.search.config import BeamConfig
     from jetvit.search.driver import run_beam
     from jetvit.search.supernet import build_supernet
-    from jetvit.search.config import BeamConfig
 
     teacher = tiny_model(depth=6, arch="F" * 6)
     group = _ThreadGroup(world)

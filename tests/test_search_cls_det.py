@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_tasks_classification import write_image_folder
+from helpers import write_image_folder
 
 import jetvit
 from jetvit.bench.presets import preset_config
 from jetvit.cli import main
-from jetvit.tasks.synthetic import write_coco
 from jetvit.config import load_config
+from jetvit.tasks.synthetic import write_coco
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("pycocotools")

@@ -7,10 +7,9 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import write_image_folder
 
 import jetvit
 from jetvit.cli import main
@@ -27,19 +26,6 @@ from jetvit.tasks.datasets import ImageFolderClassification
 from jetvit.tasks.metrics import ClsMetrics
 
 torch.set_num_threads(1)
-# Class folders in an order that differs from the colours' order, so the name sort is what numbers them.
-CLASSES = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
-
-
-def write_image_folder(root: Path, per_class: int, seed: int) -> None:
-    """Solid-colour images (with a little noise, 40x32 so the short-side resize and centre crop run) per class."""
-    rng = np.random.default_rng(seed)
-    for name, colour in CLASSES.items():
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            noise = rng.integers(-20, 21, (32, 40, 3))
-            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
 @pytest.fixture(scope="module")

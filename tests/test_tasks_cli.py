@@ -123,6 +123,14 @@ def test_eval_depth_and_da2k(tiny_depth_model, tmp_path: Path, capsys: pytest.Ca
     assert student_r["abs_rel"] > teacher_r["abs_rel"]
     assert len(report["figures"]) == 2 and all(Path(f).is_file() for f in report["figures"])
     assert "AbsRel" in capsys.readouterr().out
+    # The search's depth scorer runs the same evaluation: its scores are the CLI's numbers for the student.
+    from jetvit.search.scorers import build_scorer
+
+    plug = dict(teacher=teacher, images=torch.zeros(1, 3, SIZE, SIZE), targets=[3], batch_size=1, device="cpu")
+    options = {"data": str(data), "short_side": SIZE, "size": None, "score": "neg_abs_rel"}
+    scorer = build_scorer("jetvit.tasks.scorers:depth_scorer", **plug, options=options)
+    assert scorer(jetvit.load(tmp_path / "student")) == -student_r["abs_rel"]
+    assert scorer.last_result["delta1"] == student_r["delta1"]
 
     assert main(["eval", *common, "--dataset", "da2k", "--out", str(tmp_path / "da2k"), "--figures", "1"]) == 0
     report = json.loads((tmp_path / "da2k" / "results.json").read_text())
@@ -152,3 +160,48 @@ def test_search_plugs_in_the_segmentation_scorer(seg_setup: dict[str, Path]) -> 
     options = {"data": str(s["root"] / "data"), "num_classes": 3, "probe": recipe, "size": 2}
     scorer = build_scorer("jetvit.tasks.scorers:segmentation_scorer", **common, options=options)
     assert 0 <= scorer(jetvit.load(s["student"])) <= 1 and len(scorer.dataset) == 2
+
+
+def test_eval_and_the_scorer_share_one_evaluation(seg_setup: dict[str, Path], tmp_path: Path) -> None:
+    """`jetvit eval` and the search's segmentation scorer run the same evaluation: with the same probe and data, the
+    scorer's value is the CLI's number for the same model, to the bit."""
+    from jetvit.search.scorers import build_scorer
+
+    s = seg_setup
+    code = main(
+        ["eval", "--model", str(s["student"]), "--task", "seg", "--data", str(s["root"] / "data"), "--num-classes",
+         "3", "--head", str(s["probe"]), "--out", str(tmp_path), "--figures", "0", "--device", "cpu", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    cli = json.loads((tmp_path / "results.json").read_text())["results"]["student"]
+    teacher = jetvit.load(s["teacher"])
+    common = dict(teacher=teacher, images=torch.zeros(1, 3, SIZE, SIZE), targets=[2], batch_size=1, device="cpu")
+    options = {"data": str(s["root"] / "data"), "num_classes": 3, "head": str(s["probe"]), "size": None}
+    scorer = build_scorer("jetvit.tasks.scorers:segmentation_scorer", **common, options=options)
+    student = jetvit.load(s["student"])
+    assert scorer(student) == cli["miou"] and scorer.last_result["pixel_acc"] == cli["pixel_acc"]
+    np.testing.assert_array_equal(scorer.last_result["per_class_iou"], cli["per_class_iou"])
+    # Without the probe's recorded windows (a 2x2-window overlap instead of 16 px), the number moves: they were used.
+    options["stride"] = 8
+    assert build_scorer("jetvit.tasks.scorers:segmentation_scorer", **common, options=options)(student) != cli["miou"]
+
+
+def test_probe_options_are_the_recipe_fields() -> None:
+    """Every field of the probe recipes is a `jetvit probe` option; one not given keeps the recipe's default."""
+    import dataclasses
+
+    from jetvit.cli import build_parser
+    from jetvit.cli.probe import recipe
+    from jetvit.tasks.config import ClsProbeConfig, ProbeConfig
+
+    base = ["probe", "--teacher", "t", "--data", "d", "--out", "o"]
+    args = build_parser().parse_args([*base, "--scale-min", "0.75", "--dropout", "0.2", "--eval-stride", "300"])
+    assert recipe(args) == ProbeConfig(scale_min=0.75, dropout=0.2, eval_stride=300)
+    args = build_parser().parse_args([*base, "--task", "cls", "--no-avgpool", "--optimizer", "adamw"])
+    assert recipe(args) == ClsProbeConfig(avgpool=False, optimizer="adamw")
+    for config in (ProbeConfig, ClsProbeConfig):
+        for f in dataclasses.fields(config):
+            flag = f"--{f.name.replace('_', '-')}"
+            assert getattr(build_parser().parse_args(base), f.name) is None, flag  # the recipe's default applies
+    with pytest.raises(ValueError, match="--dropout not used by --task cls"):
+        recipe(build_parser().parse_args([*base, "--task", "cls", "--dropout", "0.2"]))

@@ -122,6 +122,30 @@ def test_probe_learns_a_linearly_separable_task_and_round_trips(tiny_model, tmp_
         load_probe(tmp_path)
 
 
+def test_probe_evaluation_reads_its_options_from_the_recipe(tiny_model) -> None:
+    """`SegmentationEval.from_probe` (what `jetvit eval` and the scorer build): windows and layer from the probe's
+    recipe, a given option in their place; calling it is `evaluate_segmentation` with those options."""
+    from types import SimpleNamespace
+
+    from jetvit.heads import LinearSegConfig, LinearSegHead
+    from jetvit.tasks.evaluate import SegmentationEval
+
+    model = tiny_model(depth=2)
+    torch.manual_seed(0)
+    head = LinearSegHead(LinearSegConfig(in_dim=32, num_classes=3)).eval()
+    recipe = ProbeConfig(eval_short_side=40, eval_crop=32, eval_stride=16, layer=0)
+    evaluation = SegmentationEval.from_probe(head, Quadrants(2), recipe, stride=8)
+    assert (evaluation.short_side, evaluation.crop, evaluation.stride, evaluation.layer) == (40, 32, 8, 0)
+    direct = evaluate_segmentation(model, head, Quadrants(2), short_side=40, crop=32, stride=8, layer=0, progress=False)
+    result = evaluation(model)
+    assert (result["miou"], result["pixel_acc"]) == (direct["miou"], direct["pixel_acc"])
+    assert SegmentationEval.from_probe(head, Quadrants(2)).crop == ProbeConfig().eval_crop
+    with pytest.raises(ValueError, match="the probe predicts 3 classes, the dataset has 4"):
+        SegmentationEval.from_probe(head, SimpleNamespace(num_classes=4))
+    with pytest.raises(ValueError, match="the head reads 32-dim features but the model has width 16"):
+        evaluation(tiny_model(depth=2, dim=16, mlp_hidden=32))
+
+
 def test_probe_config_rejects_bad_values(tiny_model) -> None:
     with pytest.raises(ValueError, match="unknown probe config key.*bogus"):
         ProbeConfig.from_dict({"bogus": 1})

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import jetvit
-from jetvit.heads import dpt_hf_to_official_keys
-from jetvit.teachers import load_teacher
+from jetvit.teachers import load_teacher, teacher_config
+from jetvit.teachers.hf_depth_anything import dpt_hf_to_official_keys
 
 pytest.importorskip("transformers")
 
@@ -362,6 +362,40 @@ def test_hub_id_resolves_from_local_cache_offline(hf_dinov2, tmp_path: Path) -> 
     _assert_hidden_states(model, _hf_hidden_states(hf, x), x)
     with pytest.raises(FileNotFoundError, match="tiny-org/not-cached"):
         load_teacher("tiny-org/not-cached", cache_dir=tmp_path / "cache", local_files_only=True)
+
+
+def test_teacher_config_is_the_loaded_teachers_without_its_weights(hf_dinov3, hf_dinov2, tmp_path: Path) -> None:
+    """`teacher_config` goes through `load_teacher`'s dispatch: the same config for every kind of source, with the
+    same options and errors; a directory's weights are not read."""
+    hf = hf_dinov3()
+    hf.save_pretrained(tmp_path / "hub")
+    torch.save(official_dinov3_state_dict(hf), tmp_path / "dinov3.pth")
+    jetvit.save(jetvit.convert(load_teacher(tmp_path / "hub"), "LW", window_size=2), tmp_path / "student")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "cache" / "models--tiny-org--tiny-dinov2"
+    hf_dinov2().save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    hub = dict(cache_dir=tmp_path / "cache", local_files_only=True)
+    for src, opts in [
+        (tmp_path / "hub", {}),
+        (tmp_path / "dinov3.pth", {"num_heads": HEADS}),
+        (tmp_path / "student", {}),
+        ("tiny-org/tiny-dinov2", hub),
+    ]:
+        assert teacher_config(src, **opts) == load_teacher(src, **opts).cfg, src
+    assert teacher_config(tmp_path / "student").arch == "LW"
+    loaded = load_teacher(tmp_path / "hub").cfg
+    (tmp_path / "hub" / "model.safetensors").unlink()
+    assert teacher_config(tmp_path / "hub") == loaded
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        load_teacher(tmp_path / "hub")
+    with pytest.raises(ValueError, match="official checkpoint files only"):
+        teacher_config(tmp_path / "hub", size="vits16")
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        teacher_config(tmp_path / "nope.pth")
+    with pytest.raises(FileNotFoundError, match="tiny-org/not-cached"):
+        teacher_config("tiny-org/not-cached", **hub)
 
 
 # ---------------------------------------------------------------------------------------------------------------

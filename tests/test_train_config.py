@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
-from jetvit.model import LinearAttnConfig
+import jetvit
 from jetvit.config import Config, dump_yaml, load_config
+from jetvit.model import LinearAttnConfig, ViTConfig
 from jetvit.train.config import StageConfig
 
 
@@ -46,21 +48,72 @@ def test_load_and_override(tmp_path):
     [
         ("step1.beam.widht=3", "unknown config key 'step1.beam.widht'; accepted keys here: width"),
         ("bogus=1", "unknown config key 'bogus'"),
-        ("step1.stages.0.schedule=step", "schedule 'step' is not one of"),
+        ("step1.stages.0.schedule=step", "step1.stages.0.schedule 'step' is not one of cosine, linear, constant"),
         ("step1.stages.0.steps=many", "step1.stages.0.steps: expected an integer"),
         ("step1.stages.3.steps=1", "'step1.stages.3'"),
-        ("distill.targets=middle", "distill.targets 'middle'"),
+        ("distill.targets=middle", "distill.targets 'middle' is not one of last, all, dpt or a list of int"),
+        ("distill.targets=[1, x]", "distill.targets.1: expected an integer, got 'x'"),  # the list option's error
+        ("distill.targets=[]", "distill.targets is an empty list"),
+        ("distill.inherit=attn", "distill.inherit 'attn' is not one of all, mlp"),
+        ("distill.depth_loss=l1", "distill.depth_loss 'l1' is not one of ssi_mse, ssi_gm"),
+        ("step1.stages.0.resolution=big", "step1.stages.0.resolution 'big' is not an integer or a list of int"),
+        ("step1.stages.0.lr=x", "step1.stages.0.lr: expected a number, got 'x'"),
+        ("run.device=tpu", "run.device 'tpu' is not one of auto, cpu, cuda"),
+        ("run.device=true", "run.device True is not one of auto, cpu, cuda"),  # a YAML bool is not a choice
+        ("run.precision=fp16", "run.precision 'fp16' is not one of auto, fp32, bf16"),
+        ("run.keep_checkpoints=some", "run.keep_checkpoints 'some' is not one of last, all, none"),
+        ("budget.max_gflops=lots", "budget.max_gflops 'lots' is not a number or null"),
         ("budget.max_flops_ratio=1.5", "budget.max_flops_ratio"),
         ("arch=LXW", "arch 'LXW'"),
         ("novalue", "not of the form key=value"),
         ("supernet.linear.cnov=static", "unknown config key 'supernet.linear.cnov'"),
-        ("supernet.linear.conv=sideways", "linear.conv must be"),
+        ("supernet.linear.conv=sideways", "supernet.linear.conv 'sideways' is not one of none, static, dynamic"),
+        ("supernet.linear.kernel=elu", "supernet.linear.kernel 'elu' is not one of relu, focus"),
         ("run.strategy=zero3", "run.strategy 'zero3' is not one of ddp, fsdp"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(tmp_path, override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_config(_write(tmp_path, BASE), [override])
+
+
+def test_errors_inside_a_list_of_stages_in_the_file_name_the_item(tmp_path):
+    head = "teacher: /t\nstep1:\n  stages:\n    - {resolution: 32, steps: 4, batch_size: 4}\n"
+    with pytest.raises(ValueError, match=r"^unknown config key 'step1.stages.1.lrr'; accepted keys here: resolution"):
+        load_config(_write(tmp_path, head + "    - {resolution: 32, steps: 4, batch_size: 4, lrr: 1}\n"))
+    with pytest.raises(ValueError, match=r"^step1.stages.1.steps: expected an integer, got 'many'$"):
+        load_config(_write(tmp_path, head + "    - {resolution: 32, steps: many, batch_size: 4}\n"))
+
+
+def test_union_values_and_list_item_overrides(tmp_path):
+    cfg = load_config(
+        _write(tmp_path, BASE),
+        ["step1.stages.0.resolution=[32, 48]", "step1.stages.0.schedule=linear", "distill.targets=dpt"],
+    )
+    assert cfg.step1.stages[0].size == (32, 48) and cfg.step1.stages[0].schedule == "linear"
+    assert cfg.step1.stages[0].steps == 4  # the other keys of the overridden item are kept
+    assert cfg.distill.targets == "dpt"
+    cfg = load_config(_write(tmp_path, BASE), ["score.options={k: [1, {a: b}]}", "run.device=cpu"])
+    assert cfg.score.options == {"k": [1, {"a": "b"}]} and cfg.run.device == "cpu"
+
+
+def test_choices_are_checked_for_configs_made_in_python_too():
+    with pytest.raises(ValueError, match="linear.kernel 'elu' is not one of relu, focus"):
+        LinearAttnConfig(kernel="elu")
+    with pytest.raises(ValueError, match="mlp 'relu' is not one of gelu, swiglu"):
+        ViTConfig(mlp="relu")
+
+
+def test_a_choice_is_its_value_and_type():
+    from typing import Literal
+
+    from jetvit._config import convert
+
+    assert convert(2, Literal[1, 2] | None, "k") == 2
+    with pytest.raises(ValueError, match="k True is not one of 1, 2 or null"):
+        convert(True, Literal[1, 2] | None, "k")  # True == 1 in Python, but a YAML `true` is not the choice 1
+    with pytest.raises(ValueError, match="k 1.0 is not one of 1, 2"):
+        convert(1.0, Literal[1, 2], "k")
 
 
 def test_missing_teacher_and_missing_file(tmp_path):
@@ -70,7 +123,15 @@ def test_missing_teacher_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("name", ["tiny", "dinov3", "depth_anything_v2", "demo"])
+# Every config shipped with the package, found on disk: a new one is tested without being listed here.
+SHIPPED = sorted(p.stem for p in (Path(jetvit.__file__).parent / "configs").glob("*.yaml"))
+
+
+def test_the_shipped_configs_are_found():
+    assert {"tiny", "demo", "dinov3"} <= set(SHIPPED)
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_load(name):
     cfg = load_config(name, ["teacher=/x"])
     assert cfg.step1.stages and cfg.step2.stages and cfg.finetune.stages

@@ -7,14 +7,15 @@ import dataclasses
 import pytest
 import torch
 
+from jetvit.config import load_config
 from jetvit.conversion import convert
 from jetvit.runtime import Runtime
 from jetvit.search.budget import FlopBudget
 from jetvit.search.supernet import sample_path
-from jetvit.config import load_config
 from jetvit.train.config import StageConfig
 from jetvit.train.data import ImageSet, SampleImages
-from jetvit.train.distill import Phase, lr_at, resolve_targets, ssi_mse, train_phase
+from jetvit.train.distill import DistillSetup, Phase, lr_at, resolve_targets, train_phase
+from jetvit.train.losses import ssi_mse
 
 HEAD = {"in_dim": 32, "features": 16, "out_channels": [8, 16, 32, 32], "layers": [0, 1, 2, 3]}
 
@@ -74,13 +75,16 @@ def test_phase_with_depth_pseudo_labels_and_resume(tiny, tmp_path):
     images = ImageSet(SampleImages(("astronaut", "coffee", "chelsea")), [0, 1, 2])
     rt = Runtime(device=torch.device("cpu"))
 
+    def setup(t, targets, depth_teacher=None):
+        return DistillSetup(
+            teacher=t, images=images, targets=targets, data=cfg.data, distill=cfg.distill, optim=cfg.optim,
+            run=cfg.run, rt=rt, depth_teacher=depth_teacher,
+        )  # fmt: skip
+
     def run(ckpt):
         student = convert(teacher, "LWLF").requires_grad_(True)
         phase = Phase("finetune", stages, depth_weight=1.0)
-        s = train_phase(
-            phase, student, teacher=teacher, images=images, cfg=cfg, rt=rt, ckpt_path=ckpt, targets=[0, 1, 2, 3],
-            depth_teacher=teacher,
-        )  # fmt: skip
+        s = train_phase(phase, student, setup(teacher, [0, 1, 2, 3], depth_teacher=teacher), ckpt_path=ckpt)
         return student, s
 
     student, summary = run(tmp_path / "a.pt")
@@ -92,10 +96,8 @@ def test_phase_with_depth_pseudo_labels_and_resume(tiny, tmp_path):
     for k, v in student.state_dict().items():
         torch.testing.assert_close(again.state_dict()[k], v, rtol=0, atol=0)
     with pytest.raises(ValueError, match="depth head"):
-        train_phase(
-            Phase("x", stages, depth_weight=1.0), convert(tiny(), "LLLL"), teacher=tiny(), images=images, cfg=cfg,
-            rt=rt, ckpt_path=tmp_path / "b.pt", targets=[3],
-        )  # fmt: skip
+        phase = Phase("x", stages, depth_weight=1.0)
+        train_phase(phase, convert(tiny(), "LLLL"), setup(tiny(), [3]), ckpt_path=tmp_path / "b.pt")
 
 
 def _grads_and_saved(student, teacher, x, targets, *, checkpointing: bool):

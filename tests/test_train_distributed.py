@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_pipeline import STEP1, TESTS
+from helpers import STEP1, TESTS
 
 import jetvit
 from jetvit.train.checkpoint import load_checkpoint, shards_dir
@@ -60,8 +60,9 @@ def _digests_agree(phase_result: dict) -> None:
     assert len(digests) == 2 and digests[0] == digests[1], digests
 
 
+@pytest.mark.distributed
 def test_two_process_distill_gives_identical_weights(tiny_teacher_dir, tmp_path):
-    """Cheap version for the default run: a fixed architecture, a few steps with gradient accumulation."""
+    """The cheapest of these: a fixed architecture, a few steps with gradient accumulation."""
     teacher = tiny_teacher_dir
     out = tmp_path / "distill"
     proc = torchrun("distill", "--config", "tiny", "--arch", "LWWF", "--set", f"teacher={teacher}",

@@ -13,16 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import STEP1, TESTS
 from PIL import Image
 
 import jetvit
 from jetvit.cli import main
-
-TESTS = Path(__file__).resolve().parent
-STEP1 = (
-    "step1.stages=[{resolution: 32, steps: 24, batch_size: 4, lr: 1.0e-3},"
-    " {resolution: 48, steps: 4, batch_size: 4, micro_batch_size: 2, lr: 5.0e-4}]"
-)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from jetvit.config import load_config
 from jetvit.runtime import Runtime
 from jetvit.search.supernet import PathSampler, build_supernet, sample_path
 from jetvit.train.checkpoint import (
@@ -21,10 +22,9 @@ from jetvit.train.checkpoint import (
     save_sharded_checkpoint,
     shards_dir,
 )
-from jetvit.config import load_config
 from jetvit.train.config import StageConfig
 from jetvit.train.data import ImageSet, open_source
-from jetvit.train.distill import Phase, train_phase
+from jetvit.train.distill import DistillSetup, Phase, train_phase
 
 # fp32 on the CPU: one process sharded over a group of one computes what it computes alone, up to the order of a few
 # sums (the gradient norm over shards).
@@ -72,8 +72,9 @@ def _train(setup, ckpt, *, logger=None) -> nn.Module:
     supernet = build_supernet(teacher, CHOICES).requires_grad_(True)
     phase = Phase("step1", stages, choose_path=PathSampler(CHOICES, seed=0, phase="step1"))
     rt = Runtime(device=torch.device("cpu"))
-    train_phase(phase, supernet, teacher=teacher, images=images, cfg=cfg, rt=rt, ckpt_path=ckpt, targets=[3],
-                logger=logger)  # fmt: skip
+    run = DistillSetup(teacher=teacher, images=images, targets=[3], data=cfg.data, distill=cfg.distill,
+                       optim=cfg.optim, run=cfg.run, rt=rt, logger=logger)  # fmt: skip
+    train_phase(phase, supernet, run, ckpt_path=ckpt)
     return supernet
 
 

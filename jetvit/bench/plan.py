@@ -49,15 +49,17 @@ stream and norm inputs 4.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from jetvit.model import ARCH_LETTERS, HybridViT, ViTConfig, validate_arch
+from jetvit.model import ARCH_LETTERS, ATTN_KINDS, HybridViT, ViTConfig, validate_arch
+
+if TYPE_CHECKING:
+    from jetvit.config import Config
 
 HEADROOM = 0.1  # share of the GPU memory left for what the plan does not count
 GIB = 2**30
@@ -66,28 +68,14 @@ GIB = 2**30
 
 
 def teacher_config(src: str, options: dict[str, Any] | None = None) -> ViTConfig:
-    """The `ViTConfig` of teacher source `src`: a preset name (`jetvit.bench.presets`, e.g. `dinov3-7b`), `builtin`, a
-    `jetvit.save` directory or a Hugging Face model directory (read from their `config.json`); any other source
-    (official checkpoint files, Hub ids) is loaded in bf16 to read its shapes."""
+    """The `ViTConfig` of teacher source `src`: a preset name (`jetvit.bench.presets`, e.g. `dinov3-7b`), or any
+    source `jetvit.load_teacher` takes with its `options` (`jetvit.teachers.teacher_config`: no weights loaded)."""
     from jetvit.bench.presets import PRESETS, preset_config
-    from jetvit.teachers import BUILTIN, builtin_teacher_dir
+    from jetvit.teachers import teacher_config as source_config
 
-    path = builtin_teacher_dir() if src == BUILTIN else Path(src)
-    if not path.exists() and src in PRESETS:
+    if src in PRESETS and not Path(src).exists():
         return preset_config(src)
-    if path.is_dir() and (path / "config.json").is_file():
-        from jetvit import io
-
-        meta = io.read_json(path / "config.json", expect=dict)
-        if io.is_jetvit_dir(path):
-            return io.read_model_config(meta, path / "config.json")
-        from jetvit.teachers import HF_MODEL_TYPES, _hf_converter
-
-        if meta.get("model_type") in HF_MODEL_TYPES:
-            return _hf_converter(meta)[0]
-    from jetvit.teachers import load_teacher
-
-    return load_teacher(src, dtype=torch.bfloat16, **(options or {})).cfg
+    return source_config(src, **(options or {}))
 
 
 # --- activations ----------------------------------------------------------------------------------------------------
@@ -95,13 +83,13 @@ def teacher_config(src: str, options: dict[str, Any] | None = None) -> ViTConfig
 
 def block_activation_bytes(cfg: ViTConfig, kind: str, *, batch: int, grid: tuple[int, int], autocast: bool) -> int:
     """Bytes autograd keeps for the backward of one block of kind `kind` (the module docstring lists what), for a
-    batch of `batch` images with patch grid `grid`; `autocast`: bf16 autocast (else fp32)."""
+    batch of `batch` images with patch grid `grid`; `autocast`: bf16 autocast (else fp32). The attention's own part
+    is the kind's (`Attention.saved_bytes`)."""
+    if kind not in ATTN_KINDS:
+        raise ValueError(f"unknown block kind {kind!r}; expected one of {ARCH_LETTERS}")
     h, w = grid
-    Np, P, D, Hm, nh = h * w, cfg.num_global_tokens, cfg.dim, cfg.mlp_hidden, cfg.num_heads
-    N = Np + P
+    N, D, Hm = h * w + cfg.num_global_tokens, cfg.dim, cfg.mlp_hidden
     a, f = (2 if autocast else 4), 4  # bytes of a matmul-side activation, of an fp32 one
-    rope = cfg.pos_embed == "rope"
-    lin = cfg.linear
     # Every kind: residual stream at both norms (fp32) and their mean/rstd; the inputs of qkv, proj, the MLP and the
     # LayerScales; the qkv output (kept whole by the views q, k, v).
     n = f * (2 * N * D + 4 * N) + a * N * D * (3 + (2 if cfg.layerscale else 0)) + a * 3 * N * D
@@ -109,33 +97,7 @@ def block_activation_bytes(cfg: ViTConfig, kind: str, *, batch: int, grid: tuple
         n += a * 4 * N * Hm + (a * N * D if autocast else 0)
     else:  # fc1 output, GELU output
         n += a * 2 * N * Hm
-    if kind == "F":  # rotated q, k; the output and its log-sum-exp
-        n += a * (2 * N * D if rope else 0) + a * N * D + f * nh * N
-    elif kind == "W":
-        ws = cfg.window_size
-        hp, wp = math.ceil(h / ws) * ws, math.ceil(w / ws) * ws
-        windows = hp * wp // (ws * ws)
-        n += a * (2 * N * D if rope else 0)  # rotated q, k
-        # windowed q and output over the padded grid; keys and values with the global tokens in every window
-        n += a * 2 * hp * wp * D + a * 2 * windows * (ws * ws + P) * D + f * windows * nh * ws * ws
-        if P:  # the prefix queries' attention over all tokens
-            n += a * P * D + f * nh * P
-    elif kind == "L":
-        if rope and lin.rope:  # rotated q, k
-            n += a * 2 * N * D
-        elif rope and P:  # the prefix queries see rotated keys
-            n += a * N * D
-        if P:
-            n += a * P * D + f * nh * P
-        n += a * (Np + N) * D  # phi(q) (patch queries), phi(k)
-        # fp32: phi(K)^T and V for the state, phi(q), the output with its normaliser column, the normaliser
-        n += f * 2 * N * D + f * Np * D + f * Np * (D + nh) + f * nh * Np
-        if lin.conv != "none":  # the convolution's input, the patch tokens' V on the grid
-            n += a * Np * D
-        if lin.conv == "dynamic":  # the generated kernels and the generator's small activations
-            n += a * D * lin.conv_size**2 + a * (D + 2 * lin.conv_hidden)
-    else:
-        raise ValueError(f"unknown block kind {kind!r}; expected one of {ARCH_LETTERS}")
+    n += ATTN_KINDS[kind].saved_bytes(cfg, grid, autocast=autocast)
     return batch * n
 
 
@@ -215,6 +177,12 @@ class PhasePlan:
 class RunPlan:
     teacher: str
     teacher_parameters: int
+    # The run's cost model at `budget.resolution`, counted on the students' config as the run counts it: the
+    # teacher's FLOPs, the fixed architecture's (`jetvit distill`; None for a search) and the budget's limit.
+    flops_resolution: tuple[int, int]
+    teacher_flops: float
+    flops: float | None
+    flop_limit: float | None
     gpus: int
     gpu_memory: int
     autocast: bool
@@ -261,7 +229,7 @@ def _matmul_weights(model: HybridViT) -> int:
 
 
 def plan_run(
-    cfg,
+    cfg: Config,
     *,
     gpus: int = 1,
     gpu_memory: int = 80 * GIB,
@@ -271,7 +239,8 @@ def plan_run(
     """The memory plan of run config `cfg` (`jetvit.config.Config`) on `gpus` processes of `gpu_memory` bytes
     each: `jetvit distill` when `arch` (or `cfg.arch`) is given, else `jetvit search`. `teacher_cfg`: the teacher's
     config when already known (default: read from `cfg.teacher`)."""
-    from jetvit.search.supernet import build_supernet
+    from jetvit.search.budget import FlopBudget
+    from jetvit.search.supernet import build_supernet, student_config
     from jetvit.train.distill import resolve_targets
 
     if gpus < 1:
@@ -279,9 +248,8 @@ def plan_run(
     if gpu_memory <= 0:
         raise ValueError(f"--gpu-memory must be > 0, got {gpu_memory}")
     tcfg = teacher_cfg or teacher_config(cfg.teacher, cfg.teacher_options)
-    tcfg = dataclasses.replace(tcfg, arch="", linear=cfg.supernet.linear)  # as the pipeline derives its students
-    if cfg.supernet.window_size is not None:
-        tcfg = dataclasses.replace(tcfg, window_size=cfg.supernet.window_size)
+    budget = FlopBudget.from_config(student_config(tcfg, cfg.supernet), cfg.budget)  # as the run counts FLOPs
+    tcfg = dataclasses.replace(student_config(tcfg, cfg.supernet), arch="")  # as the run derives its students
     depth = tcfg.depth
     arch = arch or cfg.arch
     autocast = cfg.run.precision != "fp32"  # on GPUs, `auto` is bf16 autocast
@@ -344,6 +312,10 @@ def plan_run(
     return RunPlan(
         teacher=cfg.teacher,
         teacher_parameters=_count(teacher)[0],
+        flops_resolution=budget.size,
+        teacher_flops=budget.teacher_flops,
+        flops=budget.flops(arch) if arch is not None else None,
+        flop_limit=budget.limit,
         gpus=gpus,
         gpu_memory=gpu_memory,
         autocast=autocast,
@@ -381,11 +353,18 @@ def format_plan(plan: RunPlan) -> str:
     def gib(n: int) -> str:
         return f"{n / scale:.2f}"
 
+    H, W = plan.flops_resolution
+    cost = f"FLOPs at {H}x{W}: teacher {plan.teacher_flops / 1e9:.4g} G"
+    if plan.flops is not None:
+        cost += f", architecture {plan.flops / 1e9:.4g} G ({plan.flops / plan.teacher_flops:.3f} of the teacher's)"
+    if plan.flop_limit is not None:
+        cost += f", budget limit {plan.flop_limit / 1e9:.4g} G"
     lines = [
         f"teacher {plan.teacher}: {plan.teacher_parameters / 1e6:.1f}M parameters; "
         f"{plan.gpus} process(es) with {plan.gpu_memory / GIB:.2f} GiB each, {plan.usable / GIB:.2f} GiB usable "
         f"({HEADROOM:.0%} kept back); precision {'bf16 autocast' if plan.autocast else 'fp32'}; "
         f"run.strategy: {plan.strategy}; run.activation_checkpointing: {str(plan.checkpointing).lower()}",
+        cost,
         f"sizes in {unit} per process",
     ]
     for ph in plan.phases:

@@ -20,6 +20,7 @@ import errno
 import importlib
 import logging
 import os
+import shutil
 import signal
 import sys
 
@@ -151,6 +152,8 @@ def user_error(e: BaseException) -> str | None:
 
 
 def _os_error(e: OSError) -> str:
+    if e.errno in FULL:
+        return _full(e)
     if e.filename is None:  # raised by jetvit with its own message
         return _one_line(str(e))
     path = repr(str(e.filename))
@@ -164,11 +167,43 @@ def _os_error(e: OSError) -> str:
         return f"{path}: a part of this path is a file, not a folder; choose another path"
     if isinstance(e, FileNotFoundError):
         return f"no such file or folder: {path}"
-    if e.errno == errno.ENOSPC:
-        return f"no space left on the device of {path}; free some space (run.keep_checkpoints: none keeps less)"
     if e.errno == errno.EROFS:
         return f"{path} is on a read-only file system; choose a path you may write"
     return f"{e.strerror or type(e).__name__}: {path}"
+
+
+# A write that found no room: the disk is full, the user's quota is spent, or a file size limit (`ulimit -f`) is hit.
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _full(e: OSError) -> str:
+    """Which file could not be written, why, and how much room its device has now (the partial file removed)."""
+    why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "your disk quota is used up"}.get(
+        e.errno, "a file size limit was reached"
+    )
+    if e.filename is None:
+        return f"{why} ({e.strerror}); free some space and run the same command again"
+    free = ""
+    folder = os.path.dirname(os.path.abspath(e.filename))
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    try:
+        free = f", {_size(shutil.disk_usage(folder).free)} free there now"
+    except OSError:
+        pass
+    return (
+        f"{why} while writing {str(e.filename)!r}{free}; the files written before are intact: free some space "
+        f"(run.keep_checkpoints: none keeps fewer checkpoints) and run the same command again, which continues a "
+        f"search or distillation from its last checkpoint"
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def _one_line(text: str) -> str:

@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jetvit.pipeline import run_distill
     from jetvit.config import load_config
+    from jetvit.pipeline import run_distill
 
     overrides = list(args.overrides) + ([f"arch={args.arch}"] if args.arch else [])
     cfg = load_config(args.config, overrides)

@@ -24,14 +24,26 @@ and student predictions next to each other).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from jetvit.cli.common import class_spread_limit, limit, load_source
+from jetvit.tasks.config import (
+    DA2K_ANNOTATIONS,
+    DEPTH_SCALE,
+    DEPTH_SHORT_SIDE,
+    DET_MAX_SIDE,
+    DET_SHORT_SIDE,
+    MAX_DEPTH,
+    MIN_DEPTH,
+)
 
 TASKS = ("seg", "depth", "cls", "video", "det")
+PROBE_TASKS = ("seg", "cls", "video")  # scored with a probe from `jetvit probe` (--head)
 DATASETS = {
     "seg": ("cityscapes", "ade20k", "folder"),
     "depth": ("folder", "da2k"),
@@ -40,8 +52,7 @@ DATASETS = {
     "det": ("coco",),
 }
 DEFAULT_DATASET = {"seg": "folder", "depth": "folder", "cls": "folder", "video": "folder", "det": "coco"}
-DEFAULT_SPLIT = {"cityscapes": "val", "ade20k": "validation", "folder": "val", "coco": "val2017"}
-# What each task reports: (result key, row label, scale for display).
+# What each metric kind reports: (result key, row label, scale for display).
 ROWS = {
     "seg": [("miou", "mIoU (%)", 100.0), ("pixel_acc", "pixel acc (%)", 100.0), ("seconds", "seconds", 1.0)],
     "depth": [("abs_rel", "AbsRel", 1.0), ("delta1", "delta1 (%)", 100.0), ("seconds", "seconds", 1.0)],
@@ -80,9 +91,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--num-classes", type=int, default=None, help="seg: classes of a folder dataset")
     p.add_argument(
-        "--short-side", type=int, default=None, help="inference short side (seg, cls: the probe's; depth 518; det 800)"
+        "--short-side",
+        type=int,
+        default=None,
+        help=f"inference short side (seg, cls: the probe's; depth {DEPTH_SHORT_SIDE}; det {DET_SHORT_SIDE})",
     )
-    p.add_argument("--max-side", type=int, default=None, help="det: longest inference side (default 1333)")
+    p.add_argument("--max-side", type=int, default=None, help=f"det: longest inference side (default {DET_MAX_SIDE})")
     p.add_argument("--label-map", default=None, help="det: JSON file {label index: COCO category id}")
     p.add_argument(
         "--min-score", type=float, default=0.5, help="det: detections drawn in the figures score at least this"
@@ -95,16 +109,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="seg: sliding-window crop; cls, video: centre crop (default: the probe's)",
     )
     p.add_argument("--stride", type=int, default=None, help="seg: sliding-window stride (default: the probe's)")
-    p.add_argument("--depth-scale", type=float, default=1000.0, help="depth: 16-bit PNG value per metre")
+    p.add_argument(
+        "--depth-scale", type=float, default=None, help=f"depth: 16-bit PNG value per metre (default {DEPTH_SCALE:g})"
+    )
     p.add_argument(
         "--align",
         choices=("auto", "disparity", "depth", "none"),
         default="auto",
         help="depth: scale-shift fit (auto: disparity for relative heads, none for metric)",
     )
-    p.add_argument("--min-depth", type=float, default=1e-3)
-    p.add_argument("--max-depth", type=float, default=math.inf)
-    p.add_argument("--annotations", default="annotations.json", help="da2k: annotation file (relative to --data)")
+    p.add_argument("--min-depth", type=float, default=None, help=f"depth: ground truth from (default {MIN_DEPTH:g})")
+    p.add_argument("--max-depth", type=float, default=None, help=f"depth: ground truth up to (default {MAX_DEPTH:g})")
+    p.add_argument(
+        "--annotations",
+        default=None,
+        help=f"da2k: annotation file, relative to --data (default {DA2K_ANNOTATIONS})",
+    )
     p.add_argument(
         "--max-images",
         type=int,
@@ -153,17 +173,30 @@ def run(args: argparse.Namespace) -> int:
     if args.teacher is not None:
         models["teacher"] = load_source(args.teacher, device=args.device)
     models["student"] = load_source(args.model, device=args.device)
-    if args.task == "seg":
-        kind, results, figures = _eval_seg(args, models, out)
-    elif args.task in ("cls", "video"):
-        kind, results, figures = _eval_cls(args, models)
-    elif args.task == "det":
-        kind, results, figures = _eval_det(args, models, out)
-    else:
-        kind, results, figures = _eval_depth(args, models, out)
+    evaluation, heads = _evaluation(args, models)
+    for name, model in models.items():
+        evaluation.check(model, name)
+    full = evaluation.dataset
+    pick = class_spread_limit if args.task in ("cls", "video") else limit
+    evaluation = evaluation.on(pick(full, args.max_images, option="--max-images"))
+    draw = _drawer(args, evaluation, full, heads)
 
-    title = f"{kind} on {args.dataset}"
-    print(format_table(kind, results, title))
+    results, kept = {}, {}
+    for name, model in models.items():
+        kept[name] = {}
+        collect = _collect(kept[name], args.figures) if draw is not None else None
+        evaluate = evaluation.with_head(heads[name])
+        results[name] = evaluate(model, progress=not args.no_progress, on_prediction=collect)
+    figures = []
+    for i in sorted(kept["student"]):
+        image, target, _ = kept["student"][i]
+        predictions = {f"{name} ({getattr(models[name], 'arch', '')})": kept[name][i][2] for name in kept}
+        path = out / "figures" / f"{i:03d}.png"
+        draw(path, image, target, predictions)
+        figures.append(str(path))
+
+    kind = evaluation.kind
+    print(format_table(kind, results, f"{kind} on {args.dataset}"))
     report = {
         "task": args.task,
         "metric_kind": kind,
@@ -180,6 +213,75 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation(args: argparse.Namespace, models: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The task's evaluation (`jetvit.tasks.evaluate`) from the options, and the head each model is scored with: the
+    probe of --head, or each model's own DPT / YOLOS heads, else the teacher's."""
+    from jetvit.tasks import evaluate
+
+    if args.task in PROBE_TASKS:
+        if args.head is None:
+            probe = f"jetvit probe --task {args.task}"
+            raise ValueError(f"--task {args.task} needs --head: a probe trained on the teacher with `{probe}`")
+        evaluation = _probe_evaluation(args)
+        return evaluation, dict.fromkeys(models, evaluation.head)
+    if args.head is not None:
+        raise ValueError(
+            f"--head is for --task {', '.join(PROBE_TASKS)}; --task {args.task} uses the heads the models (or the "
+            "teacher) carry"
+        )
+    if args.task == "det":
+        heads = evaluate.carried_heads(models, "detection_head", "detection")
+        evaluation = evaluate.detection_evaluation(
+            heads["student"],
+            data=args.data,
+            split=args.split,
+            short_side=args.short_side,
+            max_side=args.max_side,
+            label_map=args.label_map,
+        )
+        return evaluation, heads
+    heads = evaluate.carried_heads(models, "depth_head", "depth")
+    evaluation = evaluate.depth_evaluation(
+        heads["student"],
+        data=args.data,
+        dataset=args.dataset,
+        short_side=args.short_side,
+        depth_scale=args.depth_scale,
+        annotations=args.annotations,
+        align=None if args.align == "auto" else args.align,
+        min_depth=args.min_depth,
+        max_depth=args.max_depth,
+    )
+    return evaluation, heads
+
+
+def _probe_evaluation(args: argparse.Namespace) -> Any:
+    """seg, cls, video: the evaluation of the probe at --head, its options those of the recipe it was trained with
+    unless given."""
+    from jetvit.tasks.config import FRAMES, ClsProbeConfig, ProbeConfig
+    from jetvit.tasks.evaluate import ClassificationEval, SegmentationEval
+
+    if args.task == "seg":
+        from jetvit.tasks.datasets import build_segmentation_dataset
+        from jetvit.tasks.segmentation import load_probe
+
+        head, meta = load_probe(args.head)
+        recipe = ProbeConfig.from_dict(meta.get("probe", {}))
+        data = build_segmentation_dataset(args.dataset, args.data, split=args.split, num_classes=args.num_classes)
+        return SegmentationEval.from_probe(
+            head, data, recipe, short_side=args.short_side, crop=args.crop, stride=args.stride
+        )
+    from jetvit.tasks.classification import load_cls_probe
+    from jetvit.tasks.datasets import build_classification_dataset
+
+    head, meta = load_cls_probe(args.head)
+    recipe = ClsProbeConfig.from_dict(meta.get("probe", {}))
+    video = args.task == "video"
+    frames = args.frames or meta.get("frames", FRAMES)
+    data = build_classification_dataset(args.data, split=args.split, clips=video, frames=frames)
+    return ClassificationEval.from_probe(head, data, recipe, short_side=args.short_side, crop=args.crop, clips=video)
+
+
 def _collect(store: dict[int, Any], n: int):
     """An on_prediction callback that keeps the first n (inputs, prediction) tuples."""
 
@@ -190,210 +292,65 @@ def _collect(store: dict[int, Any], n: int):
     return keep
 
 
-def _eval_seg(args: argparse.Namespace, models: dict[str, Any], out: Path) -> tuple[str, dict, list[str]]:
-    from jetvit.tasks.datasets import build_segmentation_dataset
-    from jetvit.tasks.segmentation import evaluate_segmentation, load_probe
+# A figure: draw(path, image (3, H, W), target, {title: prediction}) saves the image, its ground truth and each
+# model's prediction side by side.
+Drawer = Callable[[Path, Any, Any, dict[str, Any]], None]
+
+
+def _drawer(args: argparse.Namespace, evaluation: Any, full: Any, heads: dict[str, Any]) -> Drawer | None:
+    """How the figures of this evaluation are drawn; None for classification, which has none."""
+    if evaluation.kind == "seg":
+        return functools.partial(_draw_seg, num_classes=evaluation.head.cfg.num_classes)
+    if evaluation.kind == "det":
+        return functools.partial(_draw_det, categories=full.categories, min_score=args.min_score)
+    if evaluation.kind in ("depth", "da2k"):
+        relative = not heads["student"].cfg.metric
+        return functools.partial(_draw_depth, depth_maps=evaluation.kind == "depth", relative=relative)
+    return None
+
+
+def _draw_seg(path: Path, image: Any, target: Any, predictions: dict[str, Any], *, num_classes: int) -> None:
     from jetvit.tasks.visualize import colour_mask, image_rgb, save_panels
 
-    if args.head is None:
-        raise ValueError("--task seg needs --head: a probe trained on the teacher with `jetvit probe`")
-    head, meta = load_probe(args.head)
-    probe = meta.get("probe", {})
-    for name, m in models.items():
-        if m.cfg.dim != head.cfg.in_dim:
-            raise ValueError(f"the head reads {head.cfg.in_dim}-dim features but the {name} has width {m.cfg.dim}")
-    data = build_segmentation_dataset(
-        args.dataset, args.data, split=args.split or DEFAULT_SPLIT[args.dataset], num_classes=args.num_classes
-    )
-    if data.num_classes != head.cfg.num_classes:
-        raise ValueError(f"the head predicts {head.cfg.num_classes} classes, the dataset has {data.num_classes}")
-    data = limit(data, args.max_images, option="--max-images")
-    options = {
-        "short_side": args.short_side or probe.get("eval_short_side", 512),
-        "crop": args.crop or probe.get("eval_crop", 512),
-        "stride": args.stride or probe.get("eval_stride", 341),
-        "layer": probe.get("layer", -1),
-    }
-    results, kept = {}, {}
-    for name, model in models.items():
-        kept[name] = {}
-        head.to(next(model.parameters()).device)
-        collect = _collect(kept[name], args.figures)
-        results[name] = evaluate_segmentation(
-            model, head, data, progress=not args.no_progress, on_prediction=collect, **options
-        )
-    figures = []
-    n = head.cfg.num_classes
-    for i in sorted(kept["student"]):
-        image, label, _ = kept["student"][i]
-        panels = [("image", image_rgb(image)), ("ground truth", colour_mask(label, n))]
-        panels += [(f"{name} ({getattr(models[name], 'arch', '')})", colour_mask(kept[name][i][2], n)) for name in kept]
-        path = out / "figures" / f"{i:03d}.png"
-        save_panels(path, panels)
-        figures.append(str(path))
-    return "seg", results, figures
+    panels = [("image", image_rgb(image)), ("ground truth", colour_mask(target, num_classes))]
+    panels += [(title, colour_mask(pred, num_classes)) for title, pred in predictions.items()]
+    save_panels(path, panels)
 
 
-def _eval_cls(args: argparse.Namespace, models: dict[str, Any]) -> tuple[str, dict, list[str]]:
-    """`--task cls` on an image folder, `--task video` on a folder of clips."""
-    from jetvit.tasks.classification import evaluate_classification, load_cls_probe
-    from jetvit.tasks.datasets import ImageFolderClassification, VideoFolderClassification
-
-    video = args.task == "video"
-    if args.head is None:
-        raise ValueError(
-            f"--task {args.task} needs --head: a probe trained on the teacher with `jetvit probe --task {args.task}`"
-        )
-    head, meta = load_cls_probe(args.head)
-    probe = meta.get("probe", {})
-    for name, m in models.items():
-        if m.cfg.dim != head.cfg.in_dim:
-            raise ValueError(f"the head reads {head.cfg.in_dim}-dim features but the {name} has width {m.cfg.dim}")
-    if video:
-        frames = args.frames or meta.get("frames", 8)
-        data = VideoFolderClassification(args.data, split=args.split or "val", frames=frames)
-    else:
-        data = ImageFolderClassification(args.data, split=args.split or "val")
-    if data.num_classes != head.cfg.num_classes:
-        raise ValueError(f"the head predicts {head.cfg.num_classes} classes, {args.data} has {data.num_classes}")
-    data = class_spread_limit(data, args.max_images, option="--max-images")
-    options = {
-        "short_side": args.short_side or probe.get("eval_short_side", 256),
-        "crop": args.crop or probe.get("eval_crop", 224),
-        "batch_size": probe.get("eval_batch_size", 64),
-    }
-    results = {}
-    for name, model in models.items():
-        head.to(next(model.parameters()).device)
-        results[name] = evaluate_classification(
-            model, head, data, clips=video, progress=not args.no_progress, **options
-        )
-    return args.task, results, []
-
-
-def _carried_heads(models: dict[str, Any], attr: str, what: str) -> dict[str, Any]:
-    """Each model's own head `attr` (a YOLOS or DPT head saved with it), else the teacher's."""
-    fallback = getattr(models.get("teacher"), attr, None)
-    heads = {}
-    for name, model in models.items():
-        own = getattr(model, attr, None)
-        heads[name] = own if own is not None else fallback
-        if heads[name] is None:
-            raise ValueError(f"the {name} has no {what} head and no teacher with one was given (--teacher)")
-    return heads
-
-
-def _eval_det(args: argparse.Namespace, models: dict[str, Any], out: Path) -> tuple[str, dict, list[str]]:
-    from jetvit.tasks.datasets import CocoDetection, coco_layout
-    from jetvit.tasks.detection import MAX_SIDE, SHORT_SIDE, evaluate_detection, read_label_map
+def _draw_det(
+    path: Path, image: Any, target: Any, predictions: dict[str, Any], *, categories: dict[int, str], min_score: float
+) -> None:
     from jetvit.tasks.visualize import image_rgb, save_box_panels
 
-    if args.head is not None:
-        raise ValueError(
-            "--head is for seg, cls and video; detection uses the YOLOS heads the models (or the teacher) carry"
-        )
-    heads = _carried_heads(models, "detection_head", "detection")
-    full = CocoDetection(*coco_layout(args.data, args.split or DEFAULT_SPLIT["coco"]))
-    data = limit(full, args.max_images, option="--max-images")
-    options = {
-        "short_side": args.short_side or SHORT_SIDE,
-        "max_side": args.max_side or MAX_SIDE,
-        "label_map": read_label_map(args.label_map) if args.label_map else None,
-    }
-    results, kept = {}, {}
-    for name, model in models.items():
-        kept[name] = {}
-        results[name] = evaluate_detection(
-            model,
-            data,
-            head=heads[name],
-            progress=not args.no_progress,
-            on_prediction=_collect(kept[name], args.figures),
-            **options,
-        )
-    figures = []
-    colours = max(full.categories, default=0) + 1
-
     def panel(title: str, boxes: Any, cats: Any, scores: Any = None) -> tuple:
-        names = [full.categories[int(c)] for c in cats]
+        names = [categories[int(c)] for c in cats]
         captions = names if scores is None else [f"{n} {s:.2f}" for n, s in zip(names, scores.tolist())]
         return title, boxes.tolist(), [int(c) for c in cats], captions
 
-    for i in sorted(kept["student"]):
-        image, target, _ = kept["student"][i]
-        panels = [panel("ground truth", target["boxes"], target["category_ids"])]
-        for name in kept:
-            pred = kept[name][i][2]
-            shown = pred["scores"] >= args.min_score
-            title = f"{name} ({getattr(models[name], 'arch', '')})"
-            panels.append(panel(title, pred["boxes"][shown], pred["category_ids"][shown], pred["scores"][shown]))
-        path = out / "figures" / f"{i:03d}.png"
-        save_box_panels(path, image_rgb(image), panels, num_colours=colours)
-        figures.append(str(path))
-    return "det", results, figures
+    panels = [panel("ground truth", target["boxes"], target["category_ids"])]
+    for title, pred in predictions.items():
+        shown = pred["scores"] >= min_score
+        panels.append(panel(title, pred["boxes"][shown], pred["category_ids"][shown], pred["scores"][shown]))
+    save_box_panels(path, image_rgb(image), panels, num_colours=max(categories, default=0) + 1)
 
 
-def _eval_depth(args: argparse.Namespace, models: dict[str, Any], out: Path) -> tuple[str, dict, list[str]]:
+def _draw_depth(
+    path: Path, image: Any, target: Any, predictions: dict[str, Any], *, depth_maps: bool, relative: bool
+) -> None:
+    """Depth figures; with `depth_maps` the ground truth is a depth map (DA2K's is a list of pairs, not drawn)."""
     import numpy as np
 
-    from jetvit.tasks.datasets import DA2K, DepthFolder
-    from jetvit.tasks.depth import evaluate_da2k, evaluate_depth
     from jetvit.tasks.visualize import colour_depth, image_rgb, robust_range, save_panels
 
-    if args.head is not None:
-        raise ValueError("--head is for --task seg; depth uses the DPT head the models (or the teacher) carry")
-    heads = _carried_heads(models, "depth_head", "depth")
-    short_side = args.short_side or 518
-    kept: dict[str, dict[int, Any]] = {}
-    results = {}
-    if args.dataset == "da2k":
-        kind = "da2k"
-        data = limit(DA2K(args.data, annotations=args.annotations), args.max_images, option="--max-images")
-        for name, model in models.items():
-            kept[name] = {}
-            collect = _collect(kept[name], args.figures)
-            results[name] = evaluate_da2k(
-                model,
-                data,
-                head=heads[name],
-                short_side=short_side,
-                progress=not args.no_progress,
-                on_prediction=collect,
-            )
-    else:
-        kind = "depth"
-        data = limit(DepthFolder(args.data, depth_scale=args.depth_scale), args.max_images, option="--max-images")
-        align = None if args.align == "auto" else args.align
-        for name, model in models.items():
-            kept[name] = {}
-            results[name] = evaluate_depth(
-                model,
-                data,
-                head=heads[name],
-                align=align,
-                short_side=short_side,
-                min_depth=args.min_depth,
-                max_depth=args.max_depth,
-                progress=not args.no_progress,
-                on_prediction=_collect(kept[name], args.figures),
-            )
-    figures = []
-    for i in sorted(kept["student"]):
-        image, target, _ = kept["student"][i]
-        preds = {name: kept[name][i][2].numpy() for name in kept}
-        lo, hi = robust_range(*preds.values())
-        panels = [("image", image_rgb(image))]
-        if kind == "depth":
-            # Ground truth is depth (far = large); relative predictions are disparity: show GT inverted to match.
-            gt = np.asarray(target, dtype=np.float64)
-            relative = not heads["student"].cfg.metric
-            shown = np.where(gt > 0, 1.0 / np.maximum(gt, 1e-12), 0.0) if relative else gt
-            gt_lo, gt_hi = robust_range(shown)
-            label = "ground truth (1/depth)" if relative else "ground truth"
-            panels.append((label, colour_depth(shown, vmin=gt_lo, vmax=gt_hi, zero_is_invalid=True)))
-        for name, pred in preds.items():
-            panels.append((f"{name} ({getattr(models[name], 'arch', '')})", colour_depth(pred, vmin=lo, vmax=hi)))
-        path = out / "figures" / f"{i:03d}.png"
-        save_panels(path, panels)
-        figures.append(str(path))
-    return kind, results, figures
+    preds = {title: pred.numpy() for title, pred in predictions.items()}
+    lo, hi = robust_range(*preds.values())
+    panels = [("image", image_rgb(image))]
+    if depth_maps:
+        # Ground truth is depth (far = large); relative predictions are disparity: show GT inverted to match.
+        gt = np.asarray(target, dtype=np.float64)
+        shown = np.where(gt > 0, 1.0 / np.maximum(gt, 1e-12), 0.0) if relative else gt
+        gt_lo, gt_hi = robust_range(shown)
+        label = "ground truth (1/depth)" if relative else "ground truth"
+        panels.append((label, colour_depth(shown, vmin=gt_lo, vmax=gt_hi, zero_is_invalid=True)))
+    panels += [(title, colour_depth(pred, vmin=lo, vmax=hi)) for title, pred in preds.items()]
+    save_panels(path, panels)

@@ -4,7 +4,7 @@
 
 Prints the maximum absolute difference between onnxruntime and PyTorch on random images and exits non-zero when it
 exceeds --atol (1e-4 by default, fp32). The graph outputs the final tokens; a YOLOS model with its detection heads
-also outputs the class logits and boxes (`jetvit.bench.export`).
+also outputs the class logits and boxes (`jetvit.export`).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ def run(args: argparse.Namespace) -> int:
     import importlib.util
     from pathlib import Path
 
-    from jetvit.bench.export import check_onnx, export_onnx, output_names
     from jetvit.bench.harness import parse_res
+    from jetvit.export import check_onnx, export_onnx, output_names
     from jetvit.io import CONFIG_NAME, WEIGHTS_NAME, load, refuse_overwrite
 
     needed = ("onnx", "onnxscript") + (() if args.no_check else ("onnxruntime",))

@@ -14,50 +14,26 @@ import argparse
 import dataclasses
 import os
 import time
+import typing
 from pathlib import Path
+from typing import Any
 
 from jetvit.cli.common import class_spread_limit, limit, load_source
+from jetvit.tasks.config import FRAMES, SPLITS, ClsProbeConfig, ProbeConfig
 
 DATASETS = ("cityscapes", "ade20k", "folder")
-DEFAULT_SPLITS = {"cityscapes": ("train", "val"), "ade20k": ("training", "validation"), "folder": ("train", "val")}
-# `ProbeConfig` fields set by the option of the same name; an option not given keeps the field's default.
-PROBE_OPTIONS = {
-    "iterations": int,
-    "batch_size": int,
-    "crop": int,
-    "lr": float,
-    "weight_decay": float,
-    "warmup": int,
-    "layer": int,
-    "eval_short_side": int,
-    "eval_crop": int,
-    "eval_stride": int,
-    "num_workers": int,
-    "seed": int,
-}
-# `ClsProbeConfig` fields of `--task cls`, set the same way; options in only one of the two tables are refused by the
-# other task.
-CLS_PROBE_OPTIONS = {
-    "iterations": int,
-    "batch_size": int,
-    "crop": int,
-    "optimizer": str,
-    "lr": float,
-    "momentum": float,
-    "weight_decay": float,
-    "warmup": int,
-    "n_last_blocks": int,
-    "avgpool": bool,
-    "eval_short_side": int,
-    "eval_crop": int,
-    "eval_batch_size": int,
-    "num_workers": int,
-    "seed": int,
-}
 TASKS = ("seg", "cls", "video")
+# The recipe of each task: every field is an option of the same name (`--eval-short-side`), whose default is the
+# field's; an option of the other recipe only is refused.
+RECIPES = {"seg": ProbeConfig, "cls": ClsProbeConfig, "video": ClsProbeConfig}
 PROBE_HELP = {
     "crop": "training crop side (a patch multiple)",
+    "scale_min": "training crops: smallest scale (seg) or area fraction (cls)",
+    "scale_max": "training crops: largest scale (seg) or area fraction (cls)",
     "layer": "seg: block whose normed features the probe reads",
+    "dropout": "seg: dropout before the head",
+    "eval_short_side": "evaluation: images resized to this short side",
+    "eval_crop": "evaluation: sliding-window side (seg) or centre crop (cls)",
     "eval_stride": "seg: sliding-window stride",
     "optimizer": "cls: sgd (DINO) or adamw",
     "momentum": "cls: SGD momentum",
@@ -73,6 +49,16 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, default=None, help="classes of a folder dataset")
 
 
+def _recipe_fields() -> dict[str, tuple[type, dict[str, Any]]]:
+    """Every field of the probe recipes: its type and its default in each recipe that has it ({"seg": 512, ...})."""
+    fields: dict[str, tuple[type, dict[str, Any]]] = {}
+    for task in ("seg", "cls"):
+        hints = typing.get_type_hints(RECIPES[task])
+        for f in dataclasses.fields(RECIPES[task]):
+            fields.setdefault(f.name, (hints[f.name], {}))[1][task] = f.default
+    return fields
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
@@ -85,13 +71,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output directory for the head and results")
     p.add_argument("--train-split", default=None, help="training split (default: the dataset's train split)")
     p.add_argument("--val-split", default=None, help="validation split (default: the dataset's val split)")
-    for name, kind in {**PROBE_OPTIONS, **CLS_PROBE_OPTIONS}.items():
+    g = p.add_argument_group("probe recipe (ProbeConfig for seg, ClsProbeConfig for cls and video)")
+    for name, (kind, defaults) in _recipe_fields().items():
         flag = f"--{name.replace('_', '-')}"
+        values = set(map(str, defaults.values()))
+        shown = values.pop() if len(values) == 1 else ", ".join(f"{task} {v}" for task, v in defaults.items())
+        text = f"{PROBE_HELP[name]} " if name in PROBE_HELP else ""
         if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=PROBE_HELP.get(name))
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"{text}(default: {shown})")
         else:
-            p.add_argument(flag, type=kind, default=None, help=PROBE_HELP.get(name))
-    p.add_argument("--frames", type=int, default=None, help="video: frames per clip, evenly spaced (default 8)")
+            g.add_argument(flag, type=kind, default=None, help=f"{text}(default: {shown})")
+    p.add_argument("--frames", type=int, default=None, help=f"video: frames per clip, evenly spaced (default {FRAMES})")
     p.add_argument(
         "--max-val-images",
         type=int,
@@ -102,31 +92,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _probe_options(args: argparse.Namespace, options: dict[str, type], others: dict[str, type]) -> dict:
-    """The given probe options of this task; one that only the other task reads is an error, not silently dropped."""
-    foreign = [k for k in others if k not in options and getattr(args, k) is not None]
+def recipe(args: argparse.Namespace) -> ProbeConfig | ClsProbeConfig:
+    """The recipe of --task from the options given (the others keep the field's default); an option that only the
+    other recipe reads is an error, not silently dropped."""
+    recipe_type = RECIPES[args.task]
+    own = {f.name for f in dataclasses.fields(recipe_type)}
+    foreign = [name for name in _recipe_fields() if name not in own and getattr(args, name) is not None]
     if foreign:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in foreign)
         raise ValueError(f"{flags} not used by --task {args.task}")
-    return {k: getattr(args, k) for k in options if getattr(args, k) is not None}
+    return recipe_type(**{name: getattr(args, name) for name in own if getattr(args, name) is not None})
 
 
 def run(args: argparse.Namespace) -> int:
     if args.frames is not None and args.task != "video":
         raise ValueError(f"--frames is for --task video, not --task {args.task}")
+    cfg = recipe(args)
     if args.task in ("cls", "video"):
-        return _run_cls(args)
-    return _run_seg(args)
+        return _run_cls(args, cfg)
+    return _run_seg(args, cfg)
 
 
-def _run_seg(args: argparse.Namespace) -> int:
-    from jetvit.heads import LinearSegHead
-    from jetvit.io import atomic_write_json
+def _run_seg(args: argparse.Namespace, cfg: ProbeConfig) -> int:
     from jetvit.tasks.datasets import build_segmentation_dataset
-    from jetvit.tasks.segmentation import ProbeConfig, evaluate_segmentation, save_probe, train_probe
+    from jetvit.tasks.evaluate import SegmentationEval
+    from jetvit.tasks.segmentation import save_probe, train_probe
 
-    cfg = ProbeConfig(**_probe_options(args, PROBE_OPTIONS, CLS_PROBE_OPTIONS))
-    train_split, val_split = DEFAULT_SPLITS[args.dataset]
+    train_split, val_split = SPLITS[args.dataset]
     train_data = build_segmentation_dataset(
         args.dataset, args.data, split=args.train_split or train_split, num_classes=args.num_classes
     )
@@ -134,23 +126,11 @@ def _run_seg(args: argparse.Namespace) -> int:
         args.dataset, args.data, split=args.val_split or val_split, num_classes=args.num_classes
     )
     model = load_source(args.teacher, device=args.device)
-    out = Path(args.out)
-    progress = not args.no_progress
-
     start = time.perf_counter()
-    head: LinearSegHead = train_probe(model, train_data, cfg, num_classes=train_data.num_classes, progress=progress)
+    head = train_probe(model, train_data, cfg, num_classes=train_data.num_classes, progress=not args.no_progress)
     train_seconds = time.perf_counter() - start
-    val_data = limit(val_data, args.max_val_images, option="--max-val-images")
-    result = evaluate_segmentation(
-        model,
-        head,
-        val_data,
-        short_side=cfg.eval_short_side,
-        crop=cfg.eval_crop,
-        stride=cfg.eval_stride,
-        layer=cfg.layer,
-        progress=progress,
-    )
+    evaluation = SegmentationEval.from_probe(head, limit(val_data, args.max_val_images, option="--max-val-images"), cfg)
+    result = evaluation(model, progress=not args.no_progress)
     meta = {
         "teacher": str(args.teacher),
         "arch": getattr(model, "arch", None),
@@ -160,35 +140,28 @@ def _run_seg(args: argparse.Namespace) -> int:
         "probe": dataclasses.asdict(cfg),
         "miou": result["miou"],
     }
-    save_probe(head, out, meta=meta)
-    atomic_write_json(out / "results.json", {**meta, "train_seconds": train_seconds, "val": result})
-    print(
-        f"probe on {args.teacher} ({args.dataset}): mIoU {100 * result['miou']:.2f}  pixel acc "
-        f"{100 * result['pixel_acc']:.2f}  ({len(val_data)} val images, "
-        f"{train_seconds:.0f}s training)"
-    )
-    print(f"wrote {out / 'head.safetensors'}, {out / 'head.json'}, {out / 'results.json'}")
-    return 0
+    save_probe(head, args.out, meta=meta)
+    scores = f"mIoU {100 * result['miou']:.2f}  pixel acc {100 * result['pixel_acc']:.2f}"
+    line = f"probe on {args.teacher} ({args.dataset}): {scores}  ({len(evaluation.dataset)} val images"
+    return _report(args, meta, result, train_seconds, line)
 
 
-def _run_cls(args: argparse.Namespace) -> int:
+def _run_cls(args: argparse.Namespace, cfg: ClsProbeConfig) -> int:
     """`--task cls` on an image folder, `--task video` on a folder of clips."""
-    from jetvit.io import atomic_write_json
-    from jetvit.tasks.classification import ClsProbeConfig, evaluate_classification, save_cls_probe, train_cls_probe
-    from jetvit.tasks.datasets import ImageFolderClassification, VideoFolderClassification
+    from jetvit.tasks.classification import save_cls_probe, train_cls_probe
+    from jetvit.tasks.datasets import build_classification_dataset
+    from jetvit.tasks.evaluate import ClassificationEval
 
     video = args.task == "video"
     if args.dataset != "folder":
         layout = "video folder" if video else "image folder"
         raise ValueError(f"--task {args.task} reads an {layout} (--dataset folder), got --dataset {args.dataset}")
-    cfg = ClsProbeConfig(**_probe_options(args, CLS_PROBE_OPTIONS, PROBE_OPTIONS))
-    frames = args.frames or 8
-    if video:
-        train_data = VideoFolderClassification(args.data, split=args.train_split or "train", frames=frames)
-        val_data = VideoFolderClassification(args.data, split=args.val_split or "val", frames=frames)
-    else:
-        train_data = ImageFolderClassification(args.data, split=args.train_split or "train")
-        val_data = ImageFolderClassification(args.data, split=args.val_split or "val")
+    train_split, val_split = SPLITS["folder"]
+    frames = args.frames or FRAMES
+    train_data = build_classification_dataset(
+        args.data, split=args.train_split or train_split, clips=video, frames=frames
+    )
+    val_data = build_classification_dataset(args.data, split=args.val_split or val_split, clips=video, frames=frames)
     if val_data.class_names != train_data.class_names:
         raise ValueError(
             f"the val classes {val_data.class_names} differ from the train classes {train_data.class_names}"
@@ -196,24 +169,13 @@ def _run_cls(args: argparse.Namespace) -> int:
     if args.num_classes is not None and args.num_classes != train_data.num_classes:
         raise ValueError(f"--num-classes {args.num_classes}, but {args.data} has {train_data.num_classes} classes")
     model = load_source(args.teacher, device=args.device)
-    out = Path(args.out)
     progress = not args.no_progress
-
     start = time.perf_counter()
     head = train_cls_probe(model, train_data, cfg, num_classes=train_data.num_classes, clips=video, progress=progress)
     train_seconds = time.perf_counter() - start
     val_data = class_spread_limit(val_data, args.max_val_images, option="--max-val-images")
-    result = evaluate_classification(
-        model,
-        head,
-        val_data,
-        short_side=cfg.eval_short_side,
-        crop=cfg.eval_crop,
-        batch_size=cfg.eval_batch_size,
-        num_workers=cfg.num_workers,
-        clips=video,
-        progress=progress,
-    )
+    evaluation = ClassificationEval.from_probe(head, val_data, cfg, num_workers=cfg.num_workers, clips=video)
+    result = evaluation(model, progress=progress)
     meta = {
         "task": args.task,
         "teacher": str(args.teacher),
@@ -225,12 +187,22 @@ def _run_cls(args: argparse.Namespace) -> int:
         **({"frames": frames} if video else {}),
         "top1": result["top1"],
     }
-    save_cls_probe(head, out, meta=meta)
-    atomic_write_json(out / "results.json", {**meta, "train_seconds": train_seconds, "val": result})
+    save_cls_probe(head, args.out, meta=meta)
     what, unit = ("video", "clips") if video else ("classification", "images")
-    print(
-        f"{what} probe on {args.teacher}: top-1 {100 * result['top1']:.2f}  top-5 {100 * result['top5']:.2f}"
-        f"  ({len(val_data)} val {unit}, {train_seconds:.0f}s training)"
-    )
+    scores = f"top-1 {100 * result['top1']:.2f}  top-5 {100 * result['top5']:.2f}"
+    line = f"{what} probe on {args.teacher}: {scores}  ({len(evaluation.dataset)} val {unit}"
+    return _report(args, meta, result, train_seconds, line)
+
+
+def _report(
+    args: argparse.Namespace, meta: dict[str, Any], result: dict[str, Any], train_seconds: float, line: str
+) -> int:
+    """Write `results.json` beside the saved probe and say what was measured (`line`, its parenthesis open) and
+    written."""
+    from jetvit.io import atomic_write_json
+
+    out = Path(args.out)
+    atomic_write_json(out / "results.json", {**meta, "train_seconds": train_seconds, "val": result})
+    print(f"{line}, {train_seconds:.0f}s training)")
     print(f"wrote {out / 'head.safetensors'}, {out / 'head.json'}, {out / 'results.json'}")
     return 0

@@ -18,9 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from jetvit.pipeline import run_search
     from jetvit.config import load_config
-    from jetvit.train.report import flops_comparison
+    from jetvit.pipeline import run_search
+    from jetvit.report import flops_comparison
 
     cfg = load_config(args.config, args.overrides)
     if cfg.arch is not None:

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from jetvit.demo.teacher import ASSET_DIR, TEACHER_JSON
+from jetvit.report import flops_comparison
 from jetvit.tasks import synthetic
-from jetvit.train.report import flops_comparison
 
 DEFAULT_CONFIG = "demo"  # jetvit/configs/demo.yaml, shipped in the package
 

@@ -35,11 +35,12 @@ from jetvit.heads import LinearSegConfig, LinearSegHead
 from jetvit.model import HybridViT, ViTConfig
 from jetvit.schedule import lr_factor
 from jetvit.tasks import synthetic
+from jetvit.teachers import BUILTIN_DIR
 
 log = logging.getLogger(__name__)
 
 TEACHER_JSON = "teacher.json"
-ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "teacher"
+ASSET_DIR = BUILTIN_DIR  # the packaged built-in teacher (`load_teacher("builtin")`); the pretraining writes it
 
 
 @dataclass

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from jetvit.model import HybridViT, ViTConfig
+from jetvit.search.config import BudgetConfig
 
 
 class FlopBudget:
@@ -41,8 +42,8 @@ class FlopBudget:
         self.limit = min(limits) if limits else None
 
     @classmethod
-    def from_config(cls, teacher_cfg: ViTConfig, budget) -> FlopBudget:
-        """From a run config's `budget` section (`BudgetConfig`)."""
+    def from_config(cls, teacher_cfg: ViTConfig, budget: BudgetConfig) -> FlopBudget:
+        """From a run config's `budget` section."""
         return cls(teacher_cfg, budget.resolution, max_gflops=budget.max_gflops, max_flops_ratio=budget.max_flops_ratio)
 
     def flops(self, arch: str) -> float:

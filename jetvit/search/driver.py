@@ -18,6 +18,7 @@ from torch import nn
 from jetvit.io import atomic_write_json, read_json
 from jetvit.runtime import Runtime
 from jetvit.search.beam import beam_search
+from jetvit.search.config import BeamConfig
 from jetvit.search.supernet import set_arch
 
 
@@ -27,14 +28,14 @@ def run_beam(
     *,
     start: str,
     propose: Callable[[str], list[str]],
-    beam_cfg,
+    beam_cfg: BeamConfig,
     scorer: Callable[[nn.Module], float],
     rt: Runtime,
     path: Path,
     feasible: Callable[[str], str | None] | None = None,
     target: float | None = None,
 ) -> dict[str, Any]:
-    """Beam search from `start` with `beam_cfg` (`BeamConfig`: width, min_improvement, max_rounds), resumable from
+    """Beam search from `start` with `beam_cfg` (width, min_improvement, max_rounds), resumable from
     the trajectory file `path` (written by rank 0). The candidates are scored in shares across the processes (module
     docstring). Leaves the best architecture active in `supernet` and returns the trajectory."""
     from tqdm import tqdm

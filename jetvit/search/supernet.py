@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from jetvit.conversion import inherit_block
-from jetvit.model import ARCH_LETTERS, Block, HybridViT, validate_arch
+from jetvit.model import ARCH_LETTERS, Block, HybridViT, ViTConfig, validate_arch
+from jetvit.search.config import SupernetConfig
 
 # Submodules of a Block (and of its attention) that every candidate inherits, and shares when share=True.
 SHARED_BLOCK_PARTS = ("norm1", "ls1", "norm2", "mlp", "ls2")
@@ -68,17 +69,31 @@ class SwitchableBlock(nn.Module):
         return f"choices={self.choices}, active={self.active}"
 
 
+def student_config(teacher_cfg: ViTConfig, supernet: SupernetConfig) -> ViTConfig:
+    """The config every student of a run derives from: the teacher's, with the run's W window
+    (`supernet.window_size`, else the teacher's) and L-block options (`supernet.linear`).
+
+    The one derivation of the run's hybrid options: the supernets, the converted students, the FLOP budget and the
+    memory plan (`jetvit.bench.plan`) all take their config from here. The teacher's own config is not changed (an
+    all-F teacher does not read these options)."""
+    changes: dict = {"linear": supernet.linear}
+    if supernet.window_size is not None:
+        changes["window_size"] = supernet.window_size
+    return dataclasses.replace(teacher_cfg, **changes)
+
+
 def build_supernet(
     base: HybridViT,
     choices: list[str],
     *,
     share: bool = False,
-    window_size: int | None = None,
+    cfg: ViTConfig | None = None,
 ) -> HybridViT:
     """A supernet with candidate kinds `choices[i]` (e.g. "LW") at block i, initialised from `base`.
 
-    `base` is left untouched. The returned model's `cfg.arch` is the first choice of every block (the
-    config is only used for shapes and options; the active path lives in the blocks).
+    `cfg`: the students' config (`student_config`: the W window and L-block options of the run; its `arch` is
+    replaced), default `base.cfg`. `base` is left untouched. The returned model's `cfg.arch` is the first choice of
+    every block (the config is only used for shapes and options; the active path lives in the blocks).
     """
     depth = len(base.blocks)
     if len(choices) != depth:
@@ -88,10 +103,7 @@ def build_supernet(
             raise ValueError(
                 f"candidate set {c!r} of block {i} must be distinct letters from {', '.join(ARCH_LETTERS)}"
             )
-    changes = {"arch": "".join(c[0] for c in choices)}
-    if window_size is not None:
-        changes["window_size"] = window_size
-    cfg = dataclasses.replace(base.cfg, **changes)
+    cfg = dataclasses.replace(cfg or base.cfg, arch="".join(c[0] for c in choices))
     param = next(base.parameters())
 
     net = copy.deepcopy(base)

@@ -25,7 +25,6 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jetvit._config import from_dict
 from jetvit.heads import LinearClsConfig, LinearClsHead
 from jetvit.tasks.common import (
-    AugmentedStream,
     autocast,
-    fit_head,
+    fit_probe,
     load_head,
     model_device,
     resize_short_side,
     save_head,
 )
+from jetvit.tasks.config import ClsProbeConfig
 from jetvit.tasks.metrics import ClsMetrics
 from jetvit.tasks.segmentation import check_patch_multiple
-
-OPTIMIZERS = ("sgd", "adamw")
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Features
@@ -86,51 +81,6 @@ def collate_clips(samples: list[tuple[Tensor, int]]) -> tuple[tuple[Tensor, Tens
 # --------------------------------------------------------------------------------------------------------------------
 # Probe training
 # --------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ClsProbeConfig:
-    """Linear classification probe recipe; defaults follow DINO v1's ViT-B/16 linear evaluation (SGD, 1 block +
-    avgpool, 224 crops) for a number of iterations instead of 100 ImageNet epochs."""
-
-    iterations: int = 10000
-    batch_size: int = 256
-    crop: int = 224
-    scale_min: float = 0.08  # random-resized-crop area range
-    scale_max: float = 1.0
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.001  # DINO: 0.001 * batch / 256
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    warmup: int = 0
-    n_last_blocks: int = 1
-    avgpool: bool = True
-    eval_short_side: int = 256
-    eval_crop: int = 224
-    eval_batch_size: int = 64
-    seed: int = 0
-    num_workers: int = 0
-    log_every: int = 50
-
-    def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size", "crop", "n_last_blocks", "eval_short_side", "eval_crop"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"classification probe {name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_batch_size < 1:
-            raise ValueError(f"classification probe eval_batch_size must be >= 1, got {self.eval_batch_size}")
-        if not 0 < self.scale_min <= self.scale_max <= 1:
-            raise ValueError(
-                f"crop scale range must satisfy 0 < min <= max <= 1, got {self.scale_min}..{self.scale_max}"
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"classification probe optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.eval_crop > self.eval_short_side:
-            raise ValueError(f"eval_crop {self.eval_crop} exceeds eval_short_side {self.eval_short_side}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ClsProbeConfig:
-        """Build from a dict (a probe's saved recipe, or `score.options`); unknown keys and wrong types are errors."""
-        return from_dict(cls, d, "classification probe config")
 
 
 def random_resized_crop(image: Tensor, *, crop: int, scale: tuple[float, float], rng: random.Random) -> Tensor:
@@ -210,28 +160,18 @@ def train_cls_probe(
     head = LinearClsHead(head_cfg).to(device).train()
     model.eval()
     opt = _optimizer(head.parameters(), cfg)
-    loader = torch.utils.data.DataLoader(
-        AugmentedStream(
-            dataset,
-            seed=cfg.seed,
-            augment=functools.partial(_resized_crop, crop=cfg.crop, scale=(cfg.scale_min, cfg.scale_max)),
-        ),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-        collate_fn=collate_clips if clips else None,
-    )
 
     def loss_of(inputs: Tensor | tuple[Tensor, Tensor], label: Tensor) -> Tensor:
         return F.cross_entropy(_logits(model, head, inputs, clips=clips), label)
 
-    return fit_head(
+    return fit_probe(
         head,
-        iter(loader),
-        loss_of,
+        dataset,
+        cfg,
+        augment=functools.partial(_resized_crop, crop=cfg.crop, scale=(cfg.scale_min, cfg.scale_max)),
+        loss_of=loss_of,
         opt=opt,
-        warmup=cfg.warmup,
-        iterations=cfg.iterations,
-        log_every=cfg.log_every,
+        collate_fn=collate_clips if clips else None,
         desc="video probe" if clips else "cls probe",
         progress=progress,
         log=log,
@@ -257,9 +197,9 @@ def evaluate_classification(
     head: LinearClsHead,
     dataset: Any,
     *,
-    short_side: int = 256,
-    crop: int = 224,
-    batch_size: int = 64,
+    short_side: int = ClsProbeConfig.eval_short_side,
+    crop: int = ClsProbeConfig.eval_crop,
+    batch_size: int = ClsProbeConfig.eval_batch_size,
     num_workers: int = 0,
     topk: tuple[int, ...] = (1, 5),
     clips: bool = False,

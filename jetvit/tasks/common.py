@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jetvit.tasks.config import Recipe
+
 
 def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
@@ -115,29 +117,39 @@ def load_head(
     return head.eval(), info.get("meta", {})
 
 
-def fit_head(
+def fit_probe(
     head: nn.Module,
-    batches: Any,
-    loss_of: Callable[[Tensor, Tensor], Tensor | None],
+    dataset: Any,
+    cfg: Recipe,
     *,
+    augment: Callable[..., tuple[Any, Any]],
+    loss_of: Callable[[Any, Tensor], Tensor | None],
     opt: torch.optim.Optimizer,
-    warmup: int,
-    iterations: int,
-    log_every: int,
+    collate_fn: Callable | None = None,
     desc: str,
     progress: bool,
     log: Callable[[dict[str, Any]], None] | None,
 ) -> nn.Module:
-    """The probes' training loop: `iterations` batches (input, label) on the head's device, the input a tensor or a
-    tuple of tensors (a batch of clips: frames and counts); `loss_of(input, label)` gives the loss, or None to skip a
-    batch's update (a non-finite loss skips it too). The learning rate warms up linearly for `warmup` steps (at most a
-    tenth of the iterations, so that short runs still decay), then follows a cosine to zero. Returns the head in eval
-    mode."""
+    """The probes' training loop: `cfg.iterations` batches of `cfg.batch_size` samples of `dataset` drawn with
+    replacement and passed through `augment` (`AugmentedStream`, seeded by `cfg.seed`), collated by `collate_fn`,
+    moved to the head's device; the input a tensor or a tuple of tensors (a batch of clips: frames and counts).
+    `loss_of(input, label)` gives the loss, or None to skip a batch's update (a non-finite loss skips it too). The
+    learning rate warms up linearly for `cfg.warmup` steps (at most a tenth of the iterations, so that short runs
+    still decay), then follows a cosine to zero. `log`, if given, receives {"step", "loss", "lr"} every
+    `cfg.log_every` steps. Returns the head in eval mode."""
     from tqdm import tqdm
 
     from jetvit.schedule import lr_factor
 
-    warmup = min(warmup, iterations // 10)
+    loader = torch.utils.data.DataLoader(
+        AugmentedStream(dataset, seed=cfg.seed, augment=augment),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        collate_fn=collate_fn,
+    )
+    batches = iter(loader)
+    iterations = cfg.iterations
+    warmup = min(cfg.warmup, iterations // 10)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(step, steps=iterations, warmup=warmup))
 
     device = next(head.parameters()).device
@@ -154,7 +166,7 @@ def fit_head(
             loss.backward()
             opt.step()
         sched.step()
-        if loss is not None and (step % log_every == 0 or step == iterations - 1):
+        if loss is not None and (step % cfg.log_every == 0 or step == iterations - 1):
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if log is not None:
                 log({"step": step, "loss": loss.item(), "lr": sched.get_last_lr()[0]})

@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from jetvit.tasks.config import DA2K_ANNOTATIONS, DEPTH_SCALE, FRAMES, SPLITS
+
 IGNORE = 255
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -82,18 +84,18 @@ def to_rgb(im: Any) -> Any:
 
 def read_image(path: Path) -> Tensor:
     """An image file -> float32 (3, H, W) RGB in [0, 1] (any PNG mode: `to_rgb`)."""
-    from PIL import Image
+    from jetvit.io import open_image
 
-    with Image.open(path) as im:
+    with open_image(path) as im:  # at most jetvit.io.MAX_IMAGE_PIXELS
         array = np.asarray(to_rgb(im), dtype=np.uint8)  # (H, W, 3)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 255.0
 
 
 def read_index_png(path: Path) -> np.ndarray:
     """A label PNG -> (H, W) integer array of its raw values (palette indices for 'P' images)."""
-    from PIL import Image
+    from jetvit.io import open_image
 
-    with Image.open(path) as im:
+    with open_image(path) as im:
         if im.mode not in ("L", "P", "I", "I;16"):
             raise ValueError(f"{path}: a label map must be a single-channel index PNG, got mode {im.mode}")
         return np.asarray(im).astype(np.int64)
@@ -233,7 +235,7 @@ class FolderSegmentation(SegmentationDataset):
 class DepthFolder(ImageTargetPairs):
     """`images/` + `depth/` maps matched by stem: 16-bit PNG (value / depth_scale) or `.npy` (float, as is)."""
 
-    def __init__(self, root: str | Path, *, depth_scale: float = 1000.0) -> None:
+    def __init__(self, root: str | Path, *, depth_scale: float = DEPTH_SCALE) -> None:
         root = Path(root)
         if not depth_scale > 0:
             raise ValueError(f"depth_scale must be > 0, got {depth_scale}")
@@ -250,9 +252,9 @@ class DepthFolder(ImageTargetPairs):
             if depth.ndim == 3 and depth.shape[0] == 1:
                 depth = depth[0]
         else:
-            from PIL import Image
+            from jetvit.io import open_image
 
-            with Image.open(path) as im:
+            with open_image(path) as im:
                 depth = np.asarray(im).astype(np.float32) / self.depth_scale
         if depth.ndim != 2:
             raise ValueError(f"{path}: a depth map must be 2-D (H, W), got shape {depth.shape}")
@@ -262,7 +264,7 @@ class DepthFolder(ImageTargetPairs):
 class DA2K(Dataset):
     """DA2K relative-depth pairs: root holds the images and the annotation JSON (image path -> list of pairs)."""
 
-    def __init__(self, root: str | Path, *, annotations: str | Path = "annotations.json") -> None:
+    def __init__(self, root: str | Path, *, annotations: str | Path = DA2K_ANNOTATIONS) -> None:
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"DA2K root {root} is not a folder")
@@ -296,15 +298,27 @@ class DA2K(Dataset):
         return read_image(image), pairs
 
 
+def _class_folders(root: str | Path, split: str, *, layout: str) -> tuple[Path, list[str]]:
+    """(`root/split`, its class folders sorted by name); `layout` says what is expected below the split in errors."""
+    split_dir = _require_dir(Path(root), split)
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"no class folders in {split_dir} (expected {split_dir}/{layout})")
+    return split_dir, classes
+
+
+def _refuse_empty(empty: list[str], what: str, split_dir: Path) -> None:
+    """FileNotFoundError naming (the first five of) the `empty` folders of `split_dir`, if any."""
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise FileNotFoundError(f"{what} ({', '.join(IMAGE_SUFFIXES)}) in {split_dir}: {shown}")
+
+
 class ImageFolderClassification(Dataset):
     """`root/{split}/{class}/*` images -> samples (image, class index); classes sorted by folder name."""
 
     def __init__(self, root: str | Path, *, split: str = "val") -> None:
-        root = Path(root)
-        split_dir = _require_dir(root, split)
-        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
-            raise FileNotFoundError(f"no class folders in {split_dir} (expected {split_dir}/CLASS/*.jpg)")
+        split_dir, classes = _class_folders(root, split, layout="CLASS/*.jpg")
         self.class_names: tuple[str, ...] = tuple(classes)
         self.num_classes = len(classes)
         self.samples: list[tuple[Path, int]] = []
@@ -316,11 +330,7 @@ class ImageFolderClassification(Dataset):
             if not files:
                 empty.append(name)
             self.samples += [(p, index) for p in files]
-        if empty:
-            shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-            raise FileNotFoundError(
-                f"class folders without images ({', '.join(IMAGE_SUFFIXES)}) in {split_dir}: {shown}"
-            )
+        _refuse_empty(empty, "class folders without images", split_dir)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -331,33 +341,42 @@ class ImageFolderClassification(Dataset):
 
 
 def build_segmentation_dataset(
-    name: str, root: str | Path, *, split: str = "val", num_classes: int | None = None
+    name: str, root: str | Path, *, split: str | None = None, num_classes: int | None = None
 ) -> SegmentationDataset:
-    """name: cityscapes | ade20k | folder (folder needs num_classes; split names a subfolder of root if present)."""
+    """name: cityscapes | ade20k | folder (folder needs num_classes; split names a subfolder of root if present).
+    split: default the dataset's validation split (`SPLITS`)."""
+    if name not in ("cityscapes", "ade20k", "folder"):
+        raise ValueError(f"unknown segmentation dataset {name!r}; accepted: cityscapes, ade20k, folder")
+    split = split or SPLITS[name][1]
     if name == "cityscapes":
         return CityscapesSegmentation(root, split=split)
     if name == "ade20k":
         return ADE20KSegmentation(root, split=split)
-    if name == "folder":
-        if num_classes is None:
-            raise ValueError("the folder dataset needs --num-classes")
-        root = Path(root)
-        return FolderSegmentation(root / split if (root / split / "images").is_dir() else root, num_classes=num_classes)
-    raise ValueError(f"unknown segmentation dataset {name!r}; accepted: cityscapes, ade20k, folder")
+    if num_classes is None:
+        raise ValueError("the folder dataset needs --num-classes")
+    root = Path(root)
+    return FolderSegmentation(root / split if (root / split / "images").is_dir() else root, num_classes=num_classes)
+
+
+def build_classification_dataset(
+    root: str | Path, *, split: str | None = None, clips: bool = False, frames: int = FRAMES
+) -> ImageFolderClassification | VideoFolderClassification:
+    """An image folder, or with `clips` a video folder whose samples are clips of up to `frames` frames; split:
+    default the validation split."""
+    split = split or SPLITS["folder"][1]
+    if clips:
+        return VideoFolderClassification(root, split=split, frames=frames)
+    return ImageFolderClassification(root, split=split)
 
 
 class VideoFolderClassification(Dataset):
     """`root/{split}/{class}/{clip}/*` frames -> samples (frames (T, 3, H, W), class index), T = min(frames, the
     clip's frame count) frames at evenly spaced times (`sample_frames`); classes sorted by folder name."""
 
-    def __init__(self, root: str | Path, *, split: str = "val", frames: int = 8) -> None:
+    def __init__(self, root: str | Path, *, split: str = "val", frames: int = FRAMES) -> None:
         if frames < 1:
             raise ValueError(f"frames per clip must be >= 1, got {frames}")
-        root = Path(root)
-        split_dir = _require_dir(root, split)
-        classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if not classes:
-            raise FileNotFoundError(f"no class folders in {split_dir} (expected {split_dir}/CLASS/CLIP/*.jpg)")
+        split_dir, classes = _class_folders(root, split, layout="CLASS/CLIP/*.jpg")
         self.class_names: tuple[str, ...] = tuple(classes)
         self.num_classes = len(classes)
         self.frames = frames
@@ -375,11 +394,7 @@ class VideoFolderClassification(Dataset):
                 self.samples.append((files, index))
             if not clips:
                 empty.append(name)
-        if empty:
-            shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-            raise FileNotFoundError(
-                f"class or clip folders without frames ({', '.join(IMAGE_SUFFIXES)}) in {split_dir}: {shown}"
-            )
+        _refuse_empty(empty, "class or clip folders without frames", split_dir)
 
     def __len__(self) -> int:
         return len(self.samples)

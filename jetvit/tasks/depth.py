@@ -9,7 +9,6 @@ they are (see `jetvit.tasks.metrics`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 
 from jetvit.heads import DPTHead
 from jetvit.tasks.common import autocast, evaluate_dataset, model_device, resize_short_side
+from jetvit.tasks.config import DEPTH_SHORT_SIDE, MAX_DEPTH, MIN_DEPTH
 from jetvit.tasks.metrics import Align, DA2KAccuracy, DepthMetrics
 
 
@@ -31,7 +31,9 @@ def depth_head_of(model: nn.Module, head: DPTHead | None) -> DPTHead:
 
 
 @torch.no_grad()
-def predict_depth(model: nn.Module, image: Tensor, *, head: DPTHead | None = None, short_side: int = 518) -> Tensor:
+def predict_depth(
+    model: nn.Module, image: Tensor, *, head: DPTHead | None = None, short_side: int = DEPTH_SHORT_SIDE
+) -> Tensor:
     """image (B, 3, H, W) RGB in [0, 1] -> depth or disparity (B, H, W) at the image's size, in float32."""
     head = depth_head_of(model, head)
     device = model_device(model)
@@ -55,9 +57,9 @@ def evaluate_depth(
     *,
     head: DPTHead | None = None,
     align: Align | None = None,
-    short_side: int = 518,
-    min_depth: float = 1e-3,
-    max_depth: float = math.inf,
+    short_side: int = DEPTH_SHORT_SIDE,
+    min_depth: float = MIN_DEPTH,
+    max_depth: float = MAX_DEPTH,
     progress: bool = True,
     on_prediction: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,
 ) -> dict[str, Any]:
@@ -78,7 +80,7 @@ def evaluate_da2k(
     *,
     head: DPTHead | None = None,
     larger_is_closer: bool | None = None,
-    short_side: int = 518,
+    short_side: int = DEPTH_SHORT_SIDE,
     progress: bool = True,
     on_prediction: Callable[[int, Tensor, Any, Tensor], None] | None = None,
 ) -> dict[str, Any]:

@@ -37,11 +37,8 @@ from torch import Tensor, nn
 from torch.utils.data import Subset
 
 from jetvit.tasks.common import autocast, evaluate_dataset, model_device
+from jetvit.tasks.config import DET_MAX_SIDE, DET_SHORT_SIDE
 from jetvit.tasks.metrics import DetectionMetrics
-
-# YOLOS-Base's COCO evaluation size (DETR's): short side 800, long side at most 1333.
-SHORT_SIDE, MAX_SIDE = 800, 1333
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # Labels and categories
@@ -146,8 +143,8 @@ def predict_image(
     image: Tensor,
     *,
     label_map: dict[int, int],
-    short_side: int = SHORT_SIDE,
-    max_side: int = MAX_SIDE,
+    short_side: int = DET_SHORT_SIDE,
+    max_side: int = DET_MAX_SIDE,
 ) -> dict[str, Tensor]:
     """One image (3, H, W) in [0, 1] -> its detections on the CPU, {"scores" (K,), "category_ids" (K,), "boxes"
     (K, 4) [x, y, w, h] pixels of this image}: the labels `label_map` maps to a category, best score first."""
@@ -180,8 +177,8 @@ def evaluate_detection(
     *,
     head: nn.Module | None = None,
     label_map: dict[int, int] | None = None,
-    short_side: int = SHORT_SIDE,
-    max_side: int = MAX_SIDE,
+    short_side: int = DET_SHORT_SIDE,
+    max_side: int = DET_MAX_SIDE,
     progress: bool = True,
     on_prediction: Callable[[int, Tensor, Any, dict[str, Tensor]], None] | None = None,
 ) -> dict[str, Any]:

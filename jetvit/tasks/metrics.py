@@ -38,6 +38,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from jetvit.tasks.config import MAX_DEPTH, MIN_DEPTH
+
 Align = Literal["none", "depth", "disparity"]
 ALIGN_MODES = ("none", "depth", "disparity")
 
@@ -159,7 +161,7 @@ class DepthMetrics:
     (metric). min_depth / max_depth bound the ground truth that counts (e.g. NYUv2 1e-3..10, KITTI 1e-3..80).
     """
 
-    def __init__(self, *, align: Align, min_depth: float = 1e-3, max_depth: float = math.inf) -> None:
+    def __init__(self, *, align: Align, min_depth: float = MIN_DEPTH, max_depth: float = MAX_DEPTH) -> None:
         if align not in ALIGN_MODES:
             raise ValueError(f"align must be one of {ALIGN_MODES}, got {align!r}")
         if not max_depth > min_depth:

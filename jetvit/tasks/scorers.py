@@ -1,10 +1,9 @@
 """Downstream scorers for the attention search: `scorer(model) -> float`, higher is better.
 
-Each scorer holds a head fitted on the teacher (a linear segmentation or classification probe, or the teacher's DPT
-depth head or YOLOS detection heads) and a fixed held-out subset, applies the head to the candidate's features, and
-returns one number.
-`.name` says what the number is; `.last_seconds` and `.last_result` record the most recent call, so the search can
-report its cost.
+A scorer is one task's evaluation (`jetvit.tasks.evaluate`, the one `jetvit eval` runs) with a head fitted on the
+teacher (a linear segmentation or classification probe, or the teacher's DPT depth head or YOLOS detection heads),
+on a fixed held-out subset, reduced to one of its metrics. `.name` says what the number is; `.last_seconds` and
+`.last_result` (every metric) record the most recent call, so the search can report its cost.
 """
 
 from __future__ import annotations
@@ -18,10 +17,17 @@ from torch import nn
 from torch.utils.data import Dataset, Subset
 
 from jetvit.heads import DPTHead, LinearClsHead, LinearSegHead
-from jetvit.tasks.classification import evaluate_classification
-from jetvit.tasks.depth import evaluate_da2k, evaluate_depth
-from jetvit.tasks.detection import MAX_SIDE, SHORT_SIDE, evaluate_detection
-from jetvit.tasks.segmentation import evaluate_segmentation
+from jetvit.tasks.config import SPLITS, ClsProbeConfig, ProbeConfig
+from jetvit.tasks.evaluate import (
+    ClassificationEval,
+    DA2KEval,
+    DepthEval,
+    Evaluation,
+    SegmentationEval,
+    depth_evaluation,
+    detection_evaluation,
+    given,
+)
 
 
 def fixed_subset(dataset: Dataset, size: int | None, *, seed: int = 0) -> Dataset:
@@ -34,85 +40,59 @@ def fixed_subset(dataset: Dataset, size: int | None, *, seed: int = 0) -> Datase
     return Subset(dataset, sorted(random.Random(seed).sample(range(n), size)))
 
 
-class HeadScorer:
-    """What every scorer shares: a head fitted on the teacher, evaluated on a fixed subset of `dataset`; calling it
-    on a model moves the head to the model's device, times `_evaluate` and records its result. Subclasses give
-    `_evaluate(model) -> (result dict, the score)`."""
+class TaskScorer:
+    """`evaluation` on a fixed subset of its dataset (`size` samples drawn by `seed`), reduced to its score `score`
+    (default the evaluation's first). Calling it on a model times the evaluation and records its result."""
 
-    name: str
-
-    def __init__(self, head: nn.Module, dataset: Dataset, *, size: int | None, seed: int) -> None:
-        self.head = head.eval()
-        self.dataset = fixed_subset(dataset, size, seed=seed)
+    def __init__(self, evaluation: Evaluation, *, score: str | None = None, size: int | None, seed: int) -> None:
+        score = score or evaluation.scores[0]
+        if score not in evaluation.scores:
+            raise ValueError(f"{evaluation.kind} score must be one of {evaluation.scores}, got {score!r}")
+        self.name = score
+        self.evaluation = evaluation.on(fixed_subset(evaluation.dataset, size, seed=seed))
         self.last_seconds: float | None = None
         self.last_result: dict[str, Any] | None = None
 
-    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
-        raise NotImplementedError
+    @property
+    def head(self) -> nn.Module:
+        return self.evaluation.head
+
+    @property
+    def dataset(self) -> Dataset:
+        return self.evaluation.dataset
 
     def __call__(self, model: nn.Module) -> float:
         start = time.perf_counter()
-        self.head.to(next(model.parameters()).device)
-        result, value = self._evaluate(model)
+        result = self.evaluation(model)
         self.last_seconds = time.perf_counter() - start
         self.last_result = result
-        return float(value)
+        return self.evaluation.score(result, self.name)
 
 
-class SegmentationScorer(HeadScorer):
-    """mIoU (in [0, 1]) of a probe trained on the teacher, applied to a candidate's features on a fixed subset."""
-
-    name = "miou"
+class SegmentationScorer(TaskScorer):
+    """mIoU (in [0, 1]) of a probe trained on the teacher, applied to a candidate's features on a fixed subset;
+    windows from the probe's `recipe` (default `ProbeConfig()`) unless given."""
 
     def __init__(
         self,
         head: LinearSegHead,
         dataset: Dataset,
         *,
+        recipe: ProbeConfig | None = None,
         size: int | None = None,
         seed: int = 0,
-        short_side: int = 512,
-        crop: int = 512,
-        stride: int = 341,
-        layer: int = -1,
+        short_side: int | None = None,
+        crop: int | None = None,
+        stride: int | None = None,
     ) -> None:
-        super().__init__(head, dataset, size=size, seed=seed)
-        self.options = {"short_side": short_side, "crop": crop, "stride": stride, "layer": layer}
-
-    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
-        result = evaluate_segmentation(model, self.head, self.dataset, progress=False, **self.options)
-        return result, result["miou"]
+        evaluation = SegmentationEval.from_probe(head, dataset, recipe, short_side=short_side, crop=crop, stride=stride)
+        super().__init__(evaluation, size=size, seed=seed)
 
 
-class ClassificationScorer(HeadScorer):
-    """Top-1 accuracy (in [0, 1]) of a linear probe trained on the teacher, applied to a candidate's features on a
-    fixed subset (centre crops)."""
-
-    name = "top1"
-
-    def __init__(
-        self,
-        head: LinearClsHead,
-        dataset: Dataset,
-        *,
-        size: int | None = None,
-        seed: int = 0,
-        short_side: int = 256,
-        crop: int = 224,
-        batch_size: int = 64,
-    ) -> None:
-        super().__init__(head, dataset, size=size, seed=seed)
-        self.options = {"short_side": short_side, "crop": crop, "batch_size": batch_size}
-
-    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
-        result = evaluate_classification(model, self.head, self.dataset, progress=False, **self.options)
-        return result, result["top1"]
+DEPTH_SCORES = DepthEval.scores + DA2KEval.scores
 
 
-DEPTH_SCORES = ("delta1", "neg_abs_rel", "da2k")
-
-
-class DepthScorer(HeadScorer):
+class DepthScorer(TaskScorer):
     """The teacher's DPT head on a candidate's intermediates, on a fixed subset.
 
     score: "delta1" (depth dataset), "neg_abs_rel" (depth dataset, -AbsRel so higher is better) or "da2k" (DA2K
@@ -127,51 +107,13 @@ class DepthScorer(HeadScorer):
         score: str = "delta1",
         size: int | None = None,
         seed: int = 0,
-        short_side: int = 518,
+        short_side: int | None = None,
     ) -> None:
         if score not in DEPTH_SCORES:
             raise ValueError(f"depth score must be one of {DEPTH_SCORES}, got {score!r}")
-        super().__init__(head, dataset, size=size, seed=seed)
-        self.score = score
-        self.name = score
-        self.short_side = short_side
-
-    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
-        if self.score == "da2k":
-            result = evaluate_da2k(model, self.dataset, head=self.head, short_side=self.short_side, progress=False)
-            return result, result["accuracy"]
-        result = evaluate_depth(model, self.dataset, head=self.head, short_side=self.short_side, progress=False)
-        return result, result["delta1"] if self.score == "delta1" else -result["abs_rel"]
-
-
-DETECTION_SCORES = ("map", "ap50", "ap75")
-
-
-class DetectionScorer(HeadScorer):
-    """COCO box AP (in [0, 1]) of the teacher's YOLOS heads on a candidate's final detection tokens, on a fixed subset
-    of a COCO-format set. score: "map" (AP over IoU .50:.95), "ap50" or "ap75"."""
-
-    def __init__(
-        self,
-        head: nn.Module,
-        dataset: Dataset,
-        *,
-        score: str = "map",
-        size: int | None = None,
-        seed: int = 0,
-        short_side: int = SHORT_SIDE,
-        max_side: int = MAX_SIDE,
-        label_map: dict[int, int] | None = None,
-    ) -> None:
-        if score not in DETECTION_SCORES:
-            raise ValueError(f"detection score must be one of {DETECTION_SCORES}, got {score!r}")
-        super().__init__(head, dataset, size=size, seed=seed)
-        self.name = score
-        self.options = {"short_side": short_side, "max_side": max_side, "label_map": label_map}
-
-    def _evaluate(self, model: nn.Module) -> tuple[dict[str, Any], float]:
-        result = evaluate_detection(model, self.dataset, head=self.head, progress=False, **self.options)
-        return result, result[self.name]
+        kind = DA2KEval if score in DA2KEval.scores else DepthEval
+        evaluation = kind(head=head, dataset=dataset, **given(short_side=short_side))
+        super().__init__(evaluation, score=score, size=size, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -198,83 +140,68 @@ def segmentation_scorer(
     teacher: nn.Module,
     data: str,
     dataset: str = "folder",
-    split: str = "val",
+    split: str | None = None,
     num_classes: int | None = None,
     head: str | None = None,
-    train_split: str = "train",
+    train_split: str | None = None,
     probe: dict[str, Any] | None = None,
     size: int | None = 16,
     seed: int = 0,
     short_side: int | None = None,
     crop: int | None = None,
     stride: int | None = None,
-) -> SegmentationScorer:
-    """A `SegmentationScorer` from config options. head: a probe written by `jetvit probe`; without one, a probe is
+) -> TaskScorer:
+    """A segmentation scorer from config options. head: a probe written by `jetvit probe`; without one, a probe is
     trained on the teacher here (on `train_split`, recipe `probe`: `ProbeConfig` fields). The evaluation subset is
-    `size` images of `split`, fixed by `seed`; windows default to the probe's."""
+    `size` images of `split`, fixed by `seed`; splits default to the dataset's, windows to the probe's."""
     from jetvit.tasks.datasets import build_segmentation_dataset
-    from jetvit.tasks.segmentation import ProbeConfig, load_probe, train_probe
+    from jetvit.tasks.segmentation import load_probe, train_probe
 
     val = build_segmentation_dataset(dataset, data, split=split, num_classes=num_classes)
 
     def fit(recipe: ProbeConfig) -> LinearSegHead:
-        train = build_segmentation_dataset(dataset, data, split=train_split, num_classes=num_classes)
+        train = build_segmentation_dataset(
+            dataset, data, split=train_split or SPLITS[dataset][0], num_classes=num_classes
+        )
         return train_probe(teacher, train, recipe, num_classes=train.num_classes, progress=False)
 
     seg_head, recipe = _probe_head(head, probe, load=load_probe, recipe_type=ProbeConfig, fit=fit)
-    if seg_head.cfg.num_classes != val.num_classes:
-        raise ValueError(f"the probe predicts {seg_head.cfg.num_classes} classes, {dataset} has {val.num_classes}")
-    return SegmentationScorer(
-        seg_head,
-        val,
-        size=size,
-        seed=seed,
-        short_side=short_side or recipe.eval_short_side,
-        crop=crop or recipe.eval_crop,
-        stride=stride or recipe.eval_stride,
-        layer=recipe.layer,
-    )
+    evaluation = SegmentationEval.from_probe(seg_head, val, recipe, short_side=short_side, crop=crop, stride=stride)
+    return TaskScorer(evaluation, size=size, seed=seed)
 
 
 def classification_scorer(
     *,
     teacher: nn.Module,
     data: str,
-    split: str = "val",
+    split: str | None = None,
     head: str | None = None,
-    train_split: str = "train",
+    train_split: str | None = None,
     probe: dict[str, Any] | None = None,
     size: int | None = 256,
     seed: int = 0,
     short_side: int | None = None,
     crop: int | None = None,
     batch_size: int | None = None,
-) -> ClassificationScorer:
-    """A `ClassificationScorer` on an image folder (`data/{split}/{class}/*`). head: a probe written by
+) -> TaskScorer:
+    """A classification scorer on an image folder (`data/{split}/{class}/*`). head: a probe written by
     `jetvit probe --task cls`; without one, a probe is trained on the teacher here (on `train_split`, recipe `probe`:
     `ClsProbeConfig` fields). The evaluation subset is `size` images of `split`, fixed by `seed`; the centre crop
     defaults to the probe's."""
-    from jetvit.tasks.classification import ClsProbeConfig, load_cls_probe, train_cls_probe
-    from jetvit.tasks.datasets import ImageFolderClassification
+    from jetvit.tasks.classification import load_cls_probe, train_cls_probe
+    from jetvit.tasks.datasets import build_classification_dataset
 
-    val = ImageFolderClassification(data, split=split)
+    val = build_classification_dataset(data, split=split)
 
     def fit(recipe: ClsProbeConfig) -> LinearClsHead:
-        train = ImageFolderClassification(data, split=train_split)
+        train = build_classification_dataset(data, split=train_split or SPLITS["folder"][0])
         return train_cls_probe(teacher, train, recipe, num_classes=train.num_classes, progress=False)
 
     cls_head, recipe = _probe_head(head, probe, load=load_cls_probe, recipe_type=ClsProbeConfig, fit=fit)
-    if cls_head.cfg.num_classes != val.num_classes:
-        raise ValueError(f"the probe predicts {cls_head.cfg.num_classes} classes, {data}/{split} has {val.num_classes}")
-    return ClassificationScorer(
-        cls_head,
-        val,
-        size=size,
-        seed=seed,
-        short_side=short_side or recipe.eval_short_side,
-        crop=crop or recipe.eval_crop,
-        batch_size=batch_size or recipe.eval_batch_size,
+    evaluation = ClassificationEval.from_probe(
+        cls_head, val, recipe, short_side=short_side, crop=crop, batch_size=batch_size
     )
+    return TaskScorer(evaluation, size=size, seed=seed)
 
 
 def depth_scorer(
@@ -285,67 +212,48 @@ def depth_scorer(
     score: str | None = None,
     size: int | None = 16,
     seed: int = 0,
-    short_side: int = 518,
-    depth_scale: float = 1000.0,
-    annotations: str = "annotations.json",
-) -> DepthScorer:
-    """A `DepthScorer` with the teacher's DPT head. dataset: "folder" (depth maps; score delta1 or neg_abs_rel,
+    short_side: int | None = None,
+    depth_scale: float | None = None,
+    annotations: str | None = None,
+) -> TaskScorer:
+    """A depth scorer with the teacher's DPT head. dataset: "folder" (depth maps; score delta1 or neg_abs_rel,
     default delta1) or "da2k" (score da2k)."""
-    from jetvit.tasks.datasets import DA2K, DepthFolder
-
     if getattr(teacher, "depth_head", None) is None:
         raise ValueError("the depth scorer needs a teacher with a DPT head (a Depth-Anything-V2 teacher)")
-    if dataset == "da2k":
-        subset, score = DA2K(data, annotations=annotations), score or "da2k"
-    elif dataset == "folder":
-        subset, score = DepthFolder(data, depth_scale=depth_scale), score or "delta1"
-    else:
-        raise ValueError(f"depth scorer dataset must be 'folder' or 'da2k', got {dataset!r}")
-    if (score == "da2k") != (dataset == "da2k"):
-        raise ValueError(f"score {score!r} does not fit dataset {dataset!r}")
-    return DepthScorer(teacher.depth_head, subset, score=score, size=size, seed=seed, short_side=short_side)
+    evaluation = depth_evaluation(
+        teacher.depth_head,
+        data=data,
+        dataset=dataset,
+        short_side=short_side,
+        depth_scale=depth_scale,
+        annotations=annotations,
+    )
+    if score is not None and score not in evaluation.scores:
+        raise ValueError(f"score {score!r} does not fit dataset {dataset!r}; accepted: {evaluation.scores}")
+    return TaskScorer(evaluation, score=score, size=size, seed=seed)
 
 
 def detection_scorer(
     *,
     teacher: nn.Module,
     data: str,
-    split: str = "val2017",
+    split: str | None = None,
     score: str = "map",
     size: int | None = 64,
     seed: int = 0,
-    short_side: int = SHORT_SIDE,
-    max_side: int = MAX_SIDE,
+    short_side: int | None = None,
+    max_side: int | None = None,
     label_map: dict[int, int] | str | None = None,
-) -> DetectionScorer:
-    """A `DetectionScorer` with the teacher's YOLOS heads on a COCO-format set
-    (`data/annotations/instances_{split}.json` and `data/{split}/`). The evaluation subset is `size` images, fixed by
-    `seed`; images are resized as YOLOS evaluates (`short_side`, `max_side`). label_map: {label index: category id}
-    or a JSON file of it; default: by the teacher's label names, else label index == category id
+) -> TaskScorer:
+    """A detection scorer with the teacher's YOLOS heads on a COCO-format set (`data/annotations/instances_{split}.json`
+    and `data/{split}/`, split default val2017). The evaluation subset is `size` images, fixed by `seed`; images are
+    resized as YOLOS evaluates (`short_side`, `max_side`). label_map: {label index: category id} or a JSON file of
+    it; default: by the teacher's label names, else label index == category id
     (`jetvit.tasks.detection.label_to_category`)."""
-    from jetvit.tasks.datasets import CocoDetection, coco_layout
-    from jetvit.tasks.detection import label_to_category, read_label_map
-    from jetvit.tasks.metrics import import_pycocotools
-
     head = getattr(teacher, "detection_head", None)
     if head is None:
         raise ValueError("the detection scorer needs a teacher with detection heads (a YOLOS object-detection model)")
-    import_pycocotools()
-    dataset = CocoDetection(*coco_layout(data, split))
-    if not dataset.ground_truth["annotations"]:
-        raise ValueError(f"{dataset.annotation_file} holds no annotations: there is nothing to detect")
-    if isinstance(label_map, str):
-        label_map = read_label_map(label_map)
-    elif label_map is not None:
-        label_map = {int(k): int(v) for k, v in label_map.items()}
-    label_to_category(head, dataset.categories, label_map)  # a mapping that cannot work fails before the search
-    return DetectionScorer(
-        head,
-        dataset,
-        score=score,
-        size=size,
-        seed=seed,
-        short_side=short_side,
-        max_side=max_side,
-        label_map=label_map,
+    evaluation = detection_evaluation(
+        head, data=data, split=split, short_side=short_side, max_side=max_side, label_map=label_map
     )
+    return TaskScorer(evaluation, score=score, size=size, seed=seed)

@@ -17,7 +17,6 @@ import math
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jetvit._config import from_dict
 from jetvit.heads import LinearSegConfig, LinearSegHead
 from jetvit.tasks.common import (
-    AugmentedStream,
     autocast,
     evaluate_dataset,
-    fit_head,
+    fit_probe,
     load_head,
     model_device,
     resize_short_side,
     save_head,
 )
+from jetvit.tasks.config import ProbeConfig
 from jetvit.tasks.datasets import IGNORE
 from jetvit.tasks.metrics import SegMetrics
 
@@ -110,42 +108,6 @@ def slide_inference(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ProbeConfig:
-    """Linear-probe recipe; defaults follow DINOv3's ADE20K linear evaluation (40k iterations of 512 crops)."""
-
-    iterations: int = 40000
-    batch_size: int = 16
-    crop: int = 512
-    scale_min: float = 0.5
-    scale_max: float = 2.0
-    lr: float = 1e-3
-    weight_decay: float = 1e-3
-    warmup: int = 1500
-    dropout: float = 0.1
-    layer: int = -1  # block whose normed patch features the probe reads
-    eval_short_side: int = 512  # images are resized to this short side before sliding windows
-    eval_crop: int = 512
-    eval_stride: int = 341
-    seed: int = 0
-    num_workers: int = 0
-    log_every: int = 50
-
-    def __post_init__(self) -> None:
-        for name in ("iterations", "batch_size", "crop", "eval_short_side", "eval_crop", "eval_stride"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"probe {name} must be >= 1, got {getattr(self, name)}")
-        if not 0 < self.scale_min <= self.scale_max:
-            raise ValueError(f"probe scale range must satisfy 0 < min <= max, got {self.scale_min}..{self.scale_max}")
-        if self.eval_stride > self.eval_crop:
-            raise ValueError(f"eval_stride {self.eval_stride} exceeds eval_crop {self.eval_crop}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ProbeConfig:
-        """Build from a dict (a probe's saved recipe, or `score.options`); unknown keys and wrong types are errors."""
-        return from_dict(cls, d, "probe config")
-
-
 def check_patch_multiple(model: nn.Module, **sizes: int) -> None:
     p = model.cfg.patch_size
     bad = {k: v for k, v in sizes.items() if v % p}
@@ -195,15 +157,6 @@ def train_probe(
     head.to(device).train()
     model.eval()
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loader = torch.utils.data.DataLoader(
-        AugmentedStream(
-            dataset,
-            seed=cfg.seed,
-            augment=functools.partial(random_scale_crop, crop=cfg.crop, scale=(cfg.scale_min, cfg.scale_max)),
-        ),
-        batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers,
-    )
 
     def loss_of(image: Tensor, label: Tensor) -> Tensor | None:
         x = model.normalize(image)
@@ -212,17 +165,9 @@ def train_probe(
         logits = head(feats.float(), x.shape[-2:])
         return F.cross_entropy(logits, label, ignore_index=IGNORE) if (label != IGNORE).any() else None
 
-    return fit_head(
-        head,
-        iter(loader),
-        loss_of,
-        opt=opt,
-        warmup=cfg.warmup,
-        iterations=cfg.iterations,
-        log_every=cfg.log_every,
-        desc="probe",
-        progress=progress,
-        log=log,
+    augment = functools.partial(random_scale_crop, crop=cfg.crop, scale=(cfg.scale_min, cfg.scale_max))
+    return fit_probe(
+        head, dataset, cfg, augment=augment, loss_of=loss_of, opt=opt, desc="probe", progress=progress, log=log
     )
 
 
@@ -256,9 +201,9 @@ def evaluate_segmentation(
     head: LinearSegHead,
     dataset: Any,
     *,
-    short_side: int = 512,
-    crop: int = 512,
-    stride: int = 341,
+    short_side: int = ProbeConfig.eval_short_side,
+    crop: int = ProbeConfig.eval_crop,
+    stride: int = ProbeConfig.eval_stride,
     layer: int = -1,
     progress: bool = True,
     on_prediction: Callable[[int, Tensor, Tensor, Tensor], None] | None = None,

@@ -4,7 +4,7 @@
 
 | src | converter |
 |---|---|
-| `builtin` | the packaged built-in teacher (`jetvit/assets/teacher`, see `jetvit.demo.teacher`) |
+| `builtin` | the packaged built-in teacher (`BUILTIN_DIR`, trained by `jetvit.demo.teacher`) |
 | a directory written by `jetvit.save` | `jetvit.io.load` (any arch) |
 | a Hugging Face directory, `config.json` `model_type` = `dinov3_vit` | `hf_dinov3` |
 | ... `dinov2` / `dinov2_with_registers` | `hf_dinov2` |
@@ -16,7 +16,8 @@
 | ... official DINOv2 or Depth-Anything-V2 keys (`pretrained.*` + `depth_head.*`) | `official_dinov2` |
 | anything else of the form `owner/name` | a Hub id: `huggingface_hub.snapshot_download`, then as a directory |
 
-A Hub id resolves from the local cache when offline.
+A Hub id resolves from the local cache when offline. `teacher_config(src)` gives a source's `ViTConfig` through the
+same dispatch without building the model (for directories and Hub ids, from `config.json` alone).
 
 Every converter is a pure state-dict -> state-dict function built from explicit key tables; unknown or missing
 tensors raise a ValueError naming them and the model is loaded strictly. Files are read without running code:
@@ -25,11 +26,13 @@ safetensors, or `torch.load(weights_only=True)`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -39,8 +42,13 @@ from jetvit.teachers import common
 HF_MODEL_TYPES = ("dinov3_vit", "dinov2", "dinov2_with_registers", "depth_anything", "vit", "yolos")
 # The name of the packaged built-in teacher; a folder of that name is `./builtin`.
 BUILTIN = "builtin"
+# Where the packaged built-in teacher lives (its pretraining, `jetvit.demo.teacher`, writes it there).
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "assets" / "teacher"
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+# `load_teacher`'s options besides the source and dtype: for official checkpoint files, and for Hub ids.
+OFFICIAL_OPTIONS = ("size", "num_heads", "head_layers", "metric", "max_depth")
+HUB_OPTIONS = ("revision", "cache_dir", "local_files_only")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -72,34 +80,59 @@ def load_teacher(
         (`..._metric_hypersim_...` 20 m, `..._metric_vkitti_...` 80 m) are read when these are not given.
     Hub options: revision, cache_dir, local_files_only (as in `huggingface_hub.snapshot_download`).
     """
-    official_opts = {
-        "size": size,
-        "num_heads": num_heads,
-        "head_layers": head_layers,
-        "metric": metric,
-        "max_depth": max_depth,
-    }
+    options = {k: v for k, v in locals().items() if k in OFFICIAL_OPTIONS + HUB_OPTIONS}
+    return _open(src, weights=True, **_split_options(options)).load(dtype)
+
+
+def teacher_config(src: str | os.PathLike, **options: Any) -> ViTConfig:
+    """The `ViTConfig` of what `load_teacher(src, ...)` loads (same sources, options and errors), without building the
+    model: a directory's (or a Hub id's, of which only `config.json` is fetched) is read from its `config.json`; an
+    official checkpoint file's from its tensors' shapes (the file is read, its tensors never converted or copied).
+    A YOLOS directory's detection heads are then read from `architectures`/`id2label` (see `hf_yolos.config_from_hf`).
+    """
+    unknown = sorted(set(options) - set(OFFICIAL_OPTIONS + HUB_OPTIONS))
+    if unknown:
+        accepted = ", ".join(OFFICIAL_OPTIONS + HUB_OPTIONS)
+        raise ValueError(f"unknown teacher options {unknown}; accepted: {accepted}")
+    return _open(src, weights=False, **_split_options(options)).cfg
+
+
+def _split_options(options: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """`load_teacher`'s source options as `_open` takes them: those of official checkpoint files, and the Hub's."""
+    official = {k: options.get(k) for k in OFFICIAL_OPTIONS}
+    hub = {k: options.get(k) for k in HUB_OPTIONS}
+    hub["local_files_only"] = bool(hub["local_files_only"])
+    return {"official_opts": official, "hub_opts": hub}
+
+
+class _Opened(NamedTuple):
+    """A teacher source, dispatched: its config, and how to build the model from it."""
+
+    cfg: ViTConfig
+    load: Callable[[torch.dtype], HybridViT]  # dtype -> the model in eval mode on the CPU
+
+
+def _open(src: str | os.PathLike, *, weights: bool, official_opts: dict[str, Any], hub_opts: dict[str, Any]) -> _Opened:
+    """The one dispatch on what `src` is (the module docstring's table). `weights=False`: only what the config needs
+    is read (config.json of a directory or Hub id); `load` is then not usable for directories and Hub ids."""
     path = builtin_teacher_dir() if str(src) == BUILTIN else Path(src)
     if path.is_dir():
         _reject_official_options(official_opts, path)
-        return _load_dir(path, dtype)
+        return _open_dir(path, weights=weights)
     if path.is_file():
-        return _load_file(path, dtype, **official_opts)
+        return _open_file(path, **official_opts)
     if path.suffix in WEIGHT_SUFFIXES or not _HUB_ID.match(str(src)):
         raise FileNotFoundError(
             f"no such file or directory: {src} (expected a model directory, a checkpoint file {WEIGHT_SUFFIXES}, "
             f"a Hub id like 'facebook/dinov3-vits16-pretrain-lvd1689m', or {BUILTIN!r} for the built-in teacher)"
         )
     _reject_official_options(official_opts, path)
-    snapshot = _hub_snapshot(str(src), revision=revision, cache_dir=cache_dir, local_files_only=local_files_only)
-    return _load_dir(snapshot, dtype)
+    return _open_dir(_hub_snapshot(str(src), weights=weights, **hub_opts), weights=weights)
 
 
 def builtin_teacher_dir() -> Path:
-    """Where the packaged built-in teacher lives (`load_teacher("builtin")` loads it)."""
-    from jetvit.demo.teacher import ASSET_DIR
-
-    return ASSET_DIR
+    """Where the packaged built-in teacher lives (`load_teacher("builtin")` loads it): `BUILTIN_DIR`."""
+    return BUILTIN_DIR
 
 
 def source_path(src: str | os.PathLike) -> Path | None:
@@ -114,7 +147,7 @@ def _reject_official_options(opts: dict[str, Any], src: Path) -> None:
         raise ValueError(f"options {given} apply to official checkpoint files only; {src} carries its own config")
 
 
-def _hub_snapshot(repo_id: str, *, revision: str | None, cache_dir: Any, local_files_only: bool) -> Path:
+def _hub_snapshot(repo_id: str, *, weights: bool, revision: str | None, cache_dir: Any, local_files_only: bool) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError as e:  # optional dependency
@@ -122,7 +155,7 @@ def _hub_snapshot(repo_id: str, *, revision: str | None, cache_dir: Any, local_f
             f"{repo_id!r} is not a local path, and resolving it as a Hub id needs huggingface_hub "
             f"(pip install jetvit[hub])"
         ) from e
-    patterns = ["config.json", "*.safetensors", "model.safetensors.index.json"]
+    patterns = ["config.json", "*.safetensors", "model.safetensors.index.json"] if weights else ["config.json"]
     try:
         folder = snapshot_download(
             repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns, local_files_only=local_files_only
@@ -136,12 +169,13 @@ def _hub_snapshot(repo_id: str, *, revision: str | None, cache_dir: Any, local_f
     return Path(folder)
 
 
-def _load_dir(path: Path, dtype: torch.dtype) -> HybridViT:
+def _open_dir(path: Path, *, weights: bool) -> _Opened:
     from jetvit import io
 
-    if io.is_jetvit_dir(path):
-        return io.load(path, dtype=dtype)
     cfg_path = path / "config.json"
+    if io.is_jetvit_dir(path):
+        cfg = io.read_model_config(io.read_json(cfg_path, expect=dict), cfg_path)
+        return _Opened(cfg, lambda dtype: io.load(path, dtype=dtype))
     if not cfg_path.is_file():
         raise ValueError(
             f"{path} is not a model directory: it has no config.json (expected a jetvit.save directory or a Hugging "
@@ -154,9 +188,14 @@ def _load_dir(path: Path, dtype: torch.dtype) -> HybridViT:
     model_type = hf_config.get("model_type") if isinstance(hf_config, dict) else None
     if model_type not in HF_MODEL_TYPES:
         raise ValueError(f"{path}: unsupported model_type {model_type!r} in config.json; supported: {HF_MODEL_TYPES}")
-    sd = common.read_hf_weights(path)
+    sd = common.read_hf_weights(path) if weights else None
     cfg, convert = _hf_converter(hf_config, sd)
-    return _build(cfg, convert(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
+
+    def load(dtype: torch.dtype) -> HybridViT:
+        assert sd is not None, "opened for its config only"
+        return _build(cfg, convert(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
+
+    return _Opened(cfg, load)
 
 
 def _hf_converter(hf_config: dict[str, Any], sd: dict[str, torch.Tensor] | None = None):
@@ -185,19 +224,34 @@ def _hf_converter(hf_config: dict[str, Any], sd: dict[str, torch.Tensor] | None 
     return hf_dinov2.config_from_hf(hf_config), hf_dinov2.convert_state_dict
 
 
-def _load_file(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """The converters' checks of a file's content raise ValueError: say which file."""
     try:
-        return _load_official(path, dtype, **opts)
-    except ValueError as e:  # the converters' checks of the file's content: say which file
+        yield
+    except ValueError as e:
         if str(path) in str(e):
             raise
         raise ValueError(f"{path}: {e}") from None
 
 
-def _load_official(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
+def _open_file(path: Path, **opts: Any) -> _Opened:
+    # An official checkpoint tells its format and shapes only by its tensors: they are read either way.
+    with _naming(path):
+        sd = common.read_weights(path)
+        cfg, convert = _official_converter(path, sd, **opts)
+
+    def load(dtype: torch.dtype) -> HybridViT:
+        with _naming(path):
+            return _build(cfg, convert(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
+
+    return _Opened(cfg, load)
+
+
+def _official_converter(path: Path, sd: dict[str, torch.Tensor], **opts: Any):
+    """(ViTConfig, convert(sd, cfg, source=...)) for an official checkpoint's tensors `sd` (read from `path`)."""
     from jetvit.teachers import official_dino, official_dinov2, official_dinov3
 
-    sd = common.read_weights(path)
     if official_dinov3.is_official_dinov3(sd):
         dinov3_opts = {k: v for k, v in opts.items() if v is not None and k not in ("size", "num_heads")}
         if dinov3_opts:
@@ -205,7 +259,7 @@ def _load_official(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
                 f"options {sorted(dinov3_opts)} apply to Depth-Anything-V2 checkpoints, not DINOv3 ({path})"
             )
         cfg = official_dinov3.config_from_state_dict(sd, size=opts["size"], num_heads=opts["num_heads"])
-        return _build(cfg, official_dinov3.convert_state_dict(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
+        return cfg, official_dinov3.convert_state_dict
     if official_dino.is_official_dino(sd):  # before DINOv2: the same layout less LayerScale, registers, mask token
         dino_opts = {k: v for k, v in opts.items() if v is not None and k not in ("size", "num_heads")}
         if dino_opts:
@@ -213,10 +267,9 @@ def _load_official(path: Path, dtype: torch.dtype, **opts: Any) -> HybridViT:
                 f"options {sorted(dino_opts)} apply to Depth-Anything-V2 checkpoints, not DINO v1 ({path})"
             )
         cfg = official_dino.config_from_state_dict(sd, size=opts["size"], num_heads=opts["num_heads"])
-        return _build(cfg, official_dino.convert_state_dict(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
+        return cfg, official_dino.convert_state_dict
     if official_dinov2.is_official_dav2(sd) or official_dinov2.is_official_dinov2(sd):
-        cfg = official_dinov2.config_from_state_dict(sd, path=path, **opts)
-        return _build(cfg, official_dinov2.convert_state_dict(sd, cfg, source=str(path)), source=str(path), dtype=dtype)
+        return official_dinov2.config_from_state_dict(sd, path=path, **opts), official_dinov2.convert_state_dict
     if any(
         k.startswith(("embeddings.", "backbone.embeddings.", "encoder.layer.", "model.layer.", "layer.")) for k in sd
     ):
@@ -252,4 +305,13 @@ def describe_size(cfg: ViTConfig) -> str:
     return name or "custom"
 
 
-__all__ = ["load_teacher", "describe_size", "builtin_teacher_dir", "source_path", "BUILTIN", "HF_MODEL_TYPES"]
+__all__ = [
+    "load_teacher",
+    "teacher_config",
+    "describe_size",
+    "builtin_teacher_dir",
+    "source_path",
+    "BUILTIN",
+    "BUILTIN_DIR",
+    "HF_MODEL_TYPES",
+]

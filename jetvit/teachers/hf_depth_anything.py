@@ -1,8 +1,8 @@
 """Hugging Face Depth-Anything (`model_type: depth_anything`, `DepthAnythingForDepthEstimation`) -> jetvit.
 
 The model is a Dinov2 backbone (`backbone.*`, converted by `hf_dinov2`) plus a DPT neck and head (`neck.*`,
-`head.*`, renamed to the official DAv2 names by `jetvit.heads.dpt_state_dict_from_hf`). HF `out_indices` are
-1-based stages (stage k = output of block k-1); jetvit's `DPTConfig.layers` are 0-based blocks.
+`head.*`, renamed to the official DAv2 names of `jetvit.heads.DPTHead` by the key table `dpt_hf_to_official_keys`).
+HF `out_indices` are 1-based stages (stage k = output of block k-1); jetvit's `DPTConfig.layers` are 0-based blocks.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor
 
-from jetvit.heads import DPTConfig, dpt_state_dict_from_hf
+from jetvit.heads import DPTConfig
 from jetvit.model import ViTConfig
 from jetvit.teachers import hf_dinov2
 from jetvit.teachers.common import ensure
@@ -102,6 +102,46 @@ def config_from_hf(hf_config: dict[str, Any]) -> ViTConfig:
         head_hidden=int(c["head_hidden_size"]),
     )
     return dataclasses.replace(cfg, depth_head=head.to_dict())
+
+
+def dpt_hf_to_official_keys() -> dict[str, str]:
+    """The full key table HF `DepthAnythingForDepthEstimation` (`neck.*`, `head.*`) -> `DPTHead` (official DAv2).
+
+    Official names are relative to the head (an official checkpoint prefixes them with `depth_head.`). HF has no
+    CLS-readout projections, so the table covers heads with `use_clstoken=False`.
+    """
+    table: dict[str, str] = {}
+
+    def conv(hf: str, official: str, *, bias: bool = True) -> None:
+        table[f"{hf}.weight"] = f"{official}.weight"
+        if bias:
+            table[f"{hf}.bias"] = f"{official}.bias"
+
+    for i in range(4):
+        conv(f"neck.reassemble_stage.layers.{i}.projection", f"projects.{i}")
+        if i != 2:  # level 3 keeps the patch grid: an Identity with no parameters
+            conv(f"neck.reassemble_stage.layers.{i}.resize", f"resize_layers.{i}")
+        conv(f"neck.convs.{i}", f"scratch.layer{i + 1}_rn", bias=False)
+    for k in range(1, 5):
+        hf, official = f"neck.fusion_stage.layers.{4 - k}", f"scratch.refinenet{k}"  # HF fuses deepest first
+        conv(f"{hf}.projection", f"{official}.out_conv")
+        for unit in (1, 2):
+            for j in (1, 2):
+                conv(f"{hf}.residual_layer{unit}.convolution{j}", f"{official}.resConfUnit{unit}.conv{j}")
+    conv("head.conv1", "scratch.output_conv1")
+    conv("head.conv2", "scratch.output_conv2.0")
+    conv("head.conv3", "scratch.output_conv2.2")
+    return table
+
+
+def dpt_state_dict_from_hf(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an HF DepthAnything neck+head state dict (keys `neck.*`, `head.*`) to `DPTHead` names. Strict."""
+    table = dpt_hf_to_official_keys()
+    unknown = sorted(k for k in sd if k not in table)
+    missing = sorted(k for k in table if k not in sd)
+    if unknown or missing:
+        raise ValueError(f"HF DPT state dict does not match the key table: unknown {unknown}, missing {missing}")
+    return {table[k]: v for k, v in sd.items()}
 
 
 def convert_state_dict(sd: dict[str, Tensor], cfg: ViTConfig, *, source: str = "checkpoint") -> dict[str, Tensor]:

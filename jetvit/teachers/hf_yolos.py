@@ -12,7 +12,7 @@ A plain ViT (layers named as HF ViT's, no LayerScale, q/k/v biases) with:
   (`InterpolateMidPositionEmbeddings`, same resize): `ViTConfig.block_pos_embed`.
 - `YolosForObjectDetection`'s heads on the normed detection tokens: `class_labels_classifier` (num_labels + 1
   outputs, the last "no object") and `bbox_predictor` (4, sigmoid (cx, cy, w, h)), each 3 Linear layers with ReLU
-  between: jetvit's `DetectionHead` (`model.predict_detections`).
+  between: `jetvit.heads.DetectionHead` (`model.predict_detections`).
 
 Key names: the backbone is under `vit.` in `YolosForObjectDetection`, at the top in `YolosModel` (whose `pooler` is
 dropped: jetvit distils features). The mid-layer embeddings are `encoder.mid_position_embeddings` in Hub files and

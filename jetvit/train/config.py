@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-TARGET_PRESETS = ("last", "all", "dpt")
-KEEP_CHECKPOINTS = ("last", "all", "none")
+from jetvit.conversion import Inherit
+from jetvit.runtime import Device, Precision
+from jetvit.schedule import Schedule
+from jetvit.train.losses import DepthLoss
+from jetvit.train.sharding import Strategy
+
+TargetPreset = Literal["last", "all", "dpt"]
+KeepCheckpoints = Literal["last", "all", "none"]
 
 
 @dataclass
@@ -24,7 +30,7 @@ class StageConfig:
     batch_size: int  # global batch per optimizer step (all processes, all accumulation steps)
     micro_batch_size: int | None = None  # per process per forward; None: batch_size / world_size
     lr: float = 1e-4
-    schedule: str = "cosine"  # cosine | linear | constant, from lr down to lr * final_lr_ratio
+    schedule: Schedule = "cosine"  # from lr down to lr * final_lr_ratio
     warmup_steps: int = 0
     final_lr_ratio: float = 0.0
 
@@ -58,16 +64,16 @@ class DistillConfig:
     # "last": the final block's normed output (a linear segmentation head reads it); "all": every block's (each
     # block learns to match its own teacher block: a denser signal); "dpt": the four blocks a DPT depth head
     # reads; or a list of block indices. The loss is the mean over these blocks of the MSE of normed tokens.
-    targets: str | list[int] = "last"
+    targets: TargetPreset | list[int] = "last"
     depth_weight: float = 0.0  # weight of a loss on the depth head's output against pseudo-labels
     depth_teacher: str | None = None  # where the pseudo-labels come from (a larger teacher); None: the teacher
     # The depth loss (jetvit.train.losses): "ssi_mse", least-squares scale-and-shift-aligned MSE; "ssi_gm", Depth
     # Anything's median/MAD affine-invariant L1 plus `gradient_weight` x MiDaS's multi-scale gradient matching.
-    depth_loss: str = "ssi_mse"
+    depth_loss: DepthLoss = "ssi_mse"
     gradient_weight: float = 2.0  # ssi_gm: weight of the gradient-matching term (Depth Anything V2: 2)
     # `jetvit distill`: which teacher weights the converted student inherits: "all", or "mlp" (attention
     # projections re-initialised: the paper's ablation).
-    inherit: str = "all"
+    inherit: Inherit = "all"
 
 
 @dataclass
@@ -80,8 +86,8 @@ class OptimConfig:
 @dataclass
 class RunSettings:
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 autocast on GPU) | fp32 | bf16
+    device: Device = "auto"  # auto: CUDA when there is one
+    precision: Precision = "auto"  # auto: bf16 autocast on a GPU, fp32 on the CPU
     checkpoint_every: int = 100  # optimizer steps between checkpoints
     log_every: int = 10
     # Score the model being fine-tuned with the run's scorer every this many optimizer steps (a learning curve in
@@ -90,7 +96,7 @@ class RunSettings:
     # Training checkpoints (`ckpt/`) kept on disk. "last": what a resume needs (a finished phase's checkpoint is
     # removed once the next phase's result is recorded in state.json); "all": every phase's; "none": ckpt/ is
     # removed when the run has finished (a finished run started again then reloads `model/`).
-    keep_checkpoints: str = "last"
+    keep_checkpoints: KeepCheckpoints = "last"
     # Activation checkpointing of the student's blocks in training (never the frozen teacher's): each block keeps
     # only its input and recomputes the rest in the backward pass. Activation memory drops to about one block's
     # plus the blocks' inputs, for about one more student forward per step (`jetvit plan` shows both).
@@ -98,4 +104,4 @@ class RunSettings:
     # How the student is held across torchrun processes (jetvit.train.sharding): "ddp", a full copy per process
     # (DistributedDataParallel); "fsdp", parameters, gradients and AdamW states sharded per block (FSDP2) with sharded
     # checkpoints (torch.distributed.checkpoint), for students too large to replicate. One process: the same run.
-    strategy: str = "ddp"
+    strategy: Strategy = "ddp"

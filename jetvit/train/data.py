@@ -12,8 +12,9 @@ crop are computed, not drawn from a generator that runs along. The data position
 just its step, and a resumed run sees exactly the batches an uninterrupted one would. Process `r` of `world`
 takes its contiguous share of each global batch, so the global batch is the same for any number of processes.
 
-Unreadable or corrupt files are skipped (the next readable image takes their place, deterministically)
-and counted; an empty folder is an error that names it.
+Unreadable, truncated or corrupt files, and images over `jetvit.io.MAX_IMAGE_PIXELS` (decompression bombs), are
+skipped (the next readable image takes their place, deterministically) and counted; an empty folder is an error that
+names it.
 """
 
 from __future__ import annotations
@@ -67,11 +68,10 @@ class FolderImages:
         return str(self.paths[i].relative_to(self.root))
 
     def load(self, i: int) -> Image.Image:
-        from PIL import Image
-
+        from jetvit.io import open_image
         from jetvit.tasks.datasets import to_rgb
 
-        with Image.open(self.paths[i]) as im:
+        with open_image(self.paths[i]) as im:  # an image over jetvit.io.MAX_IMAGE_PIXELS is refused unread
             return to_rgb(im)  # decodes fully (a truncated file raises here, not later); 16-bit scaled, not clipped
 
 

@@ -24,7 +24,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jetvit.conversion import convert
-from jetvit.model import HybridViT, LinearAttnConfig, token_features
+from jetvit.model import token_features
 from jetvit.runtime import Runtime, weights_digest
 from jetvit.schedule import lr_factor
 from jetvit.train.checkpoint import (
@@ -46,10 +45,9 @@ from jetvit.train.checkpoint import (
     save_sharded_checkpoint,
     set_rng_state,
 )
-from jetvit.config import Config
-from jetvit.train.config import StageConfig
+from jetvit.train.config import DataConfig, DistillConfig, OptimConfig, RunSettings, StageConfig
 from jetvit.train.data import DistillBatches, ImageSet, SamplePlan
-from jetvit.train.losses import depth_loss_fn, ssi_mse  # noqa: F401 (ssi_mse: where callers found it)
+from jetvit.train.losses import depth_loss_fn
 from jetvit.train.sharding import wrap_student
 
 log = logging.getLogger(__name__)
@@ -122,6 +120,23 @@ def lr_at(stage: StageConfig, step: int) -> float:
 
 
 @dataclass
+class DistillSetup:
+    """What every training phase of a run shares: the frozen teacher (and depth teacher), the training images, the
+    distilled blocks, the run's training sections, where this process runs, and the metric logger."""
+
+    teacher: nn.Module
+    images: ImageSet
+    targets: list[int]
+    data: DataConfig
+    distill: DistillConfig
+    optim: OptimConfig
+    run: RunSettings
+    rt: Runtime
+    depth_teacher: nn.Module | None = None
+    logger: Any = None  # jetvit.train.metrics.MetricLogger
+
+
+@dataclass
 class Phase:
     """One training phase of a run: a name (checkpoint and log key), stages, and for a supernet how to pick the
     path of each step.
@@ -129,7 +144,7 @@ class Phase:
     choose_path(model, phase_step) -> path: activates the single path trained at that optimizer step of the phase
     (a pure function of the step, so every process trains the same path and a resumed run the same sequence) and
     returns it; None for a fixed architecture.
-    evaluate(model) -> score: run every `cfg.run.eval_every` steps (and at the end) when given; the scores are
+    evaluate(model) -> score: run every `run.eval_every` steps (and at the end) when given; the scores are
     logged and kept in the summary's `curve` as [phase step, score] pairs.
     """
 
@@ -141,207 +156,253 @@ class Phase:
     evaluate: Callable[[nn.Module], float] | None = field(default=None, repr=False)
 
 
-def train_phase(
-    phase: Phase,
-    model: nn.Module,
-    *,
-    teacher: nn.Module,
-    images: ImageSet,
-    cfg: Config,
-    rt: Runtime,
-    ckpt_path: Path,
-    targets: list[int],
-    depth_teacher: nn.Module | None = None,
-    logger=None,
-) -> dict[str, Any]:
-    """Train `model` (in place) through `phase.stages`, resuming from `ckpt_path` when it exists.
+def train_phase(phase: Phase, model: nn.Module, setup: DistillSetup, *, ckpt_path: Path) -> dict[str, Any]:
+    """Train `model` (in place) through `phase.stages`, resuming from `ckpt_path` when it exists (`Trainer`).
 
-    The student is held across processes as `cfg.run.strategy` says (`jetvit.train.sharding`); whatever the strategy,
-    `model` ends as a plain module holding the trained weights on every process. A checkpoint written under one
-    strategy and number of processes resumes under any other.
-
-    Returns a summary: final loss, steps, skipped images, seconds, and per-rank weight digests.
-    A checkpoint marked done is loaded and returned at once.
+    Returns a summary: final loss, steps, skipped images, seconds, per-rank weight digests, the stages' losses and
+    the evaluation curve. A checkpoint marked done is loaded and its summary returned at once.
     """
-    from tqdm import tqdm
+    return Trainer(phase, model, setup, ckpt_path=ckpt_path).run()
 
-    ck = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
-    if ck is not None and ck.get("done"):
-        model.load_state_dict(ck["model"])
-        return ck["summary"]
-    if ck is not None and "model" in ck:  # a full checkpoint: the weights go in before any sharding
-        model.load_state_dict(ck["model"])
 
-    with_depth = phase.depth_weight > 0
-    if with_depth and getattr(model, "depth_head", None) is None:
-        raise ValueError("a depth loss (depth_weight > 0) needs a teacher with a depth head (Depth-Anything-V2)")
-    depth_loss = depth_loss_fn(cfg.distill.depth_loss, gradient_weight=cfg.distill.gradient_weight)
-    model.set_grad_checkpointing(cfg.run.activation_checkpointing)  # the student's blocks only, never the teacher's
-    trainee = wrap_student(DistillStudent(model, targets, with_depth=with_depth), rt, cfg.run.strategy)
-    betas, decay = tuple(cfg.optim.betas), cfg.optim.weight_decay
-    opt = torch.optim.AdamW(trainee.parameters(), lr=0.0, betas=betas, weight_decay=decay)
-    start_stage, start_step, skipped, history, elapsed = 0, 0, 0, {"curve": []}, 0.0
-    if ck is not None:
+class Trainer:
+    """One training phase, in the manner of torchtune's recipes: `__init__` resumes and sets up (wrapping, optimizer),
+    `run` walks the stages, `train_step` is one optimizer step, `checkpoint` writes the resumable state and `finish`
+    unwraps the student and writes the final checkpoint.
+
+    The student is held across processes as `run.strategy` says (`jetvit.train.sharding`); whatever the strategy,
+    `model` ends as a plain module holding the trained weights on every process. A checkpoint written under one
+    strategy and number of processes resumes under any other. Losses are summed on the device and read only when
+    logged, so a step has no host synchronisation beyond the data.
+    """
+
+    def __init__(self, phase: Phase, model: nn.Module, setup: DistillSetup, *, ckpt_path: Path) -> None:
+        self.phase, self.model, self.setup, self.ckpt_path = phase, model, setup, ckpt_path
+        self.rt = rt = setup.rt
+        self.result: dict[str, Any] | None = None
+        ck = load_checkpoint(ckpt_path) if ckpt_path.is_file() else None
+        if ck is not None and ck.get("done"):
+            model.load_state_dict(ck["model"])
+            self.result = ck["summary"]
+            return
+        if ck is not None and "model" in ck:  # a full checkpoint: the weights go in before any sharding
+            model.load_state_dict(ck["model"])
+
+        self.with_depth = phase.depth_weight > 0
+        if self.with_depth and getattr(model, "depth_head", None) is None:
+            raise ValueError("a depth loss (depth_weight > 0) needs a teacher with a depth head (Depth-Anything-V2)")
+        self.depth_loss = depth_loss_fn(setup.distill.depth_loss, gradient_weight=setup.distill.gradient_weight)
+        model.set_grad_checkpointing(setup.run.activation_checkpointing)  # the student's blocks, never the teacher's
+        student = DistillStudent(model, setup.targets, with_depth=self.with_depth)
+        self.trainee = wrap_student(student, rt, setup.run.strategy)
+        optim = setup.optim
+        self.opt = torch.optim.AdamW(
+            self.trainee.parameters(), lr=0.0, betas=tuple(optim.betas), weight_decay=optim.weight_decay
+        )
+        self.start_stage, self.start_step, self.skipped = 0, 0, 0
+        self.history: dict[str, Any] = {"curve": []}
+        self.elapsed = 0.0
+        if ck is not None:
+            self._resume(ck)
+        self.plan = SamplePlan(len(setup.images), seed=setup.run.seed, phase=phase.name)
+        self.phase_step = sum(s.steps for s in phase.stages[: self.start_stage]) + self.start_step
+        self.loss_value = float("nan")
+        self.t0 = time.perf_counter()
+
+    def _resume(self, ck: dict[str, Any]) -> None:
         if "shards" in ck:
-            load_sharded_checkpoint(ckpt_path, ck, trainee.model, opt)
-        elif trainee.sharded:
-            load_full_optimizer(trainee.model, opt, ck["optim"])
+            load_sharded_checkpoint(self.ckpt_path, ck, self.trainee.model, self.opt)
+        elif self.trainee.sharded:
+            load_full_optimizer(self.trainee.model, self.opt, ck["optim"])
         else:
-            opt.load_state_dict(ck["optim"])
+            self.opt.load_state_dict(ck["optim"])
         # A sharded checkpoint holds every process's random state, a full one rank 0's.
         rngs = ck["rng"] if isinstance(ck["rng"], list) else [ck["rng"]]
-        set_rng_state(rngs[rt.rank] if rt.rank < len(rngs) else rngs[0])
-        start_stage, start_step, skipped = ck["stage"], ck["step"], ck["skipped"]
-        history, elapsed = ck["history"], ck["elapsed"]
-        history.setdefault("curve", [])
-        if rt.main:
-            log.info("resuming %s at stage %d, step %d", phase.name, start_stage + 1, start_step)
+        set_rng_state(rngs[self.rt.rank] if self.rt.rank < len(rngs) else rngs[0])
+        self.start_stage, self.start_step, self.skipped = ck["stage"], ck["step"], ck["skipped"]
+        self.history, self.elapsed = ck["history"], ck["elapsed"]
+        self.history.setdefault("curve", [])
+        if self.rt.main:
+            log.info("resuming %s at stage %d, step %d", self.phase.name, self.start_stage + 1, self.start_step)
 
-    mean, std = teacher.cfg.mean, teacher.cfg.std
-    plan = SamplePlan(len(images), seed=cfg.run.seed, phase=phase.name)
-    t0 = time.perf_counter()
-    loss_value = float("nan")
-    phase_step = sum(s.steps for s in phase.stages[:start_stage]) + start_step
+    def run(self) -> dict[str, Any]:
+        if self.result is not None:
+            return self.result
+        self.trainee.model.train()
+        with StepBoundaryInterrupt() as interrupt:
+            for si, stage in enumerate(self.phase.stages):
+                s0 = self.start_step if si == self.start_stage else 0
+                if si >= self.start_stage and s0 < stage.steps:
+                    self._train_stage(si, stage, s0, interrupt)
+        return self.finish()
 
-    def save(stage_idx: int, next_step: int) -> None:
+    def _loader(self, si: int, stage: StageConfig, s0: int) -> tuple[Iterator[dict], int]:
+        """The micro-batches of stage `si` from its step `s0` on, and how many make one optimizer step."""
+        setup, rt = self.setup, self.rt
+        batches = DistillBatches(
+            setup.images,
+            self.plan,
+            stage_offset=sum(s.steps * s.batch_size for s in self.phase.stages[:si]),
+            start_step=s0,
+            steps=stage.steps,
+            batch_size=stage.batch_size,
+            micro_batch_size=stage.micro_batch_size or max(1, stage.batch_size // rt.world),
+            rank=rt.rank,
+            world=rt.world,
+            size=stage.size,
+            mean=setup.teacher.cfg.mean,
+            std=setup.teacher.cfg.std,
+            scale=tuple(setup.data.scale),
+            ratio=tuple(setup.data.ratio),
+            hflip=setup.data.hflip,
+        )
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=setup.data.workers)
+        return iter(loader), batches.accum
+
+    def _train_stage(self, si: int, stage: StageConfig, s0: int, interrupt: StepBoundaryInterrupt) -> None:
+        from tqdm import tqdm
+
+        phase, run, rt = self.phase, self.setup.run, self.rt
+        loader, accum = self._loader(si, stage, s0)
+        H, W = stage.size
+        bar = tqdm(
+            total=stage.steps,
+            initial=s0,
+            desc=f"{phase.name} stage {si + 1}/{len(phase.stages)} {H}x{W}",
+            disable=not rt.main,
+            dynamic_ncols=True,
+        )
+        try:
+            for step in range(s0, stage.steps):
+                path = self._choose_path()
+                lr = lr_at(stage, step)
+                loss, feat, grad_norm = self.train_step(loader, accum, lr)
+                self.phase_step += 1
+                if (step + 1) % run.log_every == 0 or step + 1 == stage.steps:
+                    self._log(loss, feat, grad_norm, lr, path, bar)
+                last = step + 1 == stage.steps and si == len(phase.stages) - 1
+                every = run.eval_every
+                if phase.evaluate is not None and ((every and self.phase_step % every == 0) or last):
+                    self._evaluate(bar)
+                if step + 1 == stage.steps:
+                    final = {"resolution": [H, W], "steps": stage.steps, "final_loss": self.loss_value}
+                    self.history[f"stage{si + 1}"] = final
+                # Every process stops at the same step (a sharded checkpoint is written by all of them).
+                stop = rt.mean(float(interrupt.requested)) > 0 if rt.distributed else interrupt.requested
+                if (step + 1) % run.checkpoint_every == 0 or step + 1 == stage.steps or stop:
+                    self.checkpoint(si, step + 1)
+                bar.update(1)
+                if stop:
+                    raise KeyboardInterrupt(f"{phase.name} interrupted; saved at stage {si + 1}, step {step + 1}")
+        finally:
+            bar.close()
+
+    def _choose_path(self) -> str | None:
+        if self.phase.choose_path is None:
+            return None
+        path = self.phase.choose_path(self.trainee.model, self.phase_step)
+        if self.rt.distributed:  # internal invariant: the seeded path is the same everywhere
+            paths = self.rt.all_gather_object(path)
+            assert len(set(paths)) == 1, f"processes disagree on the path at step {self.phase_step}: {paths}"
+        return path
+
+    def train_step(self, loader: Iterator[dict], accum: int, lr: float) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One optimizer step over `accum` micro-batches at learning rate `lr`. Returns the mean loss and feature
+        loss of the step and the gradient norm before clipping (None without clipping), as device tensors."""
+        setup, rt, trainee = self.setup, self.rt, self.trainee
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=rt.device)
+        feat_sum = torch.zeros((), device=rt.device)
+        for m in range(accum):
+            batch = next(loader)
+            self.skipped += len(batch["skipped"])
+            x = batch["images"].to(rt.device, non_blocking=True)
+            with torch.no_grad(), rt.autocast():
+                t_feats = token_features(setup.teacher.forward_intermediates(x, setup.targets))
+                label = setup.depth_teacher.predict_depth(x) if self.with_depth else None
+            with trainee.micro_batch(last=m == accum - 1):
+                with rt.autocast():
+                    s_feats, depth = trainee.module(x)
+                feat = feature_loss(s_feats, t_feats)
+                loss = feat + self.phase.depth_weight * self.depth_loss(depth, label) if self.with_depth else feat
+                (loss / accum).backward()
+            loss_sum += loss.detach()
+            feat_sum += feat.detach()
+        grad_norm = None
+        if setup.optim.grad_clip is not None:
+            grad_norm = trainee.clip_grad_norm(setup.optim.grad_clip)
+        self.opt.step()
+        return loss_sum / accum, feat_sum / accum, grad_norm
+
+    def _log(self, loss: Tensor, feat: Tensor, grad_norm: Tensor | None, lr: float, path: str | None, bar) -> None:
+        rt, logger = self.rt, self.setup.logger
+        self.loss_value = rt.mean(float(loss))
+        if logger is not None:
+            scalars = {"loss": self.loss_value, "feature_loss": rt.mean(float(feat)), "lr": lr}
+            if grad_norm is not None:
+                scalars["grad_norm"] = float(grad_norm)
+            if path is not None:
+                scalars["path"] = path
+            logger.log(self.phase.name, self.phase.global_offset + self.phase_step, **scalars)
+        bar.set_postfix(loss=f"{self.loss_value:.4g}", lr=f"{lr:.2e}")
+
+    def _evaluate(self, bar) -> None:
+        score = self.rt.broadcast_object(float(self.trainee.evaluate(self.phase.evaluate)))
+        self.history["curve"].append([self.phase_step, score])
+        if self.setup.logger is not None:
+            self.setup.logger.log(self.phase.name, self.phase.global_offset + self.phase_step, score=score)
+        bar.set_postfix(loss=f"{self.loss_value:.4g}", score=f"{score:.4g}")
+
+    def checkpoint(self, stage_idx: int, next_step: int) -> None:
+        """The resumable state after optimizer step `next_step` of stage `stage_idx` (atomic; rank 0 writes a full
+        checkpoint, or every process its shards)."""
+        rt = self.rt
         state = {
-            "phase": phase.name,
+            "phase": self.phase.name,
             "done": False,
             "stage": stage_idx,
             "step": next_step,
-            "skipped": skipped,
-            "history": history,
-            "elapsed": elapsed + time.perf_counter() - t0,
+            "skipped": self.skipped,
+            "history": self.history,
+            "elapsed": self.elapsed + time.perf_counter() - self.t0,
         }
-        if trainee.sharded:  # every process writes its shards
+        if self.trainee.sharded:  # every process writes its shards
             rngs = rt.all_gather_object(rng_state())
-            save_sharded_checkpoint(ckpt_path, {**state, "rng": rngs}, trainee.model, opt)
+            save_sharded_checkpoint(self.ckpt_path, {**state, "rng": rngs}, self.trainee.model, self.opt)
         elif rt.main:
-            full = {"model": model.state_dict(), "optim": opt.state_dict(), "rng": rng_state()}
-            save_checkpoint(ckpt_path, {**state, **full})
+            full = {"model": self.model.state_dict(), "optim": self.opt.state_dict(), "rng": rng_state()}
+            save_checkpoint(self.ckpt_path, {**state, **full})
 
-    trainee.model.train()
-    with StepBoundaryInterrupt() as interrupt:
-        for si, stage in enumerate(phase.stages):
-            if si < start_stage:
-                continue
-            s0 = start_step if si == start_stage else 0
-            if s0 >= stage.steps:
-                continue
-            micro = stage.micro_batch_size or max(1, stage.batch_size // rt.world)
-            batches = DistillBatches(
-                images,
-                plan,
-                stage_offset=sum(s.steps * s.batch_size for s in phase.stages[:si]),
-                start_step=s0,
-                steps=stage.steps,
-                batch_size=stage.batch_size,
-                micro_batch_size=micro,
-                rank=rt.rank,
-                world=rt.world,
-                size=stage.size,
-                mean=mean,
-                std=std,
-                scale=tuple(cfg.data.scale),
-                ratio=tuple(cfg.data.ratio),
-                hflip=cfg.data.hflip,
-            )
-            loader = iter(
-                torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=cfg.data.workers)
-            )
-            H, W = stage.size
-            bar = tqdm(
-                total=stage.steps,
-                initial=s0,
-                desc=f"{phase.name} stage {si + 1}/{len(phase.stages)} {H}x{W}",
-                disable=not rt.main,
-                dynamic_ncols=True,
-            )
-            for step in range(s0, stage.steps):
-                if phase.choose_path is not None:
-                    path = phase.choose_path(trainee.model, phase_step)
-                    if rt.distributed:  # internal invariant: the seeded path is the same everywhere
-                        paths = rt.all_gather_object(path)
-                        assert len(set(paths)) == 1, f"processes disagree on the path at step {phase_step}: {paths}"
-                lr = lr_at(stage, step)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                opt.zero_grad(set_to_none=True)
-                loss_sum, feat_sum = 0.0, 0.0
-                for m in range(batches.accum):
-                    batch = next(loader)
-                    skipped += len(batch["skipped"])
-                    x = batch["images"].to(rt.device, non_blocking=True)
-                    with torch.no_grad(), rt.autocast():
-                        t_feats = token_features(teacher.forward_intermediates(x, targets))
-                        label = depth_teacher.predict_depth(x) if with_depth else None
-                    with trainee.micro_batch(last=m == batches.accum - 1):
-                        with rt.autocast():
-                            s_feats, depth = trainee.module(x)
-                        feat = feature_loss(s_feats, t_feats)
-                        loss = feat + phase.depth_weight * depth_loss(depth, label) if with_depth else feat
-                        (loss / batches.accum).backward()
-                    loss_sum += loss.item()
-                    feat_sum += feat.item()
-                grad_norm = None
-                if cfg.optim.grad_clip is not None:
-                    grad_norm = trainee.clip_grad_norm(cfg.optim.grad_clip)
-                opt.step()
-                phase_step += 1
-                if (step + 1) % cfg.run.log_every == 0 or step + 1 == stage.steps:
-                    loss_value = rt.mean(loss_sum / batches.accum)
-                    if logger is not None:
-                        scalars = {"loss": loss_value, "feature_loss": rt.mean(feat_sum / batches.accum), "lr": lr}
-                        if grad_norm is not None:
-                            scalars["grad_norm"] = grad_norm
-                        if phase.choose_path is not None:
-                            scalars["path"] = path
-                        logger.log(phase.name, phase.global_offset + phase_step, **scalars)
-                    bar.set_postfix(loss=f"{loss_value:.4g}", lr=f"{lr:.2e}")
-                last = step + 1 == stage.steps and si == len(phase.stages) - 1
-                every = cfg.run.eval_every
-                if phase.evaluate is not None and ((every and phase_step % every == 0) or last):
-                    score = rt.broadcast_object(float(trainee.evaluate(phase.evaluate)))
-                    history["curve"].append([phase_step, score])
-                    if logger is not None:
-                        logger.log(phase.name, phase.global_offset + phase_step, score=score)
-                    bar.set_postfix(loss=f"{loss_value:.4g}", score=f"{score:.4g}")
-                if step + 1 == stage.steps:
-                    history[f"stage{si + 1}"] = {"resolution": [H, W], "steps": stage.steps, "final_loss": loss_value}
-                # Every process stops at the same step (a sharded checkpoint is written by all of them).
-                stop = rt.mean(float(interrupt.requested)) > 0 if rt.distributed else interrupt.requested
-                if (step + 1) % cfg.run.checkpoint_every == 0 or step + 1 == stage.steps or stop:
-                    save(si, step + 1)
-                bar.update(1)
-                if stop:
-                    bar.close()
-                    raise KeyboardInterrupt(f"{phase.name} interrupted; saved at stage {si + 1}, step {step + 1}")
-            bar.close()
-            del loader
-
-    trainee.finish()
-    # The DDP wrapper, or the shards with their AdamW states, sit in reference cycles (hooks): free them now, before
-    # the next phase builds its model, not at some later collection.
-    trainee = opt = None
-    gc.collect()
-    model.set_grad_checkpointing(False)
-    skipped_total = int(round(rt.mean(float(skipped)) * rt.world))
-    digests = rt.all_gather_object(weights_digest(model))
-    summary = {
-        "steps": sum(s.steps for s in phase.stages),
-        "final_loss": loss_value,
-        "skipped_images": skipped_total,
-        "seconds": round(elapsed + time.perf_counter() - t0, 3),
-        "rank_weight_digests": digests,
-        "stages": {k: v for k, v in history.items() if k != "curve"},
-        "curve": history["curve"],
-    }
-    if skipped_total and logger is not None:
-        logger.event(phase.name, phase.global_offset + phase_step, skipped_images=skipped_total)
-    if rt.main:
-        save_checkpoint(ckpt_path, {"phase": phase.name, "done": True, "model": model.state_dict(), "summary": summary})
-    rt.barrier()
-    return summary
+    def finish(self) -> dict[str, Any]:
+        """Unwrap the student (a plain module with the trained weights on every process), write the final
+        checkpoint and return the phase's summary."""
+        rt, phase, logger = self.rt, self.phase, self.setup.logger
+        self.trainee.finish()
+        # The DDP wrapper, or the shards with their AdamW states, sit in reference cycles (hooks): free them now,
+        # before the next phase builds its model, not at some later collection.
+        self.trainee = self.opt = None
+        gc.collect()
+        self.model.set_grad_checkpointing(False)
+        skipped_total = int(round(rt.mean(float(self.skipped)) * rt.world))
+        summary = {
+            "steps": sum(s.steps for s in phase.stages),
+            "final_loss": self.loss_value,
+            "skipped_images": skipped_total,
+            "seconds": round(self.elapsed + time.perf_counter() - self.t0, 3),
+            "rank_weight_digests": rt.all_gather_object(weights_digest(self.model)),
+            "stages": {k: v for k, v in self.history.items() if k != "curve"},
+            "curve": self.history["curve"],
+        }
+        if skipped_total and logger is not None:
+            logger.event(phase.name, phase.global_offset + self.phase_step, skipped_images=skipped_total)
+        if rt.main:
+            done = {"phase": phase.name, "done": True, "model": self.model.state_dict(), "summary": summary}
+            save_checkpoint(self.ckpt_path, done)
+        rt.barrier()
+        self.result = summary
+        return summary
 
 
 class StepBoundaryInterrupt:
@@ -366,96 +427,3 @@ class StepBoundaryInterrupt:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-# --- fixed architectures ------------------------------------------------------------------------------
-
-
-def finetune(
-    model: nn.Module,
-    *,
-    stages: list[StageConfig],
-    teacher: nn.Module,
-    images: ImageSet,
-    cfg: Config,
-    rt: Runtime,
-    ckpt_path: Path,
-    targets: list[int],
-    depth_weight: float = 0.0,
-    depth_teacher: nn.Module | None = None,
-    logger=None,
-    evaluate: Callable[[nn.Module], float] | None = None,
-    global_offset: int = 0,
-) -> dict[str, Any]:
-    """Distil a fixed architecture (in place) through `stages`: the last phase of the search and `jetvit distill`."""
-    phase = Phase("finetune", stages, depth_weight=depth_weight, global_offset=global_offset, evaluate=evaluate)
-    return train_phase(
-        phase,
-        model,
-        teacher=teacher,
-        images=images,
-        cfg=cfg,
-        rt=rt,
-        ckpt_path=ckpt_path,
-        targets=targets,
-        depth_teacher=depth_teacher,
-        logger=logger,
-    )
-
-
-def student_for(
-    teacher: HybridViT,
-    arch: str,
-    cfg: Config,
-    *,
-    inherit: str | None = None,
-    linear: LinearAttnConfig | dict[str, Any] | None = None,
-) -> HybridViT:
-    """The student a run distils for `arch`: `teacher` converted with the run's window size, its L-block options
-    (`linear`, default the teacher config's), weights inherited as `inherit` (default `cfg.distill.inherit`) and
-    the new parameters seeded by `cfg.run.seed`."""
-    return convert(
-        teacher,
-        arch,
-        inherit=inherit or cfg.distill.inherit,
-        window_size=cfg.supernet.window_size,
-        linear=linear,
-        seed=cfg.run.seed,
-    )
-
-
-def distill_arch(
-    teacher: HybridViT,
-    arch: str,
-    *,
-    images: ImageSet,
-    cfg: Config,
-    rt: Runtime,
-    ckpt_path: Path,
-    targets: list[int],
-    stages: list[StageConfig] | None = None,
-    inherit: str | None = None,
-    linear: LinearAttnConfig | dict[str, Any] | None = None,
-    depth_teacher: nn.Module | None = None,
-    logger=None,
-    evaluate: Callable[[nn.Module], float] | None = None,
-) -> tuple[HybridViT, dict[str, Any]]:
-    """Convert `teacher` to `arch` (`student_for`) and distil it through `stages` (default `cfg.finetune.stages`):
-    the distillation of a fixed architecture that `jetvit distill`, the replication benchmark and the learning
-    curves share. Resumable from `ckpt_path`. Returns the trained model and the phase summary."""
-    student = student_for(teacher, arch, cfg, inherit=inherit, linear=linear).to(rt.device)
-    summary = finetune(
-        student,
-        stages=cfg.finetune.stages if stages is None else stages,
-        teacher=teacher,
-        images=images,
-        cfg=cfg,
-        rt=rt,
-        ckpt_path=ckpt_path,
-        targets=targets,
-        depth_weight=cfg.finetune_depth_weight,
-        depth_teacher=depth_teacher,
-        logger=logger,
-        evaluate=evaluate,
-    )
-    return student, summary

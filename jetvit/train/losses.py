@@ -37,14 +37,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
 
-DEPTH_LOSSES = ("ssi_mse", "ssi_gm")
+DepthLoss = Literal["ssi_mse", "ssi_gm"]
+DEPTH_LOSSES: tuple[str, ...] = get_args(DepthLoss)
 
 
-def depth_loss_fn(name: str, *, gradient_weight: float = 2.0) -> Callable[[Tensor, Tensor], Tensor]:
+def depth_loss_fn(name: DepthLoss, *, gradient_weight: float = 2.0) -> Callable[[Tensor, Tensor], Tensor]:
     """The loss `(pred (B, H, W), target (B, H, W)) -> scalar` called `name` (`distill.depth_loss`)."""
     if name == "ssi_mse":
         return ssi_mse

@@ -34,14 +34,15 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from jetvit.runtime import Runtime
 
-STRATEGIES = ("ddp", "fsdp")
+Strategy = Literal["ddp", "fsdp"]
+STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 
 @dataclass
@@ -79,12 +80,13 @@ class Trainee:
             self.module.set_requires_gradient_sync(last)
         yield
 
-    def clip_grad_norm(self, max_norm: float) -> float:
-        """Clip the gradients to global norm `max_norm` (over all processes' shards); returns the norm before."""
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Clip the gradients to global norm `max_norm` (over all processes' shards); returns the norm before, on the
+        device (read it only when it is logged: reading it synchronises with the device)."""
         norm = torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
         if hasattr(norm, "full_tensor"):  # a DTensor: each shard's part reduced to the whole norm
             norm = norm.full_tensor()
-        return float(norm)
+        return norm
 
     def evaluate(self, fn: Callable[[nn.Module], Any]) -> Any:
         """`fn(model)` in eval mode, then back to training. Under `fsdp` the root group's parameters are gathered

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from jetvit.config import Config
 from jetvit.io import atomic_write_text
 from jetvit.model import KIND_NAMES
-from jetvit.config import Config
 
 
 def _gflops(x: float) -> str:

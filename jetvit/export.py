@@ -106,9 +106,15 @@ def _device(model: nn.Module) -> torch.device:
 
 
 def export_onnx(model: HybridViT, res: tuple[int, int], out: str | Path, *, batch: int = 1, opset: int = 18) -> Path:
-    """Write `model` at resolution `res` (fixed batch) as ONNX to `out`; returns the path."""
+    """Write `model` at resolution `res` (fixed batch) as ONNX to `out`; returns the path.
+
+    The file appears whole or not at all (`jetvit.io.atomic_write_files`, with the `<name>.data` weights ONNX writes
+    beside a model over 2 GB): an export killed or out of disk space leaves `out` as it was."""
+    from jetvit.io import atomic_write_files, remove_stale_temporaries
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.parent, recursive=False, name=out.name)  # of an earlier export that was killed
     wrapper = FixedResolution(model.float().eval(), res).eval()
     x = torch.randn(batch, model.cfg.in_chans, *res)
     with torch.no_grad():
@@ -121,7 +127,7 @@ def export_onnx(model: HybridViT, res: tuple[int, int], out: str | Path, *, batc
             output_names=output_names(model),
             verbose=False,
         )
-    program.save(str(out))
+    atomic_write_files(out, program.save)
     return out
 
 
