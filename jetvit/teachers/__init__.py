@@ -252,22 +252,18 @@ def _official_converter(path: Path, sd: dict[str, torch.Tensor], **opts: Any):
     """(ViTConfig, convert(sd, cfg, source=...)) for an official checkpoint's tensors `sd` (read from `path`)."""
     from jetvit.teachers import official_dino, official_dinov2, official_dinov3
 
-    if official_dinov3.is_official_dinov3(sd):
-        dinov3_opts = {k: v for k, v in opts.items() if v is not None and k not in ("size", "num_heads")}
-        if dinov3_opts:
-            raise ValueError(
-                f"options {sorted(dinov3_opts)} apply to Depth-Anything-V2 checkpoints, not DINOv3 ({path})"
-            )
-        cfg = official_dinov3.config_from_state_dict(sd, size=opts["size"], num_heads=opts["num_heads"])
-        return cfg, official_dinov3.convert_state_dict
-    if official_dino.is_official_dino(sd):  # before DINOv2: the same layout less LayerScale, registers, mask token
-        dino_opts = {k: v for k, v in opts.items() if v is not None and k not in ("size", "num_heads")}
-        if dino_opts:
-            raise ValueError(
-                f"options {sorted(dino_opts)} apply to Depth-Anything-V2 checkpoints, not DINO v1 ({path})"
-            )
-        cfg = official_dino.config_from_state_dict(sd, size=opts["size"], num_heads=opts["num_heads"])
-        return cfg, official_dino.convert_state_dict
+    # DINOv3, then DINO v1 (before DINOv2: the same layout less LayerScale, registers and mask token): sized by
+    # `size`/`num_heads` only, the other options being Depth-Anything-V2's.
+    for matches, module, family in (
+        (official_dinov3.is_official_dinov3, official_dinov3, "DINOv3"),
+        (official_dino.is_official_dino, official_dino, "DINO v1"),
+    ):
+        if matches(sd):
+            others = sorted(k for k, v in opts.items() if v is not None and k not in ("size", "num_heads"))
+            if others:
+                raise ValueError(f"options {others} apply to Depth-Anything-V2 checkpoints, not {family} ({path})")
+            cfg = module.config_from_state_dict(sd, size=opts["size"], num_heads=opts["num_heads"])
+            return cfg, module.convert_state_dict
     if official_dinov2.is_official_dav2(sd) or official_dinov2.is_official_dinov2(sd):
         return official_dinov2.config_from_state_dict(sd, path=path, **opts), official_dinov2.convert_state_dict
     if any(
