@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of torch these machines carry; a bare `torch` would pull several GB of CUDA packages.
 TORCH   ?= torch==2.13.0
 
-.PHONY: venv test test-slow test-dist test-all lint demo teacher bench replicate curves clean
+.PHONY: venv test test-slow test-dist test-all lint demo teacher bench replicate curves clean gpu-suite
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,3 +61,12 @@ replicate: $(STAMP)
 # How fast each kind of hybrid learns the built-in teacher: benchmarks/results/learning_curves.md.
 curves: $(STAMP)
 	$(BIN)/python benchmarks/learning_curves.py --out benchmarks/results $(CURVES_ARGS)
+
+# The device check (benchmarks/gpu_suite.py): smoke test, the `gpu` tests, then the paper's table (DINOv3-B/L, DAv2-L
+# against their 2-F hybrids, 1-4 megapixels, bf16, eager / compiled / CUDA graphs) in at most 450 s, files in $OUT.
+# No venv: on the GPU machine the image's python3 has torch. Through the device tool: `run` with command
+# `make gpu-suite` (where the image lacks make: `PYTHONPATH=. python3 benchmarks/gpu_suite.py --out $OUT`) and
+# timeout_s 540; the JSON, the table and the logs come back from $OUT. The CPU dry run here (tiny preset, seconds):
+# `make gpu-suite PY=.venv/bin/python GPU_SUITE_ARGS=--dry-run`.
+gpu-suite:
+	PYTHONPATH=. $(PY) benchmarks/gpu_suite.py --out $${OUT:-runs/gpu-suite} $(GPU_SUITE_ARGS)

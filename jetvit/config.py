@@ -206,8 +206,8 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"run.eval_every must be >= 1 or null, got {cfg.run.eval_every}")
     if cfg.score.batch_size < 1:
         raise ValueError(f"score.batch_size must be >= 1, got {cfg.score.batch_size}")
-    if cfg.data.workers < 0:
-        raise ValueError(f"data.workers must be >= 0, got {cfg.data.workers}")
+    if cfg.data.workers is not None and cfg.data.workers < 0:
+        raise ValueError(f"data.workers must be >= 0 or null (auto), got {cfg.data.workers}")
     if cfg.budget.max_gflops is not None and not cfg.budget.max_gflops > 0:
         raise ValueError(f"budget.max_gflops must be > 0 or null, got {cfg.budget.max_gflops}")
     for key in ("score.resolution", "budget.resolution"):

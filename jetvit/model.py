@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jetvit import ops
+from jetvit import kernels, ops
 from jetvit._config import check_choices, from_dict
 from jetvit.heads import DetectionHead, DetectionHeadConfig, DPTConfig, DPTHead
 
@@ -437,9 +437,9 @@ class LinearAttention(Attention):
 
     @classmethod
     def saved_bytes(cls, cfg: ViTConfig, grid: tuple[int, int], *, autocast: bool) -> int:
-        """The kernel features phi(q) (patch queries), phi(k); the fp32 copies the state product keeps, the output
-        with its normaliser column; the rotated keys and the attention of the global queries; the convolution's
-        input (and the dynamic kernel generator's activations)."""
+        """The kernel features phi(q) (patch queries), phi(k); the output with its normaliser column; the rotated keys
+        and the attention of the global queries; the convolution's input (and the dynamic kernel generator's
+        activations)."""
         Np, P, D, nh, lin = grid[0] * grid[1], cfg.num_global_tokens, cfg.dim, cfg.num_heads, cfg.linear
         N = Np + P
         a, f = (2 if autocast else 4), 4  # bytes of a matmul-side activation, of an fp32 one
@@ -451,8 +451,9 @@ class LinearAttention(Attention):
         if P:
             n += a * P * D + f * nh * P
         n += a * (Np + N) * D  # phi(q) (patch queries), phi(k)
-        # fp32: phi(K)^T and V for the state, phi(q), the output with its normaliser column, the normaliser
-        n += f * 2 * N * D + f * Np * D + f * Np * (D + nh) + f * nh * Np
+        # The output with its normaliser column, and the normaliser, in the compute dtype: `ops.linear_attention`
+        # keeps no fp32 copy of phi(K), V or phi(q) (bf16 products accumulate in fp32 inside the GEMM).
+        n += a * Np * (D + nh) + a * nh * Np
         if lin.conv != "none":  # the convolution's input, the patch tokens' V on the grid
             n += a * Np * D
         if lin.conv == "dynamic":  # the generated kernels and the generator's small activations
@@ -472,6 +473,8 @@ class LinearAttention(Attention):
             del kr
         else:
             prefix = None
+        if self._fused(q, layout):
+            return self._attend_fused(q, k, v, prefix, layout)
         phi_q = ops.feature_map(q[:, :, P:], self.kernel, self.focus_p)
         phi_k = ops.feature_map(k, self.kernel, self.focus_p)
         del q, k
@@ -482,6 +485,33 @@ class LinearAttention(Attention):
         if prefix is not None:
             out = ops.join_prefix(prefix, out)  # (B, H, N, d)
         return out
+
+    def _fused(self, q: Tensor, layout: TokenLayout) -> bool:
+        """Whether this call runs the Triton kernels (`jetvit.kernels`): on CUDA, with Triton, at enough tokens, for
+        the shapes they cover. Otherwise the plain path above, the kernels' reference."""
+        if not kernels.use_triton(q.is_cuda, layout.grid[0] * layout.grid[1]):
+            return False
+        from jetvit.kernels import linear_attention as fused
+
+        return fused.supported(self.kernel, self.head_dim, q.dtype, self.conv_size)
+
+    def _attend_fused(self, q: Tensor, k: Tensor, v: Tensor, prefix: Tensor | None, layout: TokenLayout) -> Tensor:
+        """The plain path in two kernels: one pass over K and V for the state and the squeeze, one over the patch
+        queries for the output plus the convolution, written once in the layout `proj` reads."""
+        from jetvit.kernels import linear_attention as fused
+
+        B, Hn, N, d = q.shape
+        state, pooled = fused.linear_state(k, v, num_prefix=layout.num_prefix)  # (B, H, d, d+1) fp32, (B, H, d)
+        if self.conv_kind == "dynamic":
+            weight = self.conv_gen(pooled.reshape(B, Hn * d)).reshape(B, Hn * d, self.conv_size, self.conv_size)
+        elif self.conv_kind == "static":
+            weight = self.conv.weight.reshape(1, Hn * d, self.conv_size, self.conv_size).expand(B, -1, -1, -1)
+        else:
+            weight = None
+        if prefix is None:
+            prefix = q.new_empty(B, Hn, 0, d)
+        out = fused.linear_apply(q, state, v, weight, prefix.to(v.dtype), grid=layout.grid, eps=self.eps)  # (B, N, D)
+        return out.view(B, N, Hn, d).transpose(1, 2)  # (B, H, N, d), `forward`'s reshape for `proj` is free
 
     def local_conv(self, v: Tensor, grid: tuple[int, int]) -> Tensor:
         """Depthwise convolution of the patch tokens' V on the 2-D grid: (B, H, h*w, d) -> (B, H, h*w, d)."""

@@ -30,7 +30,7 @@ LOCK_NAME = ".lock"
 # Settings that change how a run computes, not what it computes: a run may resume with another value (e.g. activation
 # checkpointing turned on or the student sharded after the run ran out of memory, fewer checkpoints kept after the
 # disk filled up).
-HOW_NOT_WHAT = ("run.activation_checkpointing", "run.keep_checkpoints", "run.strategy")
+HOW_NOT_WHAT = ("run.activation_checkpointing", "run.keep_checkpoints", "run.strategy", "run.compile", "data.workers")
 
 
 def check_out_dir(out: Path, cfg: Config) -> None:

@@ -7,7 +7,16 @@ import json
 import pytest
 import torch
 
-from jetvit.bench.harness import BenchOptions, parse_res, summarize, time_interleaved
+from jetvit.bench.harness import (
+    BenchOptions,
+    choose_fastest,
+    make_runner,
+    parse_res,
+    sdpa_context,
+    summarize,
+    throughput_batch,
+    time_interleaved,
+)
 from jetvit.bench.presets import PRESETS, preset_config
 from jetvit.cli import main
 from jetvit.model import HybridViT
@@ -96,34 +105,104 @@ def test_parse_res_and_options():
         BenchOptions(resolutions=[(64, 64)], dtype="fp16")
 
 
+def test_bench_cli_compiled_mode_at_a_fixed_batch(tmp_path, monkeypatch):
+    # Dynamo's tracing without code generation: the regional compile path in seconds on the CPU.
+    monkeypatch.setenv("JETVIT_COMPILE_BACKEND", "eager")
+    torch._dynamo.reset()
+    out = tmp_path / "bench"
+    argv = ["bench", "--preset", "tiny", "--arch", "FWL", "--res", "80x96", "--repeats", "2", "--warmup", "1"]
+    argv += ["--threads", "1", "--compile", "--batch", "2", "--no-memory", "--dtype", "bf16", "--out", str(out)]
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]  # a process-wide count that reset() keeps
+    try:
+        assert main(argv) == 0
+        graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] - before
+    finally:
+        torch._dynamo.reset()
+    # One graph per block kind (F, W, L; the teacher's F blocks share the hybrid's) and shape (batch 1, batch 2).
+    assert graphs == 3 * 2
+    result = json.loads((out / "bench.json").read_text())
+    assert result["options"]["mode"] == "compiled" and result["options"]["dtype"] == "bf16"
+    row = result["rows"][0]
+    for name in ("teacher", "hybrid"):
+        tp = row[name]["throughput"]
+        assert tp["batch"] == 2 and len(tp["batch_ms"]["samples"]) == 3
+        assert tp["images_per_s"] == pytest.approx(2e3 / tp["batch_ms"]["median"])
+    assert row["sdpa"]["backend"] is None  # CPU: PyTorch's order
+    assert "| compiled," not in (out / "bench.md").read_text() and ", compiled," in (out / "bench.md").read_text()
+    assert main([*argv[:-2], "--mode", "graphs", "--out", str(out)]) == 2  # --compile contradicts --mode graphs
+
+
+def test_bf16_runner_casts_the_weights_once_and_runs_without_autocast():
+    model = HybridViT(preset_config("tiny", "FWL"))
+    seen = []
+    model.blocks[2].register_forward_pre_hook(
+        lambda mod, args: seen.append((args[0].dtype, torch.is_autocast_enabled("cpu")))
+    )
+    run = make_runner(model, BenchOptions(resolutions=[(64, 64)], dtype="bf16"))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    y = run(torch.randn(1, 3, 64, 64))  # a float32 input is cast to the model's dtype
+    assert y.dtype == torch.bfloat16 and seen == [(torch.bfloat16, False)]
+
+
+def test_options_reject_what_cannot_run():
+    with pytest.raises(ValueError, match="mode"):
+        BenchOptions(resolutions=[(64, 64)], mode="jit")
+    with pytest.raises(ValueError, match="needs --device cuda"):
+        BenchOptions(resolutions=[(64, 64)], mode="graphs")
+    with pytest.raises(ValueError, match="sdpa_backend"):
+        BenchOptions(resolutions=[(64, 64)], sdpa_backend="fast")
+
+
+def test_throughput_batch_is_the_largest_power_of_two_that_fits():
+    gib = 2**30
+    assert throughput_batch(gib, 30 * gib, max_batch=32) == 8  # a third of 30 GiB: 10 images -> 8
+    assert throughput_batch(gib, 30 * gib, max_batch=4) == 4
+    assert throughput_batch(gib, 2 * gib, max_batch=32) == 1  # not even one fits a third: still 1
+    assert throughput_batch(0, gib, max_batch=16) == 16
+
+
+def test_choose_fastest_skips_backends_without_a_kernel():
+    def time_candidate(name: str) -> float:
+        if name == "flash":
+            raise RuntimeError("No available kernel. Aborting execution.\nmore")
+        return {"cudnn": 3.0, "efficient": 2.0}[name]
+
+    best, trials = choose_fastest(time_candidate)
+    assert best == "efficient"
+    assert trials == {"flash": "failed: No available kernel. Aborting execution.", "cudnn": 3.0, "efficient": 2.0}
+    assert choose_fastest(time_candidate, ("flash",)) == (None, {"flash": trials["flash"]})
+
+
+def test_sdpa_context_puts_one_backend_first_and_keeps_the_others():
+    from torch.nn.attention import SDPBackend
+
+    before = torch._C._get_sdp_priority_order()
+    with sdpa_context("cudnn"):
+        order = torch._C._get_sdp_priority_order()
+        flags = (torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.mem_efficient_sdp_enabled())
+    assert order[0] == int(SDPBackend.CUDNN_ATTENTION) and sorted(order) == sorted(before)
+    assert flags == (True, True)  # nothing forced: a call cuDNN cannot take falls through
+    assert torch._C._get_sdp_priority_order() == before
+    with sdpa_context(None):
+        assert torch._C._get_sdp_priority_order() == before
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("backend", ["flash", "efficient", "math"])
-def test_bench_cli_on_cuda_with_bf16_compile_and_sdpa_backend(tmp_path, backend):
+@pytest.mark.parametrize(("mode", "backend"), [("eager", "auto"), ("compiled", "flash"), ("graphs", "auto")])
+def test_bench_cli_on_cuda_in_each_mode(tmp_path, mode, backend):
     out = tmp_path / "bench"
-    argv = [
-        "bench",
-        "--preset",
-        "tiny",
-        "--arch",
-        "FWL",
-        "--res",
-        "64x128",
-        "--repeats",
-        "3",
-        "--device",
-        "cuda",
-        "--dtype",
-        "bf16",
-        "--compile",
-        "--sdpa-backend",
-        backend,
-        "--batch",
-        "4",
-        "--out",
-        str(out),
-    ]
+    # 80x96 at patch 16: a 5x6 grid that 4x4 windows do not divide, so the W block's windows are masked.
+    argv = ["bench", "--preset", "tiny", "--arch", "FWL", "--res", "80x96", "--repeats", "3", "--device", "cuda"]
+    argv += ["--dtype", "bf16", "--mode", mode, "--sdpa-backend", backend, "--batch", "4", "--out", str(out)]
     assert main(argv) == 0
-    row = json.loads((out / "bench.json").read_text())["rows"][0]
+    result = json.loads((out / "bench.json").read_text())
+    row = result["rows"][0]
+    assert result["machine"]["gpu"] and result["options"]["mode"] == mode
     assert row["hybrid"]["peak_memory"]["bytes"] > 0 and row["hybrid"]["throughput"]["batch"] == 4
-    assert json.loads((out / "bench.json").read_text())["machine"]["gpu"]
+    if backend == "auto":  # the teacher's candidates were tried and the fastest that ran was kept
+        trials = row["sdpa"]["trials_ms"]
+        ran = {n: t for n, t in trials.items() if isinstance(t, float)}
+        assert set(trials) == {"flash", "cudnn", "efficient"} and row["sdpa"]["backend"] == min(ran, key=ran.get)
+    else:
+        assert row["sdpa"]["backend"] == backend

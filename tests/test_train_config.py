@@ -70,6 +70,8 @@ def test_load_and_override(tmp_path):
         ("supernet.linear.conv=sideways", "supernet.linear.conv 'sideways' is not one of none, static, dynamic"),
         ("supernet.linear.kernel=elu", "supernet.linear.kernel 'elu' is not one of relu, focus"),
         ("run.strategy=zero3", "run.strategy 'zero3' is not one of ddp, fsdp"),
+        ("run.compile=model", "run.compile 'model' is not one of none, blocks"),
+        ("data.workers=-1", "data.workers must be >= 0 or null"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(tmp_path, override, message):
@@ -182,3 +184,12 @@ def test_stage_for_steps_keeps_the_warmup_but_at_most_a_tenth_of_the_steps():
     assert stage.for_steps(4).warmup_steps == 1  # never 0 where the stage had a warm-up
     assert dataclasses.replace(stage, warmup_steps=0).for_steps(100).warmup_steps == 0
     assert stage.steps == 450  # the original is untouched
+
+
+def test_loader_workers_default_to_none_on_the_cpu_and_a_few_on_cuda(tmp_path):
+    data = load_config(_write(tmp_path, BASE)).data
+    assert data.workers is None
+    assert data.resolved_workers("cpu") == 0
+    assert 1 <= data.resolved_workers("cuda") <= 4
+    assert data.resolved_workers("cuda", processes_per_host=10**6) == 1  # at least one, however many processes
+    assert load_config(_write(tmp_path, BASE), ["data.workers=3"]).data.resolved_workers("cpu") == 3

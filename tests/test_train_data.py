@@ -14,6 +14,7 @@ from jetvit.train.data import (
     SampleImages,
     SamplePlan,
     holdout_images,
+    normalize,
     random_resized_crop,
     shard,
     split_holdout,
@@ -48,8 +49,6 @@ def _batches(images, plan, rank=0, world=1, micro=2, start=0):
         rank=rank,
         world=world,
         size=(16, 24),
-        mean=MEAN,
-        std=STD,
         scale=(0.25, 1.0),
         ratio=(0.75, 1.33),
         hflip=True,
@@ -99,7 +98,7 @@ def test_batches_are_a_pure_function_of_the_step_and_shard_the_global_batch(tmp_
     one = _batches(images, plan, micro=2)
     assert one.accum == 2 and len(one) == 6
     x = one[3]["images"]
-    assert x.shape == (2, 3, 16, 24) and x.dtype == torch.float32
+    assert x.shape == (2, 3, 16, 24) and x.dtype == torch.uint8
     # The same sample from a fresh plan (a resumed run) and from a run that starts at step 1.
     again = _batches(images, SamplePlan(6, seed=3, phase="step1"), start=1)
     torch.testing.assert_close(again[1]["images"], x, rtol=0, atol=0)
@@ -112,6 +111,27 @@ def test_batches_are_a_pure_function_of_the_step_and_shard_the_global_batch(tmp_
     # Another seed gives other crops.
     other = _batches(images, SamplePlan(6, seed=4, phase="step1"))
     assert not torch.equal(other[3]["images"], x)
+
+
+def test_uint8_batches_normalised_on_the_device_equal_float_rendering(tmp_path):
+    """The loader sends uint8 pixels; `normalize` where the model runs gives exactly what rendering to float32 in the
+    workers gave (PIL's resize already rounds to uint8, so nothing is lost on the way)."""
+    src = FolderImages(_folder(tmp_path, n=4, corrupt=0))
+    images = ImageSet(src, list(range(4)))
+    plan = SamplePlan(4, seed=1, phase="p")
+    item = _batches(images, plan, micro=2)[1]  # step 0, positions 2 and 3
+    for j, pos in enumerate((2, 3)):
+        img, _ = images.get(plan.image(pos))
+        crop = random_resized_crop(plan.rng(pos), img.width, img.height, scale=(0.25, 1.0), ratio=(0.75, 1.33),
+                                   hflip=True)  # fmt: skip
+        out = img.resize((24, 16), Image.Resampling.BICUBIC, box=crop.box)
+        if crop.flip:
+            out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        raw = torch.from_numpy(np.asarray(out, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        expect = (raw - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
+        got = normalize(item["images"][j], torch.tensor(MEAN), torch.tensor(STD))
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, expect, rtol=0, atol=0)
 
 
 def test_epochs_visit_every_image_once():

@@ -5,6 +5,7 @@ The multi-process comparisons are in `test_train_distributed.py`."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 
@@ -66,8 +67,9 @@ def setup(tiny_model):
     return teacher, cfg, stages, images
 
 
-def _train(setup, ckpt, *, logger=None) -> nn.Module:
+def _train(setup, ckpt, *, logger=None, compile: str = "none") -> nn.Module:
     teacher, cfg, stages, images = setup
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, compile=compile))
     torch.manual_seed(0)  # the L candidates' new tensors
     supernet = build_supernet(teacher, CHOICES).requires_grad_(True)
     phase = Phase("step1", stages, choose_path=PathSampler(CHOICES, seed=0, phase="step1"))
@@ -106,6 +108,26 @@ def test_sharded_phase_trains_as_one_process_and_resumes_across_worlds(setup, tm
     assert ck["step"] == 2 and len(list(shards_dir(tmp_path / "a.pt").iterdir())) == 1
     _assert_same_weights(plain, _train(setup, tmp_path / "a.pt"))
     assert not shards_dir(tmp_path / "a.pt").exists()  # the full checkpoint of the finished phase replaced them
+
+
+def test_sharded_supernet_with_compiled_candidates_trains_as_eager(setup, tmp_path, monkeypatch):
+    """`run.compile: blocks` under `fsdp`: the sharded copy's candidates compiled after sharding (`aot_eager` here), a
+    step gathering the active ones only; the weights of the eager sharded run (float32 reordering apart), and the
+    teacher runs eager again afterwards."""
+    from torch._dynamo.utils import counters
+
+    from jetvit.compile import is_compiled
+
+    monkeypatch.setenv("JETVIT_COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    with process_group():
+        eager = _train(setup, tmp_path / "eager.pt")
+        compiled = _train(setup, tmp_path / "compiled.pt", compile="blocks")
+    _assert_same_weights(eager, compiled, atol=1e-5)
+    # the L and W candidates in training and the teacher's F blocks under no_grad: a graph each, whatever the depth
+    assert counters["stats"]["unique_graphs"] == 3
+    assert not is_compiled(setup[0])  # the teacher outlives the phase: eager again
 
 
 class TwoOfThree(nn.Module):

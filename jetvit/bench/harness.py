@@ -2,20 +2,39 @@
 
 Method (the usual mistakes, avoided on purpose):
 
-- warm-up calls before any timing (first calls pay for allocation, oneDNN primitive creation, compilation);
+- warm-up calls before any timing (first calls pay for allocation, oneDNN primitive creation, compilation, graph
+  capture);
 - the device is synchronised around every timed call, with CUDA events on GPU;
 - teacher and hybrid calls alternate within every repeat (and the order flips each repeat), so drifting load on a
   shared machine hits both alike; the spread of the speedup is taken over these per-repeat pairs;
 - only the backbone forward (optionally with the depth head) is timed: no pre/post-processing, no host copies;
-- peak memory: on CUDA `max_memory_allocated` over one forward above what was allocated before it; on CPU a fresh
-  subprocess per measurement (see `jetvit.bench.memory`), because torch's CPU allocations are invisible to
-  `tracemalloc` and an in-process RSS peak is polluted by everything measured before.
+- peak memory: on CUDA `max_memory_allocated` over one forward above what was allocated before it (under CUDA graphs,
+  over the captured forward); on CPU a fresh subprocess per measurement (see `jetvit.bench.memory`), because torch's
+  CPU allocations are invisible to `tracemalloc` and an in-process RSS peak is polluted by everything measured before.
+
+How a forward runs (`BenchOptions`):
+
+- `dtype` "bf16": the models' weights are cast to bf16 once (`model.to(torch.bfloat16)`), and the input too: pure
+  bf16 inference, as deployed. Autocast would instead re-cast every weight on every forward. What must not be summed
+  in bf16 is not: the `L` blocks accumulate their state phi(K)^T [V, 1] in fp32 (`jetvit.ops.linear_attention`),
+  SDPA and LayerNorm accumulate in fp32 internally.
+- `mode` "eager"; "compiled": each block compiled once per block kind and shape (`jetvit.compile.compile_regions`,
+  static shapes, `fullgraph=True`), the rest of the forward eager; "graphs" (CUDA): the eager forward captured in a
+  CUDA graph per input shape and replayed, which removes the CPU's launch overhead.
+- `sdpa_backend` (CUDA) "auto": the teacher's fastest SDPA backend, found by timing each candidate (flash, cudnn,
+  efficient) forced alone on the teacher at that resolution, and recorded in the row; it is then put first in
+  PyTorch's priority order for both models, never forced: a call it cannot take (a `W` block's masked windows under
+  flash) falls through to PyTorch's own order.
+- throughput: at one batch per resolution, the same for both models and modes: `batch`, else on CUDA the largest
+  power of two (<= `max_batch`) whose forward, scaled from the teacher's batch-1 peak, fits a third of the free
+  memory; on CPU batch 1 (the inverse latency). No search: a compiled model compiles batch 1 and that batch, once.
 
 The ideal speedup comes from the model's own cost model, `model.flops(H, W)["total"]`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,50 +56,64 @@ from jetvit.model import HybridViT
 logger = logging.getLogger(__name__)
 Runner = Callable[[Tensor], Any]
 
-
-@dataclass
-class BenchOptions:
-    """What to measure and how."""
-
-    resolutions: list[tuple[int, int]]
-    batch: int | None = None  # throughput batch; None = the largest fitting one on CUDA, batch 1 on CPU
-    dtype: str = "fp32"  # "fp32" | "bf16" (autocast)
-    compile: bool = False
-    device: str = "cpu"
-    repeats: int = 10
-    warmup: int = 2
-    memory: bool = True
-    head: bool = False  # time predict_depth (backbone + DPT head) instead of the backbone alone
-    sdpa_backend: str | None = None  # CUDA: "flash" | "cudnn" | "efficient" | "math"; None lets PyTorch pick
-    threads: int | None = None  # CPU threads (torch.set_num_threads); None keeps the default
-    max_batch: int = 1024
-    clock: str = "wall"  # CPU only: "wall" (perf_counter) | "process" (CPU time of this process; see time_interleaved)
-
-    def __post_init__(self) -> None:
-        if self.dtype not in ("fp32", "bf16"):
-            raise ValueError(f"dtype must be 'fp32' or 'bf16', got {self.dtype!r}")
-        if self.device not in ("cpu", "cuda"):
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False on this machine")
-        if self.sdpa_backend not in (None, *SDPA_BACKENDS):
-            raise ValueError(f"sdpa_backend must be one of {list(SDPA_BACKENDS)}, got {self.sdpa_backend!r}")
-        if self.repeats < 1 or self.warmup < 0:
-            raise ValueError(f"need repeats >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
-        if self.batch is not None and self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
-        if self.clock not in ("wall", "process") or (self.clock == "process" and self.device != "cpu"):
-            raise ValueError(f"clock must be 'wall', or 'process' on CPU, got {self.clock!r} on {self.device}")
-        if not self.resolutions:
-            raise ValueError("give at least one resolution (--res HxW)")
-
-
+MODES = ("eager", "compiled", "graphs")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# name -> torch.nn.attention.SDPBackend member
 SDPA_BACKENDS = {
     "flash": "FLASH_ATTENTION",
     "cudnn": "CUDNN_ATTENTION",
     "efficient": "EFFICIENT_ATTENTION",
     "math": "MATH",
 }
+# What "auto" tries on the teacher; math materialises the N x N scores and is never the fastest at these sizes.
+SDPA_CANDIDATES = ("flash", "cudnn", "efficient")
+
+
+@dataclass
+class BenchOptions:
+    """What to measure and how (see the module docstring)."""
+
+    resolutions: list[tuple[int, int]]
+    batch: int | None = None  # throughput batch; None: from the batch-1 peak memory on CUDA, batch 1 on CPU
+    dtype: str = "fp32"  # "fp32" | "bf16" (weights cast once to bf16; no autocast)
+    mode: str = "eager"  # "eager" | "compiled" (regional) | "graphs" (CUDA graphs of the eager forward)
+    device: str = "cpu"
+    repeats: int = 10
+    warmup: int = 2
+    memory: bool = True
+    head: bool = False  # time predict_depth (backbone + DPT head) instead of the backbone alone
+    # CUDA: "auto" (the teacher's fastest), "default" (PyTorch's order) or a name of SDPA_BACKENDS (put first)
+    sdpa_backend: str | None = "auto"
+    threads: int | None = None  # CPU threads (torch.set_num_threads); None keeps the default
+    max_batch: int = 32
+    clock: str = "wall"  # CPU only: "wall" (perf_counter) | "process" (CPU time of this process; see time_interleaved)
+    compile_backend: str | None = None  # torch.compile backend of mode "compiled"; None: jetvit.compile's default
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for but torch.cuda.is_available() is False on this machine")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if self.mode == "graphs" and self.device != "cuda":
+            raise ValueError("mode 'graphs' captures CUDA graphs: it needs --device cuda")
+        if self.sdpa_backend not in (None, "auto", "default", *SDPA_BACKENDS):
+            raise ValueError(
+                f"sdpa_backend must be 'auto', 'default' or one of {list(SDPA_BACKENDS)}, got {self.sdpa_backend!r}"
+            )
+        if self.repeats < 1 or self.warmup < 0:
+            raise ValueError(f"need repeats >= 1 and warmup >= 0, got {self.repeats} and {self.warmup}")
+        if self.batch is not None and self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
+        if self.clock not in ("wall", "process") or (self.clock == "process" and self.device != "cpu"):
+            raise ValueError(f"clock must be 'wall', or 'process' on CPU, got {self.clock!r} on {self.device}")
+        if not self.resolutions:
+            raise ValueError("give at least one resolution (--res HxW)")
 
 
 def parse_res(text: str) -> tuple[int, int]:
@@ -98,45 +131,148 @@ def parse_res(text: str) -> tuple[int, int]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Running and timing
+# Running
 
 
-def make_runner(model: HybridViT, opts: BenchOptions) -> Runner:
-    """The timed call: inference mode, bf16 autocast when asked, the chosen SDPA backend, optionally compiled
-    (whole backbone, `fullgraph=True`: a graph break is an error, not a silent slowdown)."""
+def prepare_model(model: HybridViT, opts: BenchOptions) -> HybridViT:
+    """The model on `opts.device` in `opts.dtype`, in eval mode; cast in place, once (`nn.Module.to`)."""
+    return model.to(device=opts.device, dtype=DTYPES[opts.dtype]).eval()
+
+
+def make_runner(model: HybridViT, opts: BenchOptions, *, sdpa_backend: str | None = None) -> Runner:
+    """The timed call of `model` under `opts`: inference mode, the model cast to `opts.dtype` (in place, see
+    `prepare_model`; inputs are cast to it), `sdpa_backend` first in SDPA's priority order (None: PyTorch's order).
+
+    mode "compiled" compiles the model's blocks in place (`jetvit.compile.compile_regions`: static shapes, a graph
+    break is an error); `jetvit.compile.uncompile_regions` undoes it. mode "graphs" returns a `GraphRunner`."""
+    prepare_model(model, opts)
     fn: Callable[[Tensor], Any] = model.predict_depth if opts.head else model.forward
-    if opts.compile:
-        import torch._dynamo as dynamo
+    if opts.mode == "compiled":
+        from jetvit.compile import compile_regions
 
-        # Teacher and hybrid share HybridViT.forward's code object, and every (resolution, batch) is a new shape:
-        # without a high limit Dynamo would silently fall back to eager after a few of them.
-        dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 256)
-        dynamo.config.fail_on_recompile_limit_hit = True
-        fn = torch.compile(fn, fullgraph=True, dynamic=False)
-    device_type = opts.device
-    autocast = opts.dtype == "bf16"
+        compile_regions(model, backend=opts.compile_backend, dynamic=False, fullgraph=True)
+    dtype = DTYPES[opts.dtype]
 
     def run(x: Tensor) -> Any:
-        with torch.inference_mode(), _sdpa_context(opts.sdpa_backend):
-            with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=autocast):
-                return fn(x)
+        with torch.inference_mode(), sdpa_context(sdpa_backend):
+            return fn(x.to(dtype))
 
-    return run
+    return GraphRunner(run) if opts.mode == "graphs" else run
 
 
-def _sdpa_context(backend: str | None):
-    import contextlib
+class GraphRunner:
+    """`run` captured in one CUDA graph per input shape and dtype, on the first call with that shape; later calls
+    copy the input into the graph's static input, replay, and return the graph's static output (overwritten by the
+    next replay: clone it to keep it). The input copy is timed with the replay: a deployment pays it too.
 
+    `peak_bytes[key]`: the memory allocated at the peak of the captured forward, above what was allocated before
+    the capture (the graph's private pool holds that much for as long as the graph lives)."""
+
+    def __init__(self, run: Runner, *, warmup: int = 2) -> None:
+        self.run, self.warmup = run, warmup
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Any]] = {}
+        self.peak_bytes: dict[tuple, int] = {}
+
+    @staticmethod
+    def key(x: Tensor) -> tuple:
+        return (tuple(x.shape), x.dtype, str(x.device))
+
+    def capture(self, x: Tensor) -> None:
+        key = self.key(x)
+        static_in = x.clone()
+        # Warm-up on a side stream, as CUDA graph capture requires (lazy cuBLAS/cuDNN handles, autotuning).
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.run(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.run(static_in)
+        torch.cuda.synchronize()
+        self.peak_bytes[key] = torch.cuda.max_memory_allocated() - before
+        self.graphs[key] = (graph, static_in, static_out)
+
+    def __call__(self, x: Tensor) -> Any:
+        key = self.key(x)
+        if key not in self.graphs:
+            self.capture(x)
+        graph, static_in, static_out = self.graphs[key]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+
+def sdpa_context(backend: str | None) -> contextlib.AbstractContextManager:
+    """`backend` first in SDPA's priority order, every other backend after it in PyTorch's own order (None: PyTorch's
+    order unchanged). Nothing is forced: a call the backend cannot take falls through to the next."""
     if backend is None:
         return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    first = getattr(SDPBackend, SDPA_BACKENDS[backend])
+    by_value = {int(b): b for b in SDPBackend.__members__.values() if int(b) >= 0}  # ERROR is -1
+    order = [by_value[v] for v in torch._C._get_sdp_priority_order() if v in by_value]
+    return sdpa_kernel([first, *(b for b in order if b != first)], set_priority=True)
+
+
+def forced_sdpa(backend: str) -> contextlib.AbstractContextManager:
+    """Only `backend`: a call it cannot take raises. For trying a backend on the teacher, whose calls are unmasked."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[backend]))
 
 
+def choose_fastest(time_candidate: Callable[[str], float], candidates: tuple[str, ...] = SDPA_CANDIDATES):
+    """The candidate with the smallest `time_candidate(name)` (ms); one that raises RuntimeError (no kernel for
+    these inputs on this device) is skipped. Returns (the fastest or None, {name: ms or "failed: ..."})."""
+    trials: dict[str, float | str] = {}
+    for name in candidates:
+        try:
+            trials[name] = float(time_candidate(name))
+        except RuntimeError as e:
+            trials[name] = "failed: " + (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    ok = {n: t for n, t in trials.items() if isinstance(t, float)}
+    return (min(ok, key=ok.__getitem__) if ok else None), trials
+
+
+def teacher_sdpa_backend(teacher: HybridViT, x: Tensor, opts: BenchOptions, *, repeats: int = 3) -> dict[str, Any]:
+    """The SDPA backend the models run with at x's shape: {"backend": name or None, "how": ..., "trials_ms": ...}.
+    "auto" on CUDA times each candidate forced alone on the eager teacher (one warm-up, median of `repeats`)."""
+    choice = None if opts.sdpa_backend in (None, "default") else opts.sdpa_backend
+    if opts.device != "cuda":
+        return {"backend": None, "how": "PyTorch's order (SDPA backends are CUDA's)", "trials_ms": {}}
+    if choice != "auto":
+        return {"backend": choice, "how": "as asked" if choice else "PyTorch's order", "trials_ms": {}}
+    fn = teacher.predict_depth if opts.head else teacher.forward
+    x = x.to(DTYPES[opts.dtype])
+
+    def time_candidate(name: str) -> float:
+        def run(inp: Tensor) -> Any:
+            with torch.inference_mode(), forced_sdpa(name):
+                return fn(inp)
+
+        run(x)
+        torch.cuda.synchronize()
+        return statistics.median(_time_one(run, x, "cuda") for _ in range(repeats))
+
+    best, trials = choose_fastest(time_candidate)
+    torch.cuda.empty_cache()
+    how = "fastest of the candidates forced alone on the eager teacher" if best else "no candidate ran: PyTorch's order"
+    return {"backend": best, "how": how, "trials_ms": trials}
+
+
 def _sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Timing and memory
 
 
 def time_interleaved(
@@ -181,25 +317,23 @@ def summarize(samples: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(s), "min": s[0], "max": s[-1], "q1": q[0], "q3": q[2], "samples": samples}
 
 
-def largest_batch(run: Runner, res: tuple[int, int], *, device: str, limit: int) -> int:
-    """Largest power-of-two batch (<= limit) whose forward fits in CUDA memory."""
-    best, b = 0, 1
-    while b <= limit:
-        try:
-            run(torch.randn(b, 3, *res, device=device))
-            _sync(device)
-            best, b = b, b * 2
-        except torch.OutOfMemoryError:
-            break
-        finally:
-            torch.cuda.empty_cache()
-    if best == 0:
-        raise ValueError(f"not even batch 1 fits on the GPU at {res[0]}x{res[1]}")
-    return best
+def throughput_batch(peak_bytes: int, free_bytes: int, *, max_batch: int, fraction: float = 1 / 3) -> int:
+    """The largest power of two <= max_batch whose forward, at `peak_bytes` per image (the batch-1 peak), takes at
+    most `fraction` of `free_bytes` (the rest: the other model, CUDA graph pools, fragmentation). At least 1."""
+    fits = int(fraction * free_bytes // max(peak_bytes, 1))
+    b = 1
+    while 2 * b <= min(fits, max_batch):
+        b *= 2
+    return b
 
 
 def peak_memory_cuda(run: Runner, x: Tensor) -> int:
-    """Bytes allocated at the peak of one forward above what was allocated before it."""
+    """Bytes allocated at the peak of one forward above what was allocated before it; for a `GraphRunner`, at the
+    peak of the captured forward (a replay allocates nothing)."""
+    if isinstance(run, GraphRunner):
+        if GraphRunner.key(x) not in run.peak_bytes:
+            run.capture(x)
+        return run.peak_bytes[GraphRunner.key(x)]
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -259,8 +393,18 @@ def machine_info(device: str) -> dict[str, Any]:
     }
     info["git_commit"] = _git_commit()
     if device == "cuda":
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
         info["gpu"] = torch.cuda.get_device_name()
+        info["gpu_memory_bytes"] = props.total_memory
+        info["gpu_sms"] = props.multi_processor_count
         info["cuda"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version()
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
     return info
 
 
@@ -302,13 +446,12 @@ def run_benchmark(
 ) -> BenchResult:
     """Measure teacher and hybrid at every resolution of `opts`; see the module docstring for the method.
 
+    The models are cast and moved in place (`prepare_model`); under mode "compiled" their blocks stay compiled.
     log: receives a line before each measurement and one result line per resolution (default: this module's
     logger; `jetvit bench` prints them)."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    device = torch.device(opts.device)
-    models = {"teacher": teacher.to(device).eval(), "hybrid": hybrid.to(device).eval()}
-    runners = {name: make_runner(m, opts) for name, m in models.items()}
+    models = {"teacher": prepare_model(teacher, opts), "hybrid": prepare_model(hybrid, opts)}
     result = BenchResult(
         command=command,
         machine=machine_info(opts.device),
@@ -321,65 +464,99 @@ def run_benchmark(
     for res in opts.resolutions:
         for m in models.values():
             m.grid_size(*res)  # raises a clear ValueError for sizes that are not multiples of the patch
-        row: dict[str, Any] = {"res": list(res)}
-        h, w = teacher.grid_size(*res)
-        row["tokens"] = teacher.cfg.num_global_tokens + h * w  # CLS, registers, YOLOS detection tokens, patches
-        torch.manual_seed(0)
-        x = torch.randn(1, 3, *res, device=device)
-        log(f"[{res[0]}x{res[1]}] latency at batch 1: warm-up {opts.warmup}, {opts.repeats} interleaved repeats")
-        lat = time_interleaved(
-            runners, x, repeats=opts.repeats, warmup=opts.warmup, device=opts.device, clock=opts.clock
-        )
-        for name, m in models.items():
-            flops = m.flops(*res)["total"]
-            if opts.head and m.depth_head is not None and not m.flops(*res)["head"]:
-                flops = None  # the head has no cost model: an ideal speedup would be wrong
-            row[name] = {"latency_ms": summarize(lat[name]), "flops": flops}
-        row["throughput"] = _throughput(runners, res, opts, lat, log)
-        for name in models:
-            row[name]["throughput"] = row["throughput"][name]
-        del row["throughput"]
-        if opts.memory:
-            for name, m in models.items():
-                row[name]["peak_memory"] = _memory(m, runners[name], x, res, opts)
-        row["speedup"] = _speedup(row, lat)
-        if opts.memory:
-            t, hy = row["teacher"]["peak_memory"]["bytes"], row["hybrid"]["peak_memory"]["bytes"]
-            row["memory_ratio"] = hy / t if t else None
+    # The SDPA backends are tried eagerly, before anything is compiled or captured.
+    sdpa = {res: teacher_sdpa_backend(models["teacher"], random_input(1, res, opts), opts) for res in opts.resolutions}
+    for res in opts.resolutions:
+        runners = {name: make_runner(m, opts, sdpa_backend=sdpa[res]["backend"]) for name, m in models.items()}
+        row = measure_row(models, runners, res, opts, log=log)
+        row["sdpa"] = sdpa[res]
         result.rows.append(row)
-        sp = row["speedup"]
-        ideal = f"{sp['ideal']:.2f}x" if sp["ideal"] else "n/a"
-        log(
-            f"[{res[0]}x{res[1]}] teacher {row['teacher']['latency_ms']['median']:.1f} ms, hybrid "
-            f"{row['hybrid']['latency_ms']['median']:.1f} ms: speedup {sp['measured']:.2f}x (ideal {ideal})"
-            + (f", memory ratio {row['memory_ratio']:.2f}" if opts.memory and row["memory_ratio"] else "")
-        )
+        del runners  # a GraphRunner's graphs hold their memory pools until dropped
+        if opts.device == "cuda":
+            torch.cuda.empty_cache()
     return result
 
 
-def _throughput(runners: dict[str, Runner], res, opts: BenchOptions, lat: dict, log) -> dict[str, dict]:
-    if opts.batch is None and opts.device == "cpu":
+def random_input(batch: int, res: tuple[int, int], opts: BenchOptions) -> Tensor:
+    """A seeded (batch, 3, H, W) input on `opts.device` in `opts.dtype` (never zeros: they can run faster)."""
+    torch.manual_seed(0)
+    return torch.randn(batch, 3, *res, device=opts.device, dtype=DTYPES[opts.dtype])
+
+
+def measure_row(
+    models: dict[str, HybridViT],
+    runners: dict[str, Runner],
+    res: tuple[int, int],
+    opts: BenchOptions,
+    *,
+    log: Callable[[str], None] = logger.info,
+    batch: int | None = None,
+) -> dict[str, Any]:
+    """One resolution: batch-1 latency (interleaved), batch-1 peak memory, throughput at one batch (`batch`, else
+    `opts.batch`, else see the module docstring), the measured and FLOP-ideal speedups. `models` and `runners`
+    are keyed "teacher" and "hybrid"."""
+    teacher = models["teacher"]
+    row: dict[str, Any] = {"res": list(res)}
+    h, w = teacher.grid_size(*res)
+    row["tokens"] = teacher.cfg.num_global_tokens + h * w  # CLS, registers, YOLOS detection tokens, patches
+    x = random_input(1, res, opts)
+    tag = f"[{res[0]}x{res[1]} {opts.mode}]"
+    log(f"{tag} latency at batch 1: warm-up {opts.warmup}, {opts.repeats} interleaved repeats")
+    lat = time_interleaved(runners, x, repeats=opts.repeats, warmup=opts.warmup, device=opts.device, clock=opts.clock)
+    for name, m in models.items():
+        flops = m.flops(*res)
+        total = flops["total"]
+        if opts.head and m.depth_head is not None and not flops["head"]:
+            total = None  # the head has no cost model: an ideal speedup would be wrong
+        row[name] = {"latency_ms": summarize(lat[name]), "flops": total}
+    cuda_peaks = {}
+    if opts.device == "cuda":  # measured whenever the batch is to be derived from it
+        if opts.memory or (batch or opts.batch) is None:
+            cuda_peaks = {name: peak_memory_cuda(run, x) for name, run in runners.items()}
+        if opts.memory:
+            how = "torch.cuda.max_memory_allocated over one forward (the captured one under graphs), above before"
+            for name in models:
+                row[name]["peak_memory"] = {"bytes": cuda_peaks[name], "method": how}
+    elif opts.memory:
+        for name, m in models.items():
+            row[name]["peak_memory"] = peak_memory_cpu(m, res, opts)
+    tp = _throughput(runners, res, opts, lat, log, batch=batch or opts.batch, peaks=cuda_peaks)
+    for name in models:
+        row[name]["throughput"] = tp[name]
+    row["speedup"] = _speedup(row, lat)
+    t_tp, h_tp = tp["teacher"]["images_per_s"], tp["hybrid"]["images_per_s"]
+    row["throughput_ratio"] = h_tp / t_tp if t_tp else None
+    if opts.memory:
+        t, hy = row["teacher"]["peak_memory"]["bytes"], row["hybrid"]["peak_memory"]["bytes"]
+        row["memory_ratio"] = hy / t if t else None
+    sp = row["speedup"]
+    ideal = f"{sp['ideal']:.2f}x" if sp["ideal"] else "n/a"
+    log(
+        f"{tag} teacher {row['teacher']['latency_ms']['median']:.2f} ms, hybrid "
+        f"{row['hybrid']['latency_ms']['median']:.2f} ms: speedup {sp['measured']:.2f}x (ideal {ideal})"
+        + (f", memory ratio {row['memory_ratio']:.2f}" if opts.memory and row["memory_ratio"] else "")
+    )
+    return row
+
+
+def _throughput(
+    runners: dict[str, Runner], res, opts: BenchOptions, lat: dict, log, *, batch: int | None, peaks: dict[str, int]
+) -> dict[str, dict]:
+    if batch is None and opts.device == "cpu":
         # On CPU batch 1 already fills the cores at these resolutions: throughput is the inverse latency.
         return {n: {"batch": 1, "images_per_s": 1e3 / statistics.median(t)} for n, t in lat.items()}
-    out = {}
-    for name, run in runners.items():
-        b = opts.batch or largest_batch(run, res, device=opts.device, limit=opts.max_batch)
-        xb = torch.randn(b, 3, *res, device=opts.device)
-        log(f"[{res[0]}x{res[1]}] {name} throughput at batch {b}")
-        t = time_interleaved({name: run}, xb, repeats=max(3, opts.repeats // 2), warmup=opts.warmup, device=opts.device)
-        ms = statistics.median(t[name])
-        out[name] = {"batch": b, "images_per_s": b * 1e3 / ms, "batch_ms": summarize(t[name])}
-    return out
-
-
-def _memory(model: HybridViT, run: Runner, x: Tensor, res, opts: BenchOptions) -> dict[str, Any]:
-    if opts.device == "cuda":
-        peak = peak_memory_cuda(run, x)
-        return {
-            "bytes": peak,
-            "method": "torch.cuda.max_memory_allocated over one forward, above the allocation before",
-        }
-    return peak_memory_cpu(model, res, opts)
+    if batch is None:
+        free, _ = torch.cuda.mem_get_info()
+        batch = throughput_batch(max(peaks.values()), free, max_batch=opts.max_batch)
+    xb = random_input(batch, res, opts)
+    log(f"[{res[0]}x{res[1]} {opts.mode}] throughput at batch {batch}")
+    t = time_interleaved(
+        runners, xb, repeats=max(3, opts.repeats // 2), warmup=opts.warmup, device=opts.device, clock=opts.clock
+    )
+    return {
+        name: {"batch": batch, "images_per_s": batch * 1e3 / statistics.median(ms), "batch_ms": summarize(ms)}
+        for name, ms in t.items()
+    }
 
 
 def _speedup(row: dict[str, Any], lat: dict[str, list[float]]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ The result is the peak forward memory above the resident model, input and runtim
 buffers and the output. Where the high-water mark cannot be reset, the fallback skips the warm-up and reports
 `ru_maxrss` after the forward minus the resident size before it (noted in `method`).
 
-Spec keys: config (ViTConfig dict), res [H, W], batch, dtype ("fp32" | "bf16"), head (bool), threads.
+Spec keys: config (ViTConfig dict), res [H, W], batch, dtype ("fp32" | "bf16": the weights and the input cast to bf16
+once, as the benchmark runs it), head (bool), threads.
 Prints one JSON line: {"bytes": ..., "baseline_bytes": ..., "hwm_bytes": ..., "method": ...}.
 
 With spec key `train` ({"targets": [block indices], "checkpointing": bool}) the measured call is instead one
@@ -72,10 +73,13 @@ def measure(spec: dict) -> dict:
     torch.manual_seed(0)
     model = HybridViT(ViTConfig.from_dict(spec["config"])).eval()
     x = torch.randn(int(spec.get("batch", 1)), 3, *spec["res"])
+    if spec.get("dtype") == "bf16" and not spec.get("train"):
+        # As the benchmark runs bf16 (`jetvit.bench.harness`): weights and input cast once, no autocast.
+        model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
     fn = model.predict_depth if spec.get("head") else model.forward
 
     def run():
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.get("dtype") == "bf16"):
+        with torch.inference_mode():
             return fn(x)
 
     if spec.get("train"):

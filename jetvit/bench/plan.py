@@ -31,7 +31,7 @@ in `tests/test_bench_plan.py`):
   `mlp_hidden`); and per kind: `F` the rotated q/k, the attention output and its log-sum-exp (flash attention: no
   N x N matrix); `W` the rotated q/k, the windowed q, k, v (keys and values with the global tokens, CLS, registers
   and detection tokens, in every window; padded grids padded) and output; `L` the kernel features phi(q), phi(k),
-  the fp32 copies the state product keeps, the output with its normaliser column, the rotated keys of the prefix
+  the output with its normaliser column (no fp32 copies: `ops.linear_attention`), the rotated keys of the prefix
   queries and the convolution's input;
 - the patch embedding's input, the student's normed target features and the teacher's (kept for the loss);
 - the backward's working set: twice the gradient of a block's widest activation (the MLP's hidden layer, or the qkv

@@ -122,6 +122,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# The 2-F hybrids the benchmarks set against their teachers (issue 20), a stand-in for a searched architecture, as
+# `benchmarks/gpu_suite.py` builds them: F where the paper puts it (0-based: DINOv3 ViT-L blocks 14 and 22; for the
+# 12-block ViT-B the same relative places, 7 and 11; Depth-Anything-V2-L 13 and 17), L and W alternating elsewhere,
+# L first (the paper finds the first block always linear). Only the F positions come from the paper.
+HYBRID_ARCHS: dict[str, str] = {
+    "dinov3-b": "LWLWLWLFLWLF",
+    "dinov3-l": "LWLWLWLWLWLWLWFWLWLWLWFW",
+    "dav2-l": "LWLWLWLWLWLWLFLWLFLWLWLW",
+}
+
+
 def preset_config(name: str, arch: str = "", **overrides: Any) -> ViTConfig:
     """The `ViTConfig` of preset `name` with block kinds `arch` ("" = the all-`F` teacher)."""
     if name not in PRESETS:

@@ -9,20 +9,26 @@ from typing import Any
 from jetvit.io import atomic_write_json, atomic_write_text
 
 
+def run_mode(opts: dict[str, Any]) -> str:
+    """The mode of a result's options: "eager" | "compiled" | "graphs" (results written before modes: `compile`)."""
+    return opts.get("mode") or ("compiled" if opts.get("compile") else "eager")
+
+
 def markdown_table(result: dict[str, Any]) -> str:
-    """One row per resolution: latencies (median [min-max]), measured and FLOP-ideal speedup, memory."""
+    """One row per resolution: latencies (median [min-max]), measured and FLOP-ideal speedup, memory, throughput,
+    the SDPA backend the models ran with (CUDA)."""
     m, opts = result["machine"], result["options"]
     where = m.get("gpu") or f"{m['cpu']} ({m['torch_threads']} threads)"
     lines = [
         f"teacher `{result['models']['teacher']['arch']}` vs hybrid `{result['models']['hybrid']['arch']}`, "
-        f"{opts['device']} {where}, {opts['dtype']}, {'compiled' if opts['compile'] else 'eager'}, "
+        f"{opts['device']} {where}, {opts['dtype']}, {run_mode(opts)}, "
         f"{'CPU-time' if opts.get('clock') == 'process' else 'wall-clock'} batch 1 latency over "
         f"{opts.get('repeats_per_input') or opts['repeats']} interleaved repeats "
         f"(warm-up {opts['warmup']}), torch {m['torch']}",
         "",
         "| resolution | tokens | teacher ms | hybrid ms | speedup (pairs min-max) | ideal (FLOPs) | measured/ideal "
-        "| teacher peak MiB | hybrid peak MiB | memory ratio | throughput img/s (teacher / hybrid, batch) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| teacher peak MiB | hybrid peak MiB | memory ratio | throughput img/s (teacher / hybrid, batch) | SDPA |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         t, h, s = r["teacher"], r["hybrid"], r["speedup"]
@@ -41,10 +47,16 @@ def markdown_table(result: dict[str, Any]) -> str:
         tp = f"{tt['images_per_s']:.3g} / {th['images_per_s']:.3g} (b{tt['batch']}/{th['batch']})"
         lines.append(
             f"| {r['res'][0]}x{r['res'][1]} | {r['tokens']} | {ms(t)} | {ms(h)} | {s['measured']:.2f}x "
-            f"({s['pairs_min']:.2f}-{s['pairs_max']:.2f}) | {ideal} | {frac} | {mb(t)} | {mb(h)} | {ratio} | {tp} |"
+            f"({s['pairs_min']:.2f}-{s['pairs_max']:.2f}) | {ideal} | {frac} | {mb(t)} | {mb(h)} | {ratio} | {tp} "
+            f"| {sdpa_label(r)} |"
         )
     lines += ["", f"command: `{result['command']}`", ""]
     return "\n".join(lines)
+
+
+def sdpa_label(row: dict[str, Any]) -> str:
+    """The SDPA backend a row ran with: its name, or "default" (PyTorch's order; also every CPU row)."""
+    return (row.get("sdpa") or {}).get("backend") or "default"
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -87,7 +99,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     a = result["models"]
     fig.suptitle(
         f"{a['hybrid']['arch']} vs {a['teacher']['arch']} ({result['options']['device']}, "
-        f"{result['options']['dtype']}, {'compiled' if result['options']['compile'] else 'eager'})"
+        f"{result['options']['dtype']}, {run_mode(result['options'])})"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -103,3 +115,40 @@ def write_outputs(result: dict[str, Any], out_dir: str | Path, *, stem: str = "b
     atomic_write_text(paths["md"], markdown_table(result))
     plot(result, paths["png"])
     return paths
+
+
+def suite_table(result: dict[str, Any]) -> str:
+    """The device suite's table (`benchmarks/gpu_suite.py`): one row per model, resolution and mode, with the cost
+    model's predicted speedup where it gave one; then what was skipped and what failed."""
+    m = result["machine"]
+    where = m.get("gpu") or f"{m['cpu']} ({m['torch_threads']} threads)"
+    lines = [
+        f"{where}, torch {m['torch']}, {result['dtype']}; latency batch 1 (median ms of interleaved repeats), "
+        "throughput at the row's batch; peak = forward memory above the weights",
+        "",
+        "| model | resolution | mode | SDPA | teacher ms | hybrid ms | speedup | ideal | meas/ideal | predicted "
+        "| batch | teacher img/s | hybrid img/s | tput ratio | teacher MiB | hybrid MiB | mem ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def num(v: float | None, fmt: str, unit: str = "") -> str:
+        return format(v, fmt) + unit if v is not None else "-"
+
+    for r in result["rows"]:
+        t, h, s = r["teacher"], r["hybrid"], r["speedup"]
+        pred = (r.get("prediction") or {}).get("speedup")
+        mib = [x["peak_memory"]["bytes"] / 2**20 if "peak_memory" in x else None for x in (t, h)]
+        tp = [x["throughput"]["images_per_s"] for x in (t, h)]
+        lines.append(
+            f"| {r['model']} | {r['res'][0]}x{r['res'][1]} | {r['mode']} | {sdpa_label(r)} "
+            f"| {t['latency_ms']['median']:.2f} | {h['latency_ms']['median']:.2f} | {s['measured']:.2f}x "
+            f"| {num(s['ideal'], '.2f', 'x')} | {num(s['fraction_of_ideal'], '.0%')} | {num(pred, '.2f', 'x')} "
+            f"| {t['throughput']['batch']} | {tp[0]:.3g} | {tp[1]:.3g} "
+            f"| {num(r.get('throughput_ratio'), '.2f', 'x')} | {num(mib[0], '.0f')} | {num(mib[1], '.0f')} "
+            f"| {num(r.get('memory_ratio'), '.2f')} |"
+        )
+    for key, label in (("skipped", "skipped"), ("errors", "error")):
+        for e in result.get(key, []):
+            res = "x".join(map(str, e["res"]))
+            lines.append(f"{label}: {e['model']} {res} {e['mode']}: {e['reason']}")
+    return "\n".join(lines) + "\n"

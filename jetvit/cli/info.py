@@ -2,7 +2,8 @@
 
 Prints the family, size, architecture, the tokens at one resolution (default: the native one; CLS, registers, YOLOS's
 detection tokens and patches), parameter counts and the model's own FLOP count there, with a per-block table (kind,
-parameters, FLOPs).
+parameters, FLOPs). With `--cost-device DEVICE` (h100, h200, rtx3090, orin) also the cost model's prediction there
+(`jetvit.bench.cost`): per-block latency, bytes moved, FLOPs and kernels, and where the bytes go.
 """
 
 from __future__ import annotations
@@ -22,6 +23,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--res", type=resolution, metavar="HxW", help="resolution for FLOPs (default: the model's native size)"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the text report")
+    parser.add_argument(
+        "--cost-device",
+        choices=["h100", "h200", "rtx3090", "orin"],  # jetvit.bench.cost.DEVICES, not imported for --help
+        help="also predict the latency on this GPU with the roofline cost model",
+    )
+    parser.add_argument(
+        "--cost-mode", choices=["eager", "graphs", "compiled"], default="eager", help="how the predicted forward runs"
+    )
+    parser.add_argument(
+        "--cost-dtype", choices=["bf16", "autocast", "fp32"], default="bf16", help="precision of the predicted forward"
+    )
     add_teacher_source_arguments(parser)
 
 
@@ -95,5 +107,17 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_teacher(args.src, **teacher_options(args))
     info = describe(model, args.res)
-    print(json.dumps(info, indent=2) if args.json else format_report(info, args.src))
+    report = None
+    if args.cost_device:
+        from jetvit.bench import cost
+
+        H, W = info["resolution"]
+        report = cost.predict(model, H, W, device=args.cost_device, dtype=args.cost_dtype, mode=args.cost_mode)
+        info["cost"] = report.to_dict()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_report(info, args.src))
+        if report is not None:
+            print("\n" + cost.format_cost(report) + "\n\n" + cost.where_the_bytes_go(report))
     return 0

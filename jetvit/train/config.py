@@ -19,6 +19,7 @@ from jetvit.train.sharding import Strategy
 
 TargetPreset = Literal["last", "all", "dpt"]
 KeepCheckpoints = Literal["last", "all", "none"]
+CompileMode = Literal["none", "blocks"]
 
 
 @dataclass
@@ -56,7 +57,24 @@ class DataConfig:
     scale: list[float] = field(default_factory=lambda: [0.25, 1.0])  # random resized crop: area fraction
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])  # random resized crop: aspect ratio
     hflip: bool = True
-    workers: int = 0  # DataLoader worker processes per training process
+    # DataLoader worker processes per training process, which decode, crop and resize the images; null: auto, none on
+    # the CPU (the workers would take cores from the model) and `auto_workers()` on CUDA (a few per process).
+    workers: int | None = None
+
+    def resolved_workers(self, device_type: str, processes_per_host: int = 1) -> int:
+        """`workers`, or when null its automatic value for a run on `device_type` ("cpu", "cuda", ...)."""
+        if self.workers is not None:
+            return self.workers
+        return auto_workers(processes_per_host) if device_type == "cuda" else 0
+
+
+def auto_workers(processes_per_host: int = 1) -> int:
+    """Loader workers per training process on a GPU: up to 4, sharing this machine's cores with the other training
+    processes of the host (one core each kept for the training process itself)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(4, cores // max(1, processes_per_host) - 1))
 
 
 @dataclass
@@ -105,3 +123,8 @@ class RunSettings:
     # (DistributedDataParallel); "fsdp", parameters, gradients and AdamW states sharded per block (FSDP2) with sharded
     # checkpoints (torch.distributed.checkpoint), for students too large to replicate. One process: the same run.
     strategy: Strategy = "ddp"
+    # "blocks": regional compilation (`jetvit.compile`) of the student's blocks, and of the frozen teacher's, for the
+    # length of each training phase: one compiled graph per block kind, reused by every block of that kind; the first
+    # steps of a phase (and of each new resolution) wait for it. Composes with activation checkpointing, DDP and FSDP.
+    # "none": eager. The backend is Inductor (`JETVIT_COMPILE_BACKEND` overrides it).
+    compile: CompileMode = "none"

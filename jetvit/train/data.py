@@ -12,6 +12,10 @@ crop are computed, not drawn from a generator that runs along. The data position
 just its step, and a resumed run sees exactly the batches an uninterrupted one would. Process `r` of `world`
 takes its contiguous share of each global batch, so the global batch is the same for any number of processes.
 
+Training batches are uint8 pixels (`render_pixels`), a quarter of float32's bytes through the loader's worker queues
+and the copy to the GPU; the trainer normalises them on the device (`normalize`), to exactly the float32 values
+`render` gives (the held-out images the scorers read, which are rendered once, stay float32).
+
 Unreadable, truncated or corrupt files, and images over `jetvit.io.MAX_IMAGE_PIXELS` (decompression bombs), are
 skipped (the next readable image takes their place, deterministically) and counted; an empty folder is an error that
 names it.
@@ -248,8 +252,10 @@ def center_crop(width: int, height: int, out_h: int, out_w: int) -> Crop:
     return Crop((left, top, left + w, top + h), False)
 
 
-def render(img: Image.Image, crop: Crop, size: tuple[int, int], mean, std) -> torch.Tensor:
-    """Crop, resize to `size` (H, W) and normalise -> (3, H, W) float32."""
+def render_pixels(img: Image.Image, crop: Crop, size: tuple[int, int]) -> torch.Tensor:
+    """Crop and resize to `size` (H, W) -> (3, H, W) uint8: what the training loader's workers send (a quarter of
+    the bytes of float32, through the worker queues and the host-to-device copy); `normalize` finishes it on the
+    device."""
     import numpy as np
     import torch
     from PIL import Image
@@ -257,8 +263,24 @@ def render(img: Image.Image, crop: Crop, size: tuple[int, int], mean, std) -> to
     out = img.resize((size[1], size[0]), Image.Resampling.BICUBIC, box=crop.box)
     if crop.flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    x = torch.from_numpy(np.asarray(out, dtype=np.float32) / 255.0).permute(2, 0, 1)  # (3, H, W)
-    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    return torch.from_numpy(np.array(out, dtype=np.uint8)).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+
+
+def normalize(
+    pixels: torch.Tensor, mean: torch.Tensor | tuple[float, ...], std: torch.Tensor | tuple[float, ...]
+) -> torch.Tensor:
+    """uint8 images (..., 3, H, W) -> float32 (x / 255 - mean) / std, on the images' device. `mean`, `std`: per
+    channel (tuples, or float32 tensors already on that device, which saves two small copies per call)."""
+    import torch
+
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(-1, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
+def render(img: Image.Image, crop: Crop, size: tuple[int, int], mean, std) -> torch.Tensor:
+    """Crop, resize to `size` (H, W) and normalise -> (3, H, W) float32."""
+    return normalize(render_pixels(img, crop, size), mean, std)
 
 
 # --- deterministic sampling ---------------------------------------------------------------------------
@@ -308,7 +330,8 @@ class DistillBatches:
     """Map-style dataset whose item i is the i-th micro-batch this process computes in a stage.
 
     Items run over optimizer steps `start_step ... steps-1`, `accum` micro-batches per step. Each item is
-    `{"images": (m, 3, H, W), "skipped": [file names]}`; use it with `DataLoader(batch_size=None)`.
+    `{"images": (m, 3, H, W) uint8, "skipped": [file names], "step": int, "micro": int}`; use it with
+    `DataLoader(batch_size=None)`, and `normalize` the images where the model runs.
     """
 
     def __init__(
@@ -324,8 +347,6 @@ class DistillBatches:
         rank: int,
         world: int,
         size: tuple[int, int],
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
         scale: tuple[float, float],
         ratio: tuple[float, float],
         hflip: bool,
@@ -340,7 +361,7 @@ class DistillBatches:
                 f"is not divisible by micro_batch_size={micro_batch_size}"
             )
         self.accum = len(self.positions) // micro_batch_size
-        self.size, self.mean, self.std = size, mean, std
+        self.size = size
         self.scale, self.ratio, self.hflip = scale, ratio, hflip
 
     def __len__(self) -> int:
@@ -360,7 +381,7 @@ class DistillBatches:
             crop = random_resized_crop(
                 self.plan.rng(sample), img.width, img.height, scale=self.scale, ratio=self.ratio, hflip=self.hflip
             )
-            xs.append(render(img, crop, self.size, self.mean, self.std))
+            xs.append(render_pixels(img, crop, self.size))
         return {"images": torch.stack(xs), "skipped": skipped, "step": step, "micro": micro}
 
 

@@ -46,7 +46,7 @@ from jetvit.train.checkpoint import (
     set_rng_state,
 )
 from jetvit.train.config import DataConfig, DistillConfig, OptimConfig, RunSettings, StageConfig
-from jetvit.train.data import DistillBatches, ImageSet, SamplePlan
+from jetvit.train.data import DistillBatches, ImageSet, SamplePlan, normalize
 from jetvit.train.losses import depth_loss_fn
 from jetvit.train.sharding import wrap_student
 
@@ -172,8 +172,14 @@ class Trainer:
 
     The student is held across processes as `run.strategy` says (`jetvit.train.sharding`); whatever the strategy,
     `model` ends as a plain module holding the trained weights on every process. A checkpoint written under one
-    strategy and number of processes resumes under any other. Losses are summed on the device and read only when
-    logged, so a step has no host synchronisation beyond the data.
+    strategy and number of processes resumes under any other.
+
+    A GPU is kept fed: the loader's workers send uint8 images (a quarter of float32's bytes) in pinned memory, copied
+    without blocking and normalised on the device; one loader serves all the stages of a phase, so its workers start
+    once and the next stage's first batches are ready when it starts; AdamW is fused on CUDA. A step does not wait for
+    the device: losses are summed there and read only when logged, and the processes of a distributed run agree on
+    an interrupt (and check that they train the same path) only at those steps. `run.compile: blocks` compiles the
+    student's and the teacher's blocks for the length of the phase (`jetvit.compile`).
     """
 
     def __init__(self, phase: Phase, model: nn.Module, setup: DistillSetup, *, ckpt_path: Path) -> None:
@@ -195,10 +201,20 @@ class Trainer:
         model.set_grad_checkpointing(setup.run.activation_checkpointing)  # the student's blocks, never the teacher's
         student = DistillStudent(model, setup.targets, with_depth=self.with_depth)
         self.trainee = wrap_student(student, rt, setup.run.strategy)
+        self.compiled: list[nn.Module] = []
+        if setup.run.compile == "blocks":
+            self._compile()
         optim = setup.optim
         self.opt = torch.optim.AdamW(
-            self.trainee.parameters(), lr=0.0, betas=tuple(optim.betas), weight_decay=optim.weight_decay
+            self.trainee.parameters(),
+            lr=0.0,
+            betas=tuple(optim.betas),
+            weight_decay=optim.weight_decay,
+            fused=True if rt.device.type == "cuda" else None,  # one kernel for all tensors; the CPU keeps for-each
         )
+        # The teacher's normalisation, applied on the device to the loader's uint8 images.
+        self.mean = torch.tensor(setup.teacher.cfg.mean, dtype=torch.float32, device=rt.device)
+        self.std = torch.tensor(setup.teacher.cfg.std, dtype=torch.float32, device=rt.device)
         self.start_stage, self.start_step, self.skipped = 0, 0, 0
         self.history: dict[str, Any] = {"curve": []}
         self.elapsed = 0.0
@@ -208,6 +224,30 @@ class Trainer:
         self.phase_step = sum(s.steps for s in phase.stages[: self.start_stage]) + self.start_step
         self.loss_value = float("nan")
         self.t0 = time.perf_counter()
+
+    def _compile(self) -> None:
+        """Regional compilation of the trained model (under `fsdp` the sharded copy, after sharding: deep copies of a
+        compiled module run eager) and of the frozen teachers, each block kind compiled once. The teachers are compiled
+        too: their forward is a large share of a step (one forward of the teacher for one forward and backward of the
+        student, more with a separate depth teacher), and under no_grad it compiles to a graph of its own. Undone by
+        `_uncompile` when the phase ends: the teacher and the trained model outlive the phase (scorers, export, the
+        next phase), and what runs them after it is not this setting's to compile, at shapes it would recompile for."""
+        from jetvit.compile import compile_regions
+
+        teachers = (self.setup.teacher, self.setup.depth_teacher if self.with_depth else None)
+        models = [self.trainee.model, *{id(t): t for t in teachers if t is not None}.values()]
+        for m in models:
+            # A phase feeds a few shapes (a batch and resolution per stage, the scorer's): a graph specialised to each
+            # traces and runs faster than one graph with symbolic sizes.
+            compile_regions(m, dynamic=False)
+        self.compiled = models
+
+    def _uncompile(self) -> None:
+        from jetvit.compile import uncompile_regions
+
+        for m in self.compiled:
+            uncompile_regions(m)
+        self.compiled = []
 
     def _resume(self, ck: dict[str, Any]) -> None:
         if "shards" in ck:
@@ -229,17 +269,25 @@ class Trainer:
         if self.result is not None:
             return self.result
         self.trainee.model.train()
-        with StepBoundaryInterrupt() as interrupt:
-            for si, stage in enumerate(self.phase.stages):
+        try:
+            stages = []  # (index, stage, first step, its micro-batches) of the stages left to train
+            for si, stage in enumerate(self.phase.stages[self.start_stage :], start=self.start_stage):
                 s0 = self.start_step if si == self.start_stage else 0
-                if si >= self.start_stage and s0 < stage.steps:
-                    self._train_stage(si, stage, s0, interrupt)
+                if s0 < stage.steps:
+                    stages.append((si, stage, s0, self._batches(si, stage, s0)))
+            loader = self._loader([b for *_, b in stages])
+            with StepBoundaryInterrupt() as interrupt:
+                for si, stage, s0, batches in stages:
+                    self._train_stage(si, stage, s0, loader, batches.accum, interrupt)
+            del loader  # its workers end here, before the phase's final checkpoint
+        finally:
+            self._uncompile()
         return self.finish()
 
-    def _loader(self, si: int, stage: StageConfig, s0: int) -> tuple[Iterator[dict], int]:
-        """The micro-batches of stage `si` from its step `s0` on, and how many make one optimizer step."""
+    def _batches(self, si: int, stage: StageConfig, s0: int) -> DistillBatches:
+        """The micro-batches of stage `si` from its step `s0` on."""
         setup, rt = self.setup, self.rt
-        batches = DistillBatches(
+        return DistillBatches(
             setup.images,
             self.plan,
             stage_offset=sum(s.steps * s.batch_size for s in self.phase.stages[:si]),
@@ -250,20 +298,30 @@ class Trainer:
             rank=rt.rank,
             world=rt.world,
             size=stage.size,
-            mean=setup.teacher.cfg.mean,
-            std=setup.teacher.cfg.std,
             scale=tuple(setup.data.scale),
             ratio=tuple(setup.data.ratio),
             hflip=setup.data.hflip,
         )
-        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=setup.data.workers)
-        return iter(loader), batches.accum
 
-    def _train_stage(self, si: int, stage: StageConfig, s0: int, interrupt: StepBoundaryInterrupt) -> None:
+    def _loader(self, stages: list[DistillBatches]) -> Iterator[dict]:
+        """One loader over the stages' micro-batches, in order: its workers start once per phase and render the next
+        stage's first batches while the current one ends. On CUDA the batches come in pinned memory, so that the
+        copy to the device does not block."""
+        from torch.utils.data import ConcatDataset, DataLoader
+
+        rt, data = self.rt, self.setup.data
+        workers = data.resolved_workers(rt.device.type, processes_per_host=_processes_per_host(rt))
+        dataset = ConcatDataset(stages) if stages else []
+        cuda = rt.device.type == "cuda"
+        loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=cuda)
+        return iter(loader)
+
+    def _train_stage(
+        self, si: int, stage: StageConfig, s0: int, loader: Iterator[dict], accum: int, interrupt: StepBoundaryInterrupt
+    ) -> None:
         from tqdm import tqdm
 
         phase, run, rt = self.phase, self.setup.run, self.rt
-        loader, accum = self._loader(si, stage, s0)
         H, W = stage.size
         bar = tqdm(
             total=stage.steps,
@@ -274,11 +332,12 @@ class Trainer:
         )
         try:
             for step in range(s0, stage.steps):
-                path = self._choose_path()
+                logged = (step + 1) % run.log_every == 0 or step + 1 == stage.steps
+                path = self._choose_path(check=logged or step == s0)
                 lr = lr_at(stage, step)
                 loss, feat, grad_norm = self.train_step(loader, accum, lr)
                 self.phase_step += 1
-                if (step + 1) % run.log_every == 0 or step + 1 == stage.steps:
+                if logged:
                     self._log(loss, feat, grad_norm, lr, path, bar)
                 last = step + 1 == stage.steps and si == len(phase.stages) - 1
                 every = run.eval_every
@@ -287,8 +346,11 @@ class Trainer:
                 if step + 1 == stage.steps:
                     final = {"resolution": [H, W], "steps": stage.steps, "final_loss": self.loss_value}
                     self.history[f"stage{si + 1}"] = final
-                # Every process stops at the same step (a sharded checkpoint is written by all of them).
-                stop = rt.mean(float(interrupt.requested)) > 0 if rt.distributed else interrupt.requested
+                # Every process stops at the same step (a sharded checkpoint is written by all of them). Agreeing on it
+                # is a collective that waits for the device, so a distributed run asks only at logged steps.
+                stop = interrupt.requested
+                if rt.distributed:
+                    stop = logged and rt.mean(float(interrupt.requested)) > 0
                 if (step + 1) % run.checkpoint_every == 0 or step + 1 == stage.steps or stop:
                     self.checkpoint(si, step + 1)
                 bar.update(1)
@@ -297,11 +359,13 @@ class Trainer:
         finally:
             bar.close()
 
-    def _choose_path(self) -> str | None:
+    def _choose_path(self, *, check: bool) -> str | None:
+        """Activate this step's path (a supernet phase); `check`: assert that every process chose the same (a
+        collective, so not at every step)."""
         if self.phase.choose_path is None:
             return None
         path = self.phase.choose_path(self.trainee.model, self.phase_step)
-        if self.rt.distributed:  # internal invariant: the seeded path is the same everywhere
+        if check and self.rt.distributed:  # internal invariant: the seeded path is the same everywhere
             paths = self.rt.all_gather_object(path)
             assert len(set(paths)) == 1, f"processes disagree on the path at step {self.phase_step}: {paths}"
         return path
@@ -318,7 +382,8 @@ class Trainer:
         for m in range(accum):
             batch = next(loader)
             self.skipped += len(batch["skipped"])
-            x = batch["images"].to(rt.device, non_blocking=True)
+            # uint8 from pinned memory: the copy runs behind the previous step's work, then normalised on the device
+            x = normalize(batch["images"].to(rt.device, non_blocking=True), self.mean, self.std)
             with torch.no_grad(), rt.autocast():
                 t_feats = token_features(setup.teacher.forward_intermediates(x, setup.targets))
                 label = setup.depth_teacher.predict_depth(x) if self.with_depth else None
@@ -379,6 +444,7 @@ class Trainer:
         """Unwrap the student (a plain module with the trained weights on every process), write the final
         checkpoint and return the phase's summary."""
         rt, phase, logger = self.rt, self.phase, self.setup.logger
+        self._uncompile()
         self.trainee.finish()
         # The DDP wrapper, or the shards with their AdamW states, sit in reference cycles (hooks): free them now,
         # before the next phase builds its model, not at some later collection.
@@ -403,6 +469,13 @@ class Trainer:
         rt.barrier()
         self.result = summary
         return summary
+
+
+def _processes_per_host(rt: Runtime) -> int:
+    """Training processes on this machine (torchrun's LOCAL_WORLD_SIZE), which share its cores for loader workers."""
+    import os
+
+    return int(os.environ.get("LOCAL_WORLD_SIZE", rt.world if rt.distributed else 1))
 
 
 class StepBoundaryInterrupt:
