@@ -1,24 +1,46 @@
-"""ONNX export of a hybrid at one input resolution, checked against PyTorch with onnxruntime on CPU.
+"""ONNX export of a hybrid for deployment at any batch and resolution, checked against PyTorch in onnxruntime or
+OpenVINO (CPU).
 
-The exported graph is the backbone at a fixed H x W with its position information baked in as constants: DINOv3's
-RoPE tables, DINOv2's and ViT's resized learned position embedding and YOLOS's (with its mid-layer ones) are computed
-once here (exporters handle neither the on-the-fly RoPE grid nor bicubic interpolation well), so the ONNX model
-contains only the blocks' arithmetic.
+One graph takes every batch size and every resolution whose sides are multiples of the patch size. It is traced by
+`torch.export` with symbolic sizes (`torch.onnx.export(dynamo=True, dynamic_shapes=...)`) while the ops run in their
+shape-generic forms (`jetvit.ops.export_mode`): the RoPE tables, the learned position embeddings' bicubic resize
+(two interpolation matrices), the windows' padding and key mask are computed in the graph from the input's size, and
+nothing is written into slices of a buffer. The graph therefore has no `ScatterND`, `If` or `Loop` node, which
+TensorRT's parser needs (docs/DEPLOY.md has the TensorRT and OpenVINO recipes). `dynamic=False` fixes the batch
+and the size instead.
+
+Precision: `dtype="fp16"` or `"bf16"` stores the weights and computes in that type, except the linear attention's
+state and normaliser, which explicit casts keep in fp32 (a sum over every token overflows fp16 and loses digits in
+bf16). The graph's input and outputs are fp32 whatever `dtype`.
 
 Outputs: `tokens`, the final normed tokens in the teacher's order (`model(x)`); a model with YOLOS's detection heads
 adds `logits` (B, S, num_labels + 1) and `boxes` (B, S, 4) sigmoid (cx, cy, w, h) (`model.predict_detections(x)`),
 so the file is a detector on its own (postprocessing, `jetvit.tasks.detection.postprocess`, stays outside).
+
+The caller's model is never changed: the export converts and traces a copy.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from jetvit.model import HybridViT, TokenLayout, resize_pos_embed
+from jetvit import ops
+from jetvit.model import HybridViT
+
+DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+RUNTIMES = ("onnxruntime", "openvino")
+# ONNX opset of each dtype's graph: 18 (what the exporter targets natively), but bf16 needs 22, the first opset whose
+# Conv (the patch embedding) and a few other ops accept bfloat16; an opset-18 bf16 graph is not a valid ONNX model.
+DEFAULT_OPSET = {"fp32": 18, "fp16": 18, "bf16": 22}
+# The largest accepted |runtime - PyTorch (fp32)| of the check: absolute for fp32 graphs; for fp16 and bf16, a
+# fraction of the largest |PyTorch| output (their rounding scales with the values).
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "fp16": 0.02, "bf16": 0.05}
 
 
 def output_names(model: HybridViT) -> list[str]:
@@ -26,143 +48,197 @@ def output_names(model: HybridViT) -> list[str]:
     return ["tokens", "logits", "boxes"] if model.detection_head is not None else ["tokens"]
 
 
-class FixedResolution(nn.Module):
-    """`model` at input size `res` with RoPE tables / resized position embeddings as constant buffers.
+class DeployGraph(nn.Module):
+    """What `export_onnx` traces: `model` (already in `dtype`) between fp32 images and fp32 outputs.
 
-    forward: images (B, 3, H, W) -> final normed tokens (B, G + h*w, D) in the teacher's order, equal to `model(x)`;
+    forward: images (B, C, H, W) -> final normed tokens (B, G + h*w, D) in the teacher's order, equal to `model(x)`;
     with YOLOS's detection heads (tokens, class logits (B, S, C), boxes (B, S, 4)), the last two equal to
     `model.predict_detections(x)`.
     """
 
-    def __init__(self, model: HybridViT, res: tuple[int, int]) -> None:
+    def __init__(self, model: HybridViT, dtype: torch.dtype) -> None:
         super().__init__()
-        self.model = model
-        self.res = res
-        cfg = model.cfg
-        grid = model.grid_size(*res)
-        self.grid = grid
-        with torch.no_grad():
-            _, layout = model.prepare_tokens(torch.zeros(1, cfg.in_chans, *res, device=_device(model)))
-        self.cos: Tensor | None
-        self.sin: Tensor | None
-        self.pos: Tensor | None
-        self.block_pos: Tensor | None
-        if layout.rope is not None:
-            self.register_buffer("cos", layout.rope[0].clone())  # (h*w, head_dim)
-            self.register_buffer("sin", layout.rope[1].clone())
-        else:
-            self.cos = self.sin = None
-        if model.pos_embed is not None:
-            with torch.no_grad():
-                pos = resize_pos_embed(
-                    model.pos_embed,
-                    grid,
-                    res,
-                    cfg.pos_interp,
-                    stored_grid=cfg.learned_grid,
-                    num_suffix=cfg.num_detection_tokens,
-                )
-            self.register_buffer("pos", pos.clone())  # (1, 1 + h*w + S, D): CLS, patches, detection tokens
-        else:
-            self.pos = None
-        if layout.block_pos is not None:  # YOLOS: (L-1, 1, G + h*w, D), already in the blocks' token order
-            self.register_buffer("block_pos", layout.block_pos.clone())
-        else:
-            self.block_pos = None
+        self.model, self.dtype = model, dtype
 
-    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+    def forward(self, images: Tensor) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         m = self.model
-        B, S, P = x.shape[0], m.cfg.num_detection_tokens, m.num_prefix_tokens
-        t = m.patch_embed(x)  # (B, h*w, D)
-        cls = m.cls_token.expand(B, -1, -1)
-        det = []
-        if self.pos is not None:
-            pos = self.pos
-            if S:  # YOLOS's detection tokens carry the last S entries
-                det = [m.det_tokens.expand(B, -1, -1) + pos[:, -S:]]  # (B, S, D)
-                pos = pos[:, :-S]
-            t = torch.cat((cls, t), dim=1) + pos  # (B, 1 + h*w, D): the learned embedding covers CLS too
-            cls, t = t[:, :1], t[:, 1:]
-        prefix = [cls] if m.register_tokens is None else [cls, m.register_tokens.expand(B, -1, -1)]
-        t = torch.cat((*prefix, *det, t), dim=1)  # (B, G + h*w, D): every global token in front of the patches
-        rope = None if self.cos is None else (self.cos, self.sin)
-        layout = TokenLayout(self.grid, m.cfg.num_global_tokens, rope, self.block_pos)
-        for i, blk in enumerate(m.blocks):
-            if self.block_pos is not None and i > 0:
-                t = t + self.block_pos[i - 1]  # YOLOS's mid-layer embedding, before blocks 1..L-1
-            t = blk(t, layout)
-        t = m.norm(t)
-        if not S:
-            return t
-        tokens = torch.cat((t[:, :P], t[:, P + S :], t[:, P : P + S]), dim=1)  # the teacher's order: detection last
+        tokens = m(images.to(self.dtype))
         if m.detection_head is None:
-            return tokens
-        logits, boxes = m.detection_head(t[:, P : P + S])
-        return tokens, logits, boxes
+            return tokens.float()
+        logits, boxes = m.detection_head(tokens[:, -m.cfg.num_detection_tokens :])  # the detection tokens, last
+        return tokens.float(), logits.float(), boxes.float()
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def default_example_size(model: HybridViT) -> tuple[int, int]:
+    """The native resolution (the learned position grid's, else `img_size` square): what the teacher was trained at."""
+    p = model.cfg.patch_size
+    if model.pos_embed is not None:
+        h, w = model.cfg.learned_grid
+        return h * p, w * p
+    side = max(2, model.cfg.img_size // p) * p
+    return side, side
 
 
-def export_onnx(model: HybridViT, res: tuple[int, int], out: str | Path, *, batch: int = 1, opset: int = 18) -> Path:
-    """Write `model` at resolution `res` (fixed batch) as ONNX to `out`; returns the path.
+def parse_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def export_onnx(
+    model: HybridViT,
+    path: str | Path,
+    *,
+    dtype: str = "fp32",
+    dynamic: bool = True,
+    example_size: tuple[int, int] | None = None,
+    batch: int = 1,
+    opset: int | None = None,
+) -> Path:
+    """Write `model` as an ONNX graph to `path`; returns the path.
+
+    dtype: "fp32", "fp16" or "bf16" (the weights and the arithmetic; the linear attention's state and normaliser
+    stay fp32; input and outputs are fp32). dynamic: the graph takes any batch and any H x W that are multiples of
+    the patch size (input `images` of shape (batch, C, p*h, p*w)); otherwise it is fixed to `batch` x `example_size`.
+    example_size: the (H, W) traced, by default the native resolution; in a dynamic graph at least 2 patches a side,
+    since `torch.export` fixes a size of 1 as a constant. opset: ONNX opset, by default `DEFAULT_OPSET[dtype]` (18;
+    22 for bf16, which opset 18 does not allow in a convolution).
 
     The file appears whole or not at all (`jetvit.io.atomic_write_files`, with the `<name>.data` weights ONNX writes
-    beside a model over 2 GB): an export killed or out of disk space leaves `out` as it was."""
+    beside a model over 2 GB): an export killed or out of disk space leaves `path` as it was."""
     from jetvit.io import atomic_write_files, remove_stale_temporaries
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out.parent, recursive=False, name=out.name)  # of an earlier export that was killed
-    wrapper = FixedResolution(model.float().eval(), res).eval()
-    x = torch.randn(batch, model.cfg.in_chans, *res)
-    with torch.no_grad():
+    torch_dtype = parse_dtype(dtype)
+    opset = DEFAULT_OPSET[dtype] if opset is None else opset
+    if opset < DEFAULT_OPSET[dtype]:  # bf16
+        raise ValueError(f"opset {opset} cannot hold a {dtype} graph (Conv takes bfloat16 from opset 22 on); use >= 22")
+    H, W = example_size if example_size is not None else default_example_size(model)
+    h, w = model.grid_size(H, W)  # a ValueError for sizes that are not multiples of the patch
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if dynamic and min(h, w) < 2:
+        raise ValueError(
+            f"example_size {H}x{W} is {h}x{w} patches; a dynamic graph is traced at 2 or more patches a side "
+            f"(a size of 1 would be fixed in the graph), e.g. {2 * model.cfg.patch_size}x{2 * model.cfg.patch_size}"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path.parent, recursive=False, name=path.name)  # of an earlier export that was killed
+    graph = DeployGraph(copy.deepcopy(model).to(device="cpu", dtype=torch_dtype).eval(), torch_dtype).eval()
+    dynamic_shapes = None
+    if dynamic:
+        p = model.cfg.patch_size
+        Dim = torch.export.Dim
+        # The sides are p times a free patch count, so that the graph knows they divide exactly; batch 2 is traced
+        # because a traced size of 1 would be specialised.
+        batch = 2
+        dynamic_shapes = ({0: Dim("batch", min=1), 2: p * Dim("patches_h", min=1), 3: p * Dim("patches_w", min=1)},)
+    x = torch.randn(batch, model.cfg.in_chans, H, W)
+    with torch.no_grad(), ops.export_mode():
         program = torch.onnx.export(
-            wrapper,
+            graph,
             (x,),
             dynamo=True,
             opset_version=opset,
             input_names=["images"],
             output_names=output_names(model),
+            dynamic_shapes=dynamic_shapes,
             verbose=False,
         )
-    atomic_write_files(out, program.save)
-    return out
+    atomic_write_files(path, program.save)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running and checking an exported graph
+
+
+def runtime_session(
+    path: str | Path, runtime: str = "onnxruntime", *, threads: int | None = None, precision: str = "f32"
+) -> Callable[[Any], list[Any]]:
+    """The graph at `path` loaded in `runtime` ("onnxruntime" or "openvino") on the CPU: a function from images
+    (numpy, (B, C, H, W) fp32) to the list of outputs (numpy), in `output_names` order.
+
+    threads: intra-op threads (None: the runtime's default). precision: OpenVINO's `INFERENCE_PRECISION_HINT`, "f32"
+    by default, since OpenVINO otherwise computes in bf16 on CPUs that have it ("bf16" to allow that)."""
+    if runtime == "onnxruntime":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        return lambda x: sess.run(None, {name: x})
+    if runtime == "openvino":
+        import openvino as ov
+
+        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        return lambda x: [out for out in compiled(x).to_tuple()]
+    raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+
+
+def check_sizes(res: tuple[int, int], patch: int) -> list[tuple[int, int]]:
+    """Three resolutions around `res` for checking a dynamic graph: `res`, about half its height, one patch wider."""
+    H, W = res
+    return [(H, W), (max(patch, H // 2 // patch * patch), W), (H, W + patch)]
 
 
 def check_onnx(
-    model: HybridViT, path: str | Path, res: tuple[int, int], *, batch: int = 1, seed: int = 0
+    model: HybridViT,
+    path: str | Path,
+    sizes: Sequence[tuple[int, int]],
+    *,
+    batches: Sequence[int] = (1,),
+    runtime: str = "onnxruntime",
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Run the ONNX file with onnxruntime (CPU) and `model` in PyTorch on the same random images: every output
-    (`output_names`) against `model(x)` and, with detection heads, `model.predict_detections(x)`.
+    """Run the graph at `path` in `runtime` (CPU, fp32 precision) and `model` in PyTorch (fp32) on the same random
+    images, at every size in `sizes` and batch in `batches`: every output (`output_names`) against `model(x)` and,
+    with detection heads, `model.predict_detections(x)`. `model` itself is left as it is (a fp32 copy runs).
 
-    Returns {"max_abs_error" (over all outputs), "max_abs_value", "shape" (of the tokens), "outputs": {name:
-    {"max_abs_error", "shape"}}}.
+    Returns {"max_abs_error" (over all outputs and checks), "max_abs_value" (of the PyTorch outputs), "shape" (of the
+    tokens at the first size and batch), "outputs": {name: {"max_abs_error", "shape" (first check)}}, "checks":
+    [{"batch", "res", "max_abs_error"}, ...]}.
     """
     import numpy as np
-    import onnxruntime as ort
 
+    run = runtime_session(path, runtime)
+    first = next(model.parameters())
+    on_cpu_fp32 = first.dtype == torch.float32 and first.device.type == "cpu"
+    reference = model if on_cpu_fp32 else copy.deepcopy(model).to(device="cpu", dtype=torch.float32)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, model.cfg.in_chans, *res, generator=g)
-    with torch.no_grad():
-        model = model.float().eval()
-        refs = [model(x)]
-        if model.detection_head is not None:
-            refs += list(model.predict_detections(x))
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
-    if len(got) != len(refs):
-        raise AssertionError(f"the ONNX model has {len(got)} outputs, expected {output_names(model)}")
-    outputs = {}
-    for name, out, ref in zip(output_names(model), got, refs):
-        ref = ref.numpy()
-        if out.shape != ref.shape:
-            raise AssertionError(f"ONNX output {name} has shape {out.shape}, PyTorch {ref.shape}")
-        outputs[name] = {"max_abs_error": float(np.abs(out - ref).max()), "shape": list(ref.shape)}
+    names = output_names(model)
+    outputs: dict[str, dict[str, Any]] = {}
+    checks, largest = [], 0.0
+    for res in sizes:
+        for batch in batches:
+            x = torch.randn(batch, model.cfg.in_chans, *res, generator=g)
+            with torch.no_grad():
+                refs = [reference(x)]
+                if reference.detection_head is not None:
+                    refs += list(reference.predict_detections(x))
+            got = run(x.numpy())
+            if len(got) != len(refs):
+                raise AssertionError(f"the graph has {len(got)} outputs, expected {names}")
+            errors = []
+            for name, out, ref in zip(names, got, refs):
+                ref = ref.numpy()
+                if out.shape != ref.shape:
+                    raise AssertionError(f"{runtime} output {name} has shape {out.shape}, PyTorch {ref.shape}")
+                error = float(np.abs(out.astype(np.float64) - ref).max())
+                errors.append(error)
+                entry = outputs.setdefault(name, {"max_abs_error": 0.0, "shape": list(ref.shape)})
+                entry["max_abs_error"] = max(entry["max_abs_error"], error)
+                largest = max(largest, float(np.abs(ref).max()))
+            checks.append({"batch": batch, "res": list(res), "max_abs_error": max(errors)})
     return {
-        "max_abs_error": max(o["max_abs_error"] for o in outputs.values()),
-        "max_abs_value": float(np.abs(refs[0].numpy()).max()),
+        "max_abs_error": max(c["max_abs_error"] for c in checks),
+        "max_abs_value": largest,
         "shape": outputs["tokens"]["shape"],
         "outputs": outputs,
+        "checks": checks,
     }

@@ -247,11 +247,21 @@ def refuse_overwrite(out: str | os.PathLike, sources: dict[str, str | os.PathLik
             )
 
 
-def save(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
+def save(
+    model: torch.nn.Module,
+    directory: str | os.PathLike,
+    *,
+    teacher: str | None = None,
+    card: dict[str, Any] | None = None,
+) -> Path:
     """Write `model` (a `HybridViT`) to `directory`: `model.safetensors` and `config.json` (family, sizes, arch,
-    options). Each file is written atomically, weights first, so an interrupted save leaves the previous config
-    pointing at complete weights or no config at all."""
+    options, and `provenance`: jetvit's version and commit, the `teacher` source with its weights' hash and licence),
+    the modeling code and image-processor config that load it without jetvit (`jetvit.hub`), and with `card` (a run's
+    summary, `jetvit.hub.model_card`) a README.md model card. Each file is written atomically, weights first, so an
+    interrupted save leaves the previous config pointing at complete weights or no config at all."""
     from safetensors.torch import save_file
+
+    from jetvit import hub
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -264,8 +274,15 @@ def save(model: torch.nn.Module, directory: str | os.PathLike) -> Path:
         "arch": model.arch,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "config": model.cfg.to_dict(),
+        "provenance": hub.provenance(teacher),
+        **hub.hf_config_fields(),
     }
-    atomic_write_json(directory / CONFIG_NAME, meta)
+    for name, text in hub.remote_code().items():
+        atomic_write_text(directory / name, text)
+    atomic_write_json(directory / hub.PREPROCESSOR_NAME, hub.preprocessor_config(model.cfg))
+    if card is not None:
+        atomic_write_text(directory / hub.CARD_NAME, hub.model_card(meta, card))
+    atomic_write_json(directory / CONFIG_NAME, meta)  # last: a config names only files that are complete
     return directory
 
 
@@ -286,15 +303,21 @@ def load(
     map_location: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
 ):
-    """Load a model written by `save` (eval mode; tensors on `map_location`, cast to `dtype` when given).
+    """Load a model written by `save` (eval mode; tensors on `map_location`, cast to `dtype` when given). `directory`
+    may be a Hub id `user/name` that is not a local path: its config and weights are fetched with `huggingface_hub`
+    (`jetvit.hub.snapshot`; from the local cache when offline).
 
-    Strict: a missing, unexpected or mis-shaped tensor raises ValueError. The model is built on the meta device and
-    takes the file's tensors as they are, so loading costs one copy of the weights, not two."""
+    Strict: a missing, unexpected or mis-shaped tensor raises ValueError; only safetensors weights are read. The model
+    is built on the meta device and takes the file's tensors as they are, so loading costs one copy of the weights,
+    not two."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from jetvit import hub
     from jetvit.model import HybridViT
 
+    if not Path(directory).exists() and hub.HUB_ID.match(str(directory)):
+        directory = hub.snapshot(str(directory))
     directory = Path(directory)
     if not directory.exists():
         raise FileNotFoundError(f"no such model directory: {directory}")

@@ -12,9 +12,12 @@ What differs from a plain ViT:
   convolution acts on the patch tokens only (docs/TEACHERS.md).
 - RoPE (DINOv3) is computed once per forward on the global patch grid; `W` blocks slice each token's rotation from
   it (never per window), `L` blocks rotate q/k before the kernel when `cfg.linear.rope` is set.
-- `forward_intermediates` returns normed patch maps (B, D, h, w) and global tokens of chosen blocks, the features
+- `block_features` returns normed patch maps (B, D, h, w) and global tokens of chosen blocks, the features
   the official heads read; `flops(H, W)` is the model's own cost model, and each attention kind also says what
   autograd keeps for its backward (`saved_bytes`, the memory plan's per-kind part).
+- The official DINOv2/DINOv3 (`get_intermediate_layers`, `forward_features`), Hugging Face (`model(pixel_values=...)`)
+  and timm (`forward_head`, `forward_intermediates`) calls are answered by `jetvit.adapters.BackboneAPI`, which the
+  model inherits: they read the model, they change nothing it computes.
 - Every tensor's initialisation is in one place, `HybridViT.init_weights()` (each module's `reset_parameters()`).
 
 Token layout: `[CLS, registers..., patches row-major (y, x)]`, P = 1 + num_registers prefix tokens. YOLOS appends
@@ -37,6 +40,7 @@ from torch import Tensor, nn
 
 from jetvit import kernels, ops
 from jetvit._config import check_choices, from_dict
+from jetvit.adapters import BackboneAPI
 from jetvit.heads import DetectionHead, DetectionHeadConfig, DPTConfig, DPTHead
 
 Family = Literal["dinov3", "dinov2", "dinov2_reg", "depth_anything_v2", "vit", "yolos", "jetvit"]
@@ -226,6 +230,8 @@ def resize_pos_embed(
     """
     h, w = grid
     M_h, M_w = stored_grid or (math.isqrt(pos.shape[-2] - 1 - num_suffix),) * 2
+    if ops.exporting():
+        return _resize_pos_embed_traced(pos, grid, mode, (M_h, M_w), num_suffix)
     if mode != "yolos" and h * w == M_h * M_w and img_hw[0] == img_hw[1]:
         return pos
     lead, dim = pos.shape[:-2], pos.shape[-1]
@@ -238,6 +244,30 @@ def resize_pos_embed(
     else:
         patch_pos = F.interpolate(patch_pos, size=(h, w), mode="bicubic", antialias=mode == "hf_antialias")
     patch_pos = patch_pos.to(pos.dtype).permute(0, 2, 3, 1).reshape(-1, h * w, dim)  # (B', h*w, D)
+    return torch.cat((cls_pos, patch_pos, suffix_pos), dim=1).reshape(*lead, -1, dim)
+
+
+def _resize_pos_embed_traced(
+    pos: Tensor, grid: tuple[int, int], mode: str, stored_grid: tuple[int, int], num_suffix: int
+) -> Tensor:
+    """`resize_pos_embed` in a deployment graph (`ops.exporting`), where the grid (h, w) is symbolic: the bicubic
+    resize as two interpolation matrices (`ops.bicubic_matrix`, equal to `F.interpolate`'s), and the skip at the
+    stored size as a select between them and the identity, not a Python branch on the size."""
+    h, w = grid
+    M_h, M_w = stored_grid
+    options = dict(antialias=mode == "hf_antialias", out_offset=0.1 if mode == "official" else 0.0, device=pos.device)
+    a_h, a_w = ops.bicubic_matrix(h, M_h, **options), ops.bicubic_matrix(w, M_w, **options)  # (h, M_h), (w, M_w)
+    if mode != "yolos":  # a square image of the stored token count keeps the stored embedding
+        n_h, n_w = ops.size_tensor(h, pos.device), ops.size_tensor(w, pos.device)
+        keep = (n_h * n_w == M_h * M_w) & (n_h == n_w)  # (1,)
+        a_h = torch.where(keep, ops.identity_matrix(h, M_h, pos.device), a_h)
+        a_w = torch.where(keep, ops.identity_matrix(w, M_w, pos.device), a_w)
+    lead, dim = pos.shape[:-2], pos.shape[-1]
+    pos = pos.reshape(-1, *pos.shape[-2:])  # (B', 1 + M_h*M_w + S, D)
+    cls_pos, suffix_pos = pos[:, :1], pos[:, pos.shape[1] - num_suffix :]
+    patch_pos = pos[:, 1 : 1 + M_h * M_w].reshape(-1, M_h, M_w * dim).float()  # (B', M_h, M_w*D)
+    patch_pos = (a_h @ patch_pos).unflatten(2, (M_w, dim))  # (B', h, M_w, D)
+    patch_pos = (a_w @ patch_pos).to(pos.dtype).reshape(pos.shape[0], h * w, dim)  # (B', h, w, D) -> (B', h*w, D)
     return torch.cat((cls_pos, patch_pos, suffix_pos), dim=1).reshape(*lead, -1, dim)
 
 
@@ -462,6 +492,8 @@ class LinearAttention(Attention):
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
         P = layout.num_prefix
+        if self._fused(q, layout):
+            return self._attend_fused(q, k, v, layout)
         # The prefix queries' exact attention first, so that no N-sized q/k copy outlives its last use (peak memory).
         # It always sees the teacher's rotated keys; prefix queries themselves are never rotated.
         if self.use_rope:
@@ -473,8 +505,6 @@ class LinearAttention(Attention):
             del kr
         else:
             prefix = None
-        if self._fused(q, layout):
-            return self._attend_fused(q, k, v, prefix, layout)
         phi_q = ops.feature_map(q[:, :, P:], self.kernel, self.focus_p)
         phi_k = ops.feature_map(k, self.kernel, self.focus_p)
         del q, k
@@ -493,24 +523,29 @@ class LinearAttention(Attention):
             return False
         from jetvit.kernels import linear_attention as fused
 
-        return fused.supported(self.kernel, self.head_dim, q.dtype, self.conv_size)
+        return fused.supported(self.kernel, self.head_dim, q.dtype, self.conv_size, num_prefix=layout.num_prefix)
 
-    def _attend_fused(self, q: Tensor, k: Tensor, v: Tensor, prefix: Tensor | None, layout: TokenLayout) -> Tensor:
-        """The plain path in two kernels: one pass over K and V for the state and the squeeze, one over the patch
-        queries for the output plus the convolution, written once in the layout `proj` reads."""
+    def _attend_fused(self, q: Tensor, k: Tensor, v: Tensor, layout: TokenLayout) -> Tensor:
+        """The plain path in two kernels: one pass over K and V for the state, the squeeze and the prefix queries'
+        softmax attention (their keys rotated as they are loaded: no rotated copy of K), one over the patch queries
+        for the output plus the convolution, written once in the layout `proj` reads."""
         from jetvit.kernels import linear_attention as fused
 
         B, Hn, N, d = q.shape
-        state, pooled = fused.linear_state(k, v, num_prefix=layout.num_prefix)  # (B, H, d, d+1) fp32, (B, H, d)
+        P, rope = layout.num_prefix, None
+        if self.use_rope:
+            q, k = _rotate(q, k, layout)  # the state and the patch queries see rotated q, k too
+        elif P:
+            rope = layout.rope  # only the prefix queries' keys are rotated, inside the kernel
+        # (B, H, d, d+1) fp32, (B, H, d), (B, H, P, d); prefix queries are never rotated
+        state, pooled, prefix = fused.linear_state_and_prefix(k, v, q[:, :, :P], num_prefix=P, rope=rope)
         if self.conv_kind == "dynamic":
             weight = self.conv_gen(pooled.reshape(B, Hn * d)).reshape(B, Hn * d, self.conv_size, self.conv_size)
         elif self.conv_kind == "static":
             weight = self.conv.weight.reshape(1, Hn * d, self.conv_size, self.conv_size).expand(B, -1, -1, -1)
         else:
             weight = None
-        if prefix is None:
-            prefix = q.new_empty(B, Hn, 0, d)
-        out = fused.linear_apply(q, state, v, weight, prefix.to(v.dtype), grid=layout.grid, eps=self.eps)  # (B, N, D)
+        out = fused.linear_apply(q, state, v, weight, prefix, grid=layout.grid, eps=self.eps)  # (B, N, D)
         return out.view(B, N, Hn, d).transpose(1, 2)  # (B, H, N, d), `forward`'s reshape for `proj` is free
 
     def local_conv(self, v: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -627,7 +662,7 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, h*w, D)
 
 
-class HybridViT(nn.Module):
+class HybridViT(BackboneAPI, nn.Module):
     """A DINOv3/DINOv2-layout ViT whose block i uses attention kind `cfg.arch[i]`.
 
     Input: normalised images (B, 3, H, W), H and W multiples of the patch size. See the module docstring.
@@ -790,17 +825,18 @@ class HybridViT(nn.Module):
             states.append(self._teacher_order(x))
         return states
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor | None = None, **hf: Any) -> Tensor | Any:
         """Images (B, C, H, W) -> final normed tokens (B, G + h*w, D) in the teacher's token order: CLS, registers,
-        patches row-major, then YOLOS's detection tokens."""
+        patches row-major, then YOLOS's detection tokens. Called the Hugging Face way (`pixel_values=`,
+        `output_hidden_states=`, `return_dict=`), it answers that way (`BackboneAPI.hf_forward`)."""
+        if x is None or hf:
+            return self.hf_forward(x, **hf)
         x, layout = self.prepare_tokens(x)
         for i, blk in enumerate(self.blocks):
             x = self._block(i, blk, x, layout)
         return self._teacher_order(self.norm(x))
 
-    def forward_intermediates(
-        self, x: Tensor, indices: Sequence[int], *, norm: bool = True
-    ) -> list[tuple[Tensor, Tensor]]:
+    def block_features(self, x: Tensor, indices: Sequence[int], *, norm: bool = True) -> list[tuple[Tensor, Tensor]]:
         """Features of blocks `indices` (0-based, negatives count from the end) as the official heads read them:
         a list of (patches (B, D, h, w), global tokens (B, G, D)), after the final norm when `norm`. The global tokens
         are the non-patch tokens in the teacher's order (CLS, registers, detection tokens). Stops after the deepest
@@ -821,13 +857,13 @@ class HybridViT(nn.Module):
     def token_features(self, x: Tensor, indices: Sequence[int]) -> list[Tensor]:
         """The normed tokens of blocks `indices` as (B, N, D) each, prefix tokens first then patches row-major:
         what distillation matches and the feature scorers compare."""
-        return token_features(self.forward_intermediates(x, indices))
+        return token_features(self.block_features(x, indices))
 
     def predict_depth(self, x: Tensor) -> Tensor:
         """Depth (or disparity, for relative models) map (B, H, W) from the DPT head on the hybrid's features."""
         if self.depth_head is None:
             raise ValueError("this model has no depth head (only Depth-Anything-V2 teachers carry one)")
-        feats = self.forward_intermediates(x, self.depth_head.cfg.layers)
+        feats = self.block_features(x, self.depth_head.cfg.layers)
         return self.depth_head(feats, (x.shape[-2], x.shape[-1]))
 
     def predict_detections(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -865,5 +901,5 @@ class HybridViT(nn.Module):
 
 
 def token_features(feats: list[tuple[Tensor, Tensor]]) -> list[Tensor]:
-    """`forward_intermediates` output -> per block (B, N, D): global tokens then patch tokens, row-major."""
+    """`block_features` output -> per block (B, N, D): global tokens then patch tokens, row-major."""
     return [torch.cat((prefix, patches.flatten(2).transpose(1, 2)), dim=1) for patches, prefix in feats]

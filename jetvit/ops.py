@@ -11,11 +11,61 @@ patch token.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# ---------------------------------------------------------------------------------------------------------------
+# Deployment graphs
+
+_exporting = False
+
+
+def exporting() -> bool:
+    """Whether the model is being traced into a deployment graph (`export_mode`, which `jetvit.export` enters).
+
+    The ops then take their shape-generic forms, so that batch and resolution stay symbolic in the graph: no writes
+    into slices of a fresh buffer (they become `ScatterND`, and a broadcast write bakes the window grid in), no
+    Python branch on the grid size (windows always padded and masked, the padding possibly zero), the linear
+    attention's state and normaliser always in fp32. Eager and compiled runs keep the faster forms. A flag of our
+    own rather than `torch.compiler.is_exporting()`, which torch 2.11 also reports under `torch.compile`."""
+    return _exporting
+
+
+@contextlib.contextmanager
+def export_mode() -> Iterator[None]:
+    """Run the ops in their shape-generic forms (`exporting`) inside the block."""
+    global _exporting
+    previous, _exporting = _exporting, True
+    try:
+        yield
+    finally:
+        _exporting = previous
+
+
+def size_tensor(n: int, device: torch.device | None = None) -> Tensor:
+    """A size n >= 1 as an int64 tensor (1,), computed from `arange(n)`: in a traced graph, where n is symbolic, it
+    stays a function of the input's shape rather than the number seen while tracing."""
+    return torch.arange(n, device=device)[-1:] + 1
+
+
+def identity_matrix(rows: int, cols: int, device: torch.device | None = None) -> Tensor:
+    """The fp32 (rows, cols) matrix with ones where row == column; built by comparison, so that `rows` may be
+    symbolic."""
+    return (torch.arange(rows, device=device)[:, None] == torch.arange(cols, device=device)).float()
+
+
+def _round_up(n: int, multiple: int) -> int:
+    """n rounded up to a multiple: integer arithmetic, so that it stays exact and symbolic in a traced graph."""
+    return (n + multiple - 1) // multiple * multiple
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# RoPE
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -32,6 +82,9 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, num_prefix: int) -> Tensor:
     over x where the textbook form makes 12; compiled, either is one fused kernel)."""
     P, half = num_prefix, x.shape[-1] // 2
     x1, x2 = x[:, :, P:, :half], x[:, :, P:, half:]  # (B, H, h*w, d/2) views
+    if exporting():  # the same arithmetic, joined by concatenation instead of writes into a buffer
+        rotated = torch.cat((x1 * cos[:, :half] - x2 * sin[:, :half], x2 * cos[:, half:] + x1 * sin[:, half:]), -1)
+        return torch.cat((x[:, :, :P], rotated), dim=2)  # (B, H, N, d)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     out[:, :, :P] = x[:, :, :P]
     out[:, :, P:, :half] = torch.addcmul(x1 * cos[:, :half], x2, sin[:, :half], value=-1)
@@ -43,6 +96,8 @@ def join_prefix(prefix: Tensor, patches: Tensor) -> Tensor:
     """Concatenate prefix (B, H, P, d) and patch (B, H, h*w, d) outputs along the tokens into a (B, H, N, d) view of
     a (B, N, H, d)-contiguous buffer, so that the attention's `transpose(1, 2).reshape(B, N, H*d)` before `proj` is
     free: one copy instead of a `cat` and a transposing copy."""
+    if exporting():
+        return torch.cat((prefix, patches), dim=2)  # (B, H, N, d)
     B, Hn, P, d = prefix.shape
     out = prefix.new_empty(B, P + patches.shape[2], Hn, d)  # (B, N, H, d)
     out[:, :P] = prefix.transpose(1, 2)
@@ -59,9 +114,9 @@ def window_partition(x: Tensor, grid: tuple[int, int], window: int) -> tuple[Ten
     bottom/right to a multiple of the window. Returns the windows and the padded grid size (hp, wp)."""
     B, Hn, _, d = x.shape
     h, w = grid
-    hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
+    hp, wp = _round_up(h, window), _round_up(w, window)
     x = x.reshape(B, Hn, h, w, d)
-    if (hp, wp) != (h, w):
+    if exporting() or (hp, wp) != (h, w):  # a traced graph pads always: whether it is needed depends on the size
         x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h))  # (B, H, hp, wp, d)
     x = x.reshape(B, Hn, hp // window, window, wp // window, window, d)
     x = x.permute(0, 2, 4, 1, 3, 5, 6)  # (B, nWh, nWw, H, window, window, d)
@@ -79,13 +134,16 @@ def window_unpartition(x: Tensor, batch: int, grid: tuple[int, int], padded: tup
 
 
 def window_key_mask(grid: tuple[int, int], window: int, num_prefix: int, device: torch.device) -> Tensor | None:
-    """Boolean key mask (nW, 1, 1, P + window*window), True where a key is real; None when nothing is padded."""
+    """Boolean key mask (nW, 1, 1, P + window*window), True where a key is real; None when nothing is padded (always
+    a mask in a traced graph, `exporting`)."""
     h, w = grid
-    hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
-    if (hp, wp) == (h, w):
+    hp, wp = _round_up(h, window), _round_up(w, window)
+    if not exporting() and (hp, wp) == (h, w):
         return None
-    valid = torch.zeros(hp, wp, dtype=torch.bool, device=device)
-    valid[:h, :w] = True
+    # Built by comparisons, not by writing into a buffer: the size stays symbolic in a traced graph.
+    rows = torch.arange(hp, device=device) < h
+    cols = torch.arange(wp, device=device) < w
+    valid = rows[:, None] & cols[None, :]  # (hp, wp)
     valid = valid.reshape(hp // window, window, wp // window, window).permute(0, 2, 1, 3).reshape(-1, window * window)
     prefix = torch.ones(valid.shape[0], num_prefix, dtype=torch.bool, device=device)
     return torch.cat((prefix, valid), dim=1)[:, None, None, :]  # (nW, 1, 1, P + window^2)
@@ -121,17 +179,21 @@ def window_partition_with_prefix(x: Tensor, grid: tuple[int, int], window: int, 
     B, Hn, _, d = x.shape
     h, w = grid
     P = num_prefix
-    hp, wp = math.ceil(h / window) * window, math.ceil(w / window) * window
+    hp, wp = _round_up(h, window), _round_up(w, window)
     nh, nw = hp // window, wp // window
-    out = x.new_empty(B, nh, nw, Hn, P + window * window, d)
-    if P:
-        out[:, :, :, :, :P] = x[:, None, None, :, :P]  # (B, 1, 1, H, P, d) broadcast to every window
     patches = x[:, :, P:].reshape(B, Hn, h, w, d)  # a view
-    if (hp, wp) != (h, w):
+    if exporting() or (hp, wp) != (h, w):
         patches = F.pad(patches, (0, 0, 0, wp - w, 0, hp - h))  # (B, H, hp, wp, d)
     patches = patches.reshape(B, Hn, nh, window, nw, window, d).permute(
         0, 2, 4, 1, 3, 5, 6
     )  # (B, nh, nw, H, ws, ws, d)
+    if exporting():  # the prefix expanded to every window and concatenated: no broadcast write baking the grid in
+        prefix = x[:, None, None, :, :P].expand(B, nh, nw, Hn, P, d)
+        out = torch.cat((prefix, patches.flatten(4, 5)), dim=4)  # (B, nh, nw, H, P + ws^2, d)
+        return out.reshape(B * nh * nw, Hn, P + window * window, d)
+    out = x.new_empty(B, nh, nw, Hn, P + window * window, d)
+    if P:
+        out[:, :, :, :, :P] = x[:, None, None, :, :P]  # (B, 1, 1, H, P, d) broadcast to every window
     out[:, :, :, :, P:].unflatten(4, (window, window)).copy_(patches)
     return out.reshape(B * nh * nw, Hn, P + window * window, d)
 
@@ -180,8 +242,10 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, *, eps: float = 1e-6) -> T
     (`jetvit.kernels.linear_attention`) keeps fp32 up to the one rounding at its store.
     """
     dtype = v.dtype
-    # bf16 has fp32's range; fp16 would overflow the state, so it goes through fp32 like fp32 itself.
-    acc = dtype if dtype == torch.bfloat16 else torch.promote_types(dtype, torch.float32)
+    # bf16 has fp32's range; fp16 would overflow the state, so it goes through fp32 like fp32 itself. A deployment
+    # graph (`exporting`) casts bf16 to fp32 too: its runtime (TensorRT, OpenVINO) may not accumulate bf16 GEMMs in
+    # fp32, and the explicit casts keep the state and the normaliser fp32 under a strongly typed build.
+    acc = dtype if dtype == torch.bfloat16 and not exporting() else torch.promote_types(dtype, torch.float32)
     # (autocast knows no meta device: a shape-only trace there takes the CPU's switch)
     with torch.autocast(device_type="cpu" if q.is_meta else q.device.type, enabled=False):
         k = k.to(acc)  # no-ops but for mixed inputs
@@ -235,7 +299,7 @@ def depthwise_conv_per_image(x: Tensor, weight: Tensor) -> Tensor:
     fastest form on the CPU. Compiled or exported: `shifted_depthwise_conv`, because a convolution with groups = B*C
     would bake the batch size into the graph (Inductor recompiles for every batch size, ONNX fixes the batch).
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or exporting():
         return shifted_depthwise_conv(x, weight)
     return _grouped_depthwise_conv(x, weight)
 
@@ -248,3 +312,46 @@ def depthwise_conv_per_image_naive(x: Tensor, weight: Tensor) -> Tensor:
         for c in range(x.shape[1]):
             out[b, c] = F.conv2d(x[b, c][None, None], weight[b, c][None, None], padding=ks // 2)[0, 0]
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Resizing learned position embeddings
+
+
+def _cubic(x: Tensor, a: float) -> Tensor:
+    """Keys' cubic convolution kernel with parameter `a` at distances x (any shape); zero from |x| = 2 on."""
+    x = x.abs()
+    near = ((a + 2) * x - (a + 3)) * x * x + 1  # |x| < 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a  # 1 <= |x| < 2
+    return torch.where(x < 1, near, torch.where(x < 2, far, torch.zeros_like(x)))
+
+
+def bicubic_matrix(
+    out_size: int, in_size: int, *, antialias: bool = False, out_offset: float = 0.0, device: torch.device | None = None
+) -> Tensor:
+    """The (out_size, in_size) fp32 matrix A for which A @ v resizes v along one axis as `F.interpolate(...,
+    mode="bicubic", align_corners=False, antialias=antialias)` does; a 2-D resize is A_h @ v @ A_w^T.
+
+    `out_size` may be symbolic (a traced graph's size): the matrix is built by arithmetic on `arange(out_size)`, with
+    no Python branch on the size and no `Resize` op, so one graph resizes to every size. The scale is
+    in_size / (out_size + out_offset): DINOv2's official code passes `scale_factor=(out + 0.1) / in`, which
+    `F.interpolate` uses as given (`out_offset=0.1`); a plain `size=` resize is `out_offset=0`.
+
+    Without antialias: four taps of the cubic kernel (a = -0.75) around the source coordinate, indices clamped to the
+    border. With antialias (PIL's filter, as PyTorch's): the cubic kernel with a = -0.5, stretched by the scale when
+    shrinking, each row renormalised to sum 1. `F.interpolate` is the reference (tests/test_export.py).
+    """
+    i = torch.arange(out_size, dtype=torch.float32, device=device)  # output pixels
+    j = torch.arange(in_size, dtype=torch.float32, device=device)  # input pixels
+    scale = in_size / (size_tensor(out_size, device) + out_offset)  # (1,) input pixels per output pixel
+    if antialias:
+        stretch = scale.clamp_min(1.0)  # the kernel widens with the shrink factor, never narrows
+        centre = scale * (i + 0.5)  # (out,)
+        weights = _cubic((j[None, :] + 0.5 - centre[:, None]) / stretch, -0.5)  # (out, in)
+        return weights / weights.sum(dim=1, keepdim=True)
+    source = scale * (i + 0.5) - 0.5  # (out,) source coordinate of each output pixel
+    base = source.floor()
+    taps = torch.arange(-1, 3, dtype=torch.float32, device=device)  # the 4 neighbours: base - 1 .. base + 2
+    weights = _cubic((source - base)[:, None] - taps, -0.75)  # (out, 4)
+    index = (base[:, None] + taps).clamp(0, in_size - 1)  # (out, 4): taps beyond the border read the border
+    return ((index[:, :, None] == j) * weights[:, :, None]).sum(dim=1)  # (out, in): clamped taps add up

@@ -378,12 +378,15 @@ def _cost_summary(ctx: RunContext, arch: str) -> dict[str, Any]:
 
 
 def export(out: Path, model: nn.Module, summary: dict, trajectories: dict | None, cfg: Config) -> None:
-    """The run's deliverables: the model (`jetvit.save`), summary, trajectory, plots and `report.md`."""
+    """The run's deliverables: the model (`jetvit.save`, with provenance and a model card), summary, trajectory, plots
+    and `report.md`."""
+    from jetvit.hub import run_command
     from jetvit.report import write_report
     from jetvit.train import plots
     from jetvit.train.metrics import read_metrics
 
-    save(model, out / "model")
+    card = {**summary, "holdout": cfg.data.holdout, "command": run_command()}
+    save(model, out / "model", teacher=cfg.teacher, card=card)
     atomic_write_json(out / "summary.json", summary)
     rows = [("teacher", summary.get("teacher_arch", "F" * len(summary["arch"])))]
     if trajectories is not None:

@@ -23,6 +23,7 @@ pytest.importorskip("triton")
 
 from jetvit import kernels  # noqa: E402
 from jetvit.kernels import linear_attention as fused  # noqa: E402
+from jetvit.model import LinearAttnConfig, rope_tables  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not fused.INTERPRET:
@@ -66,6 +67,44 @@ def test_state_kernel_matches_reference(B, H, P, grid, d, dtype):
             assert_close_to_scale(a, b, 1e-5)
 
 
+@pytest.mark.parametrize("programs", [256, 1])  # several chunks of one tile each; one chunk of several tiles
+@pytest.mark.parametrize("rope", [True, False])
+@pytest.mark.parametrize("P", [0, 1, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_state_kernel_with_prefix_attention_matches_reference(P, rope, dtype, programs, monkeypatch):
+    """The state pass with the prefix queries' softmax attention (keys rotated in the kernel) against
+    `ops.apply_rope` + `ops.prefix_attention`, forward and backward. The reference runs in fp32 on the kernel's input
+    values (bf16 inputs upcast): what the kernel computes, up to its fp32 sums and its one rounding at the store."""
+    monkeypatch.setattr(fused, "_PROGRAMS", programs)
+    B, H, grid, d = 2, 2, (5, 7), 16
+    N = P + grid[0] * grid[1]
+    k, v, q = randn(B, H, N, d, seed=0, dtype=dtype), randn(B, H, N, d, seed=1, dtype=dtype), randn(B, H, P, d, seed=2)
+    q = q.detach().to(dtype).requires_grad_()
+    tables = rope_tables(grid, d, 100.0, torch.device(DEVICE)) if rope else None
+    state, pooled, prefix = fused.linear_state_and_prefix(k, v, q, num_prefix=P, rope=tables)
+    kf, vf, qf = (t.detach().float().requires_grad_() for t in (k, v, q))
+    refs = [*fused.linear_state_reference(kf, vf, P), fused.prefix_attention_reference(qf, kf, vf, P, tables)]
+    outs = [state, pooled, prefix]
+    assert state.dtype == torch.float32 and pooled.dtype == prefix.dtype == dtype and prefix.shape == (B, H, P, d)
+    for out, ref, tol in zip(outs, refs, (1e-5, TOL[dtype], TOL[dtype])):
+        assert_close_to_scale(out, ref, tol)
+    if not P:  # no prefix output to differentiate
+        outs, refs = outs[:2], refs[:2]
+    r = [randn(*t.shape, seed=3 + i).detach().to(t.dtype) for i, t in enumerate(outs)]
+    got = torch.autograd.grad(outs, (k, v, q), r, allow_unused=True)
+    want = torch.autograd.grad(refs, (kf, vf, qf), [t.float() for t in r], allow_unused=True)
+    for a, b, t in zip(got, want, (k, v, q)):
+        assert a is not None and a.dtype == t.dtype
+        assert_close_to_scale(a, torch.zeros_like(a) if b is None else b, TOL[dtype])
+
+
+def test_state_with_prefix_rejects_tables_of_another_grid():
+    k = torch.zeros(1, 2, 3 + 12, 16, device=DEVICE)
+    tables = rope_tables((3, 5), 16, 100.0, torch.device(DEVICE))  # 15 patch tokens where k has 12
+    with pytest.raises(ValueError, match="rope tables"):
+        fused.linear_state_and_prefix(k, k, k[:, :, :3], num_prefix=3, rope=tables)
+
+
 @pytest.mark.parametrize("conv", ["dynamic", "static", "none"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,H,P,grid,d", CASES)
@@ -93,19 +132,25 @@ def test_apply_kernel_matches_reference(B, H, P, grid, d, dtype, conv):
             assert_close_to_scale(a, torch.zeros_like(t) if b is None else b, 1e-5)
 
 
-def test_fused_l_block_equals_the_plain_path(tiny_model, monkeypatch):
+@pytest.mark.parametrize("linear_rope", [False, True])
+def test_fused_l_block_equals_the_plain_path(tiny_model, monkeypatch, linear_rope):
     """The `L` block with the kernels (forced on here) against its plain path, forward and backward, with the dynamic
-    convolution, prefix tokens and RoPE keys for the prefix queries."""
-    model = tiny_model("LL", random_weights=True, num_registers=2).to(DEVICE)
+    convolution and prefix tokens; RoPE only on the prefix queries' keys (rotated inside the state kernel), or on q, k
+    before the kernels (`linear.rope`)."""
+    model = tiny_model("LL", random_weights=True, num_registers=2, linear=LinearAttnConfig(rope=linear_rope))
+    model = model.to(DEVICE)
     x = torch.randn(2, 3, 5 * 8, 7 * 8, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     ref = model(x)
     ref_grads = torch.autograd.grad(ref.square().sum(), list(model.parameters()))
     monkeypatch.setattr(kernels, "use_triton", lambda is_cuda, num_tokens: True)
     calls = []
-    state_op = fused.linear_state
-    monkeypatch.setattr(fused, "linear_state", lambda *a, **kw: calls.append(1) or state_op(*a, **kw))
+    state_op = fused.linear_state_and_prefix
+    monkeypatch.setattr(
+        fused, "linear_state_and_prefix", lambda *a, **kw: calls.append(kw["rope"]) or state_op(*a, **kw)
+    )
     out = model(x)
     assert len(calls) == 2  # both blocks took the kernels
+    assert all((rope is None) == linear_rope for rope in calls)  # rotated in the kernel only without `linear.rope`
     assert_close_to_scale(out, ref, 1e-5)
     for a, b in zip(torch.autograd.grad(out.square().sum(), list(model.parameters())), ref_grads):
         assert_close_to_scale(a, b, 1e-4)
@@ -123,18 +168,19 @@ class Ops(TorchDispatchMode):
         self.seen.append(str(func))
         return func(*args, **(kwargs or {}))
 t = lambda *s: torch.empty(*s, device="meta", dtype=torch.bfloat16)
-q, k, v, weight, prefix = t(1, 4, 69, 16), t(1, 4, 69, 16), t(1, 4, 69, 16), t(1, 64, 3, 3), t(1, 4, 5, 16)
+q, k, v, weight = t(1, 4, 69, 16), t(1, 4, 69, 16), t(1, 4, 69, 16), t(1, 64, 3, 3)
+rope, qp = tuple(torch.empty(64, 16, device="meta") for _ in range(2)), q[:, :, :5]
 with Ops() as mode:
-    state, pooled = fused.linear_state(k, v, num_prefix=5)
+    state, pooled, prefix = fused.linear_state_and_prefix(k, v, qp, num_prefix=5, rope=rope)
     out = fused.linear_apply(q, state, v, weight, prefix, grid=(8, 8), eps=1e-6)
-print(json.dumps([mode.seen, list(state.shape), list(out.shape)]))
+print(json.dumps([mode.seen, list(state.shape), list(prefix.shape), list(out.shape)]))
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    seen, state_shape, out_shape = json.loads(proc.stdout.splitlines()[-1])
+    seen, state_shape, prefix_shape, out_shape = json.loads(proc.stdout.splitlines()[-1])
     assert seen == ["jetvit.linear_state.default", "jetvit.linear_apply.default"]
-    assert state_shape == [1, 4, 16, 17] and out_shape == [1, 69, 64]
+    assert state_shape == [1, 4, 16, 17] and prefix_shape == [1, 4, 5, 16] and out_shape == [1, 69, 64]
 
 
 def test_jetvit_runs_without_triton_and_does_not_import_it():
@@ -168,10 +214,15 @@ def test_kernels_in_bf16_on_cuda_match_the_cpu_fp32_reference_at_dinov3_l_shapes
     weight = randn(B, H * d, ks, ks, seed=4, device="cpu").detach() * 0.1
     prefix = randn(B, H, P, d, seed=5, device="cpu").detach()
     as_bf16 = lambda t: t.bfloat16().float()  # noqa: E731  the reference sees the same rounded inputs
+    tables = rope_tables(grid, d, 100.0, torch.device("cpu"))
     ref_state, ref_pooled = fused.linear_state_reference(as_bf16(k), as_bf16(v), P)
-    state, pooled = fused.linear_state(k.cuda().bfloat16(), v.cuda().bfloat16(), num_prefix=P)
+    ref_prefix = fused.prefix_attention_reference(as_bf16(q[:, :, :P]), as_bf16(k), as_bf16(v), P, tables)
+    bf16 = [t.cuda().bfloat16() for t in (k, v, q[:, :, :P])]
+    state, pooled, out_prefix = fused.linear_state_and_prefix(*bf16, num_prefix=P, rope=tuple(t.cuda() for t in tables))
     assert_close_to_scale(state, ref_state, 1e-5)
     assert_close_to_scale(pooled, ref_pooled, 2**-8)
+    # the rotated keys and the softmax weights rounded to bf16 before their products, as a flash kernel does
+    assert_close_to_scale(out_prefix, ref_prefix, 2**-7)
     ref = fused.linear_apply_reference(as_bf16(q), ref_state, as_bf16(v), as_bf16(weight), as_bf16(prefix), *grid, 1e-6)
     out = fused.linear_apply(
         q.cuda().bfloat16(),

@@ -149,16 +149,16 @@ def test_learned_pos_embed_family_runs_on_non_square_input(tiny):
 # Features
 
 
-def test_forward_intermediates_match_forward(tiny, images):
+def test_block_features_match_forward(tiny, images):
     model = tiny("LWFL")
     tokens = model(images)
-    feats = model.forward_intermediates(images, [1, -1])
+    feats = model.block_features(images, [1, -1])
     patches, prefix = feats[1]
     assert patches.shape == (2, 32, 5, 7) and prefix.shape == (2, 5, 32)
     torch.testing.assert_close(patches.flatten(2).transpose(1, 2), tokens[:, 5:])
     torch.testing.assert_close(prefix, tokens[:, :5])
     with pytest.raises(ValueError, match="out of range"):
-        model.forward_intermediates(images, [4])
+        model.block_features(images, [4])
 
 
 # ---------------------------------------------------------------------------------------------------------------

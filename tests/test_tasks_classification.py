@@ -128,7 +128,7 @@ def test_head_reads_cls_tokens_and_mean_patch(tiny_model) -> None:
     x = torch.randn(2, 3, 32, 32)
     head = LinearClsHead(LinearClsConfig(in_dim=32, num_classes=5, n_last_blocks=2, avgpool=True))
     assert head.linear.in_features == 3 * 32
-    feats = model.forward_intermediates(x, [-2, -1])
+    feats = model.block_features(x, [-2, -1])
     expected = torch.cat([feats[0][1][:, 0], feats[1][1][:, 0], feats[1][0].mean(dim=(2, 3))], dim=-1)
     torch.testing.assert_close(head.features(feats), expected, rtol=0, atol=0)
     assert head(feats).shape == (2, 5)

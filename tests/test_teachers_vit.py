@@ -306,7 +306,7 @@ def test_yolos_window_covering_grid_equals_full(tmp_path: Path) -> None:
     with torch.no_grad():
         _assert_close([windowed(x)], [teacher(x)], "W covering the grid vs F")
         _assert_close(list(windowed.predict_detections(x)), list(teacher.predict_detections(x)), "detections")
-        (patches, glob), (tp, tg) = windowed.forward_intermediates(x, [1])[0], teacher.forward_intermediates(x, [1])[0]
+        (patches, glob), (tp, tg) = windowed.block_features(x, [1])[0], teacher.block_features(x, [1])[0]
         _assert_close([patches, glob], [tp, tg], "intermediates")
     # small windows differ: the check above is not vacuous
     small = _with_arch(teacher, "W" * DEPTH, window_size=2)
@@ -331,7 +331,7 @@ def test_yolos_detection_tokens_are_global_in_every_kind(tmp_path: Path) -> None
             assert (out[:, 6:] - full[:, 6:]).abs().max() > 1e-4  # the patches' attention is the approximation
 
         final = teacher(x)  # [CLS, 5x7 patches, 5 detection tokens]
-        patches, glob = teacher.forward_intermediates(x, [-1])[0]
+        patches, glob = teacher.block_features(x, [-1])[0]
     assert final.shape == (2, 1 + 35 + 5, D) and glob.shape == (2, 6, D) and patches.shape == (2, D, 5, 7)
     _assert_close([glob, patches.flatten(2).transpose(1, 2)], [final[:, [0, 36, 37, 38, 39, 40]], final[:, 1:36]], "")
 

@@ -111,7 +111,7 @@ def _grads_and_saved(student, teacher, x, targets, *, checkpointing: bool):
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(1) or t, lambda t: t):
         feats, _ = DistillStudent(student, targets, with_depth=False)(x)
-        loss = feature_loss(feats, token_features(teacher.forward_intermediates(x, targets)))
+        loss = feature_loss(feats, token_features(teacher.block_features(x, targets)))
     loss.backward()
     student.set_grad_checkpointing(False)
     return {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}, len(saved)

@@ -18,6 +18,7 @@ from jetvit.cli import main
 torch.set_num_threads(1)
 
 
+@pytest.mark.slow  # an export: 19 s
 def test_onnx_export_of_a_yolos_hybrid(tiny_yolos, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

@@ -132,10 +132,12 @@ def register_cost(op_name: str, flops: Callable[..., int]) -> None:
     _CUSTOM_FLOPS[op_name] = flops
 
 
-def _linear_state_flops(k: Tensor, v: Tensor, num_prefix: int) -> int:
-    """`jetvit::linear_state`: phi(K)^T V over all N keys, k and v (B, H, N, d); the normaliser column is a sum."""
+def _linear_state_flops(k: Tensor, v: Tensor, q_prefix: Tensor, *rest: Any) -> int:
+    """`jetvit::linear_state`: phi(K)^T V over all N keys, k and v (B, H, N, d), and the prefix queries' softmax
+    attention over them, q_prefix (B, H, P, d), counted as SDPA is (QK^T and AV). The normaliser column, the pooled
+    V, the keys' rotation and the softmax are elementwise or reductions: left out, as `LinearAttention.flops` does."""
     B, Hn, N, d = k.shape
-    return 2 * B * Hn * N * d * v.shape[-1]
+    return 2 * B * Hn * N * d * v.shape[-1] + 2 * B * Hn * q_prefix.shape[2] * N * (d + v.shape[-1])
 
 
 def _linear_apply_flops(q: Tensor, state: Tensor, v: Tensor, weight: Tensor, *rest: Any) -> int:

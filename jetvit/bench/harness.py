@@ -51,6 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from jetvit.hub import source_commit
 from jetvit.model import HybridViT
 
 logger = logging.getLogger(__name__)
@@ -391,7 +392,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "device": device,
     }
-    info["git_commit"] = _git_commit()
+    info["git_commit"] = source_commit()  # of the checkout jetvit runs from; None for an installed wheel
     if device == "cuda":
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         info["gpu"] = torch.cuda.get_device_name()
@@ -406,23 +407,6 @@ def machine_info(device: str) -> dict[str, Any]:
     except ImportError:
         info["triton"] = None
     return info
-
-
-def _git_commit() -> str | None:
-    """The checkout's commit, with '+dirty' when tracked files differ from it; None outside a git checkout."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "jetvit"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _cpu_model() -> str:

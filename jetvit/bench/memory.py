@@ -120,7 +120,7 @@ def _training_step(student, x, *, targets: list[int], checkpointing: bool = Fals
 
     def step():
         with torch.no_grad():
-            t_feats = token_features(teacher.forward_intermediates(x, targets))
+            t_feats = token_features(teacher.block_features(x, targets))
         s_feats, _ = wrapped(x)
         feature_loss(s_feats, t_feats).backward()
 

@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("jetvit.cli.bench", "benchmark teacher against hybrid: latency, throughput, memory"),
     "export": ("jetvit.cli.export", "export a hybrid to ONNX and check it against PyTorch"),
     "plan": ("jetvit.cli.plan", "memory per GPU of each training phase of a run config, without weights"),
+    "push": ("jetvit.cli.push", "upload a saved hybrid (weights, provenance, model card, modeling code) to the Hub"),
 }
 
 

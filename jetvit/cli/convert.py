@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     validate_arch(args.arch)  # letters first: a typo is refused before the teacher loads
     teacher = load_teacher(args.teacher, **teacher_options(args))
     student = convert(teacher, args.arch, inherit=args.inherit, window_size=args.window_size)
-    save(student, args.out)
+    save(student, args.out, teacher=args.teacher)
     n_teacher = sum(p.numel() for p in teacher.parameters())
     n_student = sum(p.numel() for p in student.parameters())
     print(

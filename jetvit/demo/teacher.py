@@ -105,7 +105,7 @@ def build(recipe: TeacherRecipe) -> tuple[HybridViT, LinearSegHead, LinearSegHea
 
 def predict(model: HybridViT, seg_head: nn.Module, depth_head: nn.Module, image: Tensor) -> tuple[Tensor, Tensor]:
     """Images (B, 3, H, W) in [0, 1] -> (segmentation logits (B, C, H, W), depth-like map (B, H, W))."""
-    patch = model.forward_intermediates(model.normalize(image), [-1])[0][0]  # (B, D, h, w)
+    patch = model.block_features(model.normalize(image), [-1])[0][0]  # (B, D, h, w)
     size = image.shape[-2:]
     return seg_head(patch, size), depth_head(patch, size)[:, 0]
 

@@ -15,7 +15,7 @@ import os
 # shapes fit (`linear_attention.supported`). `JETVIT_TRITON=0` turns them off (an A/B against the plain path).
 ENABLED = os.environ.get("JETVIT_TRITON", "1") != "0"
 # Fewer patch tokens than this keep the plain path: below it a block is launch-bound and the two kernels save little.
-# A guess until the GPU suite measures the crossing (the kernels move about a quarter of the plain path's bytes).
+# A guess until the GPU suite measures the crossing (the kernels move about a fifth of the plain path's bytes).
 MIN_TOKENS = 1024
 
 _HAS_TRITON: bool | None = None

@@ -7,7 +7,7 @@
 block i of `base` already is that kind; otherwise the extras start from their documented init).
 
 `set_arch(supernet, "LWLL...")` picks each block's active candidate. The supernet stays a `HybridViT`, so
-`forward`, `forward_intermediates` and the scorers work on it unchanged, and `supernet.arch` is the
+`forward`, `block_features` and the scorers work on it unchanged, and `supernet.arch` is the
 active path. `extract(supernet, arch)` returns a plain `HybridViT` with that path's weights.
 
 Weight sharing. `share=True`: the candidates of a block hold the same module objects for every inherited

@@ -12,7 +12,7 @@ spaced, `jetvit.tasks.datasets.VideoFolderClassification`); the probe's features
 token) are computed per frame and averaged over the clip's frames, and the linear layer classifies the mean, so a
 clip's logits are the mean of its frames' logits. Training crops every frame of a clip with the same random crop.
 
-Features: `model.forward_intermediates(x, last blocks)` -> per block (patches (B, D, h, w), prefix (B, P, D)),
+Features: `model.block_features(x, last blocks)` -> per block (patches (B, D, h, w), prefix (B, P, D)),
 prefix[:, 0] the CLS token. Images: (B, 3, H, W) RGB in [0, 1] from `jetvit.tasks.datasets`; normalised here with the
 model's mean and std. A batch of clips is their frames concatenated, (sum of T_i, 3, H, W), and the frame counts (B,).
 """
@@ -54,7 +54,7 @@ def cls_logits(model: nn.Module, head: LinearClsHead, x: Tensor) -> Tensor:
     """Normalised images (B, 3, H, W) -> logits (B, classes); the backbone runs under bf16 autocast on CUDA."""
     blocks = list(range(-head.cfg.n_last_blocks, 0))
     with torch.no_grad(), autocast(x.device):
-        feats = model.forward_intermediates(x, blocks)  # n_last_blocks x ((B, D, h, w), (B, P, D))
+        feats = model.block_features(x, blocks)  # n_last_blocks x ((B, D, h, w), (B, P, D))
     return head([(patches.float(), prefix.float()) for patches, prefix in feats])
 
 
@@ -63,7 +63,7 @@ def clip_logits(model: nn.Module, head: LinearClsHead, frames: Tensor, counts: T
     logits (B, classes) of the clips' mean features."""
     blocks = list(range(-head.cfg.n_last_blocks, 0))
     with torch.no_grad(), autocast(frames.device):
-        feats = model.forward_intermediates(frames, blocks)  # n_last_blocks x ((sum T, D, h, w), (sum T, P, D))
+        feats = model.block_features(frames, blocks)  # n_last_blocks x ((sum T, D, h, w), (sum T, P, D))
     per_frame = head.features([(patches.float(), prefix.float()) for patches, prefix in feats])  # (sum T, F)
     counts = counts.to(per_frame.device)
     clip = torch.repeat_interleave(torch.arange(len(counts), device=per_frame.device), counts)  # (sum T,)

@@ -40,7 +40,7 @@ def predict_depth(
     x = model.normalize(image.to(device))
     x = resize_short_side(x, short_side, multiple=model.cfg.patch_size)  # (B, 3, H', W'), patch multiples
     with autocast(device):
-        feats = model.forward_intermediates(x, head.cfg.layers)
+        feats = model.block_features(x, head.cfg.layers)
         out = head(feats, x.shape[-2:])
     out = out.float()[:, None]  # (B, 1, H', W')
     return F.interpolate(out, size=image.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

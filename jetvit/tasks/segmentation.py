@@ -6,7 +6,7 @@ Training: the backbone is frozen and its features are computed under no_grad; on
 and flipped. Evaluation resizes each image to the evaluation short side, averages logits over overlapping crops
 (`slide_inference`), upsamples them to the label's size and accumulates one confusion matrix.
 
-Features: normed patch tokens of block `layer` (default the last), (B, D, h, w), from `model.forward_intermediates`.
+Features: normed patch tokens of block `layer` (default the last), (B, D, h, w), from `model.block_features`.
 Images: (B, 3, H, W) RGB in [0, 1] from `jetvit.tasks.datasets`; normalised here with the model's mean and std.
 """
 
@@ -45,7 +45,7 @@ from jetvit.tasks.metrics import SegMetrics
 
 def patch_features(model: nn.Module, x: Tensor, layer: int) -> Tensor:
     """Normalised images (B, 3, H, W) -> normed patch features of block `layer`, (B, D, h, w)."""
-    return model.forward_intermediates(x, [layer])[0][0]
+    return model.block_features(x, [layer])[0][0]
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -93,7 +93,7 @@ class DistillStudent(nn.Module):
         self.layers = sorted(set(targets) | set(self.depth_layers))
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor | None]:
-        feats = dict(zip(self.layers, self.model.forward_intermediates(x, self.layers)))
+        feats = dict(zip(self.layers, self.model.block_features(x, self.layers)))
         out = token_features([feats[i] for i in self.targets])  # each (B, N, D)
         depth = None
         if self.with_depth:
@@ -385,7 +385,7 @@ class Trainer:
             # uint8 from pinned memory: the copy runs behind the previous step's work, then normalised on the device
             x = normalize(batch["images"].to(rt.device, non_blocking=True), self.mean, self.std)
             with torch.no_grad(), rt.autocast():
-                t_feats = token_features(setup.teacher.forward_intermediates(x, setup.targets))
+                t_feats = token_features(setup.teacher.block_features(x, setup.targets))
                 label = setup.depth_teacher.predict_depth(x) if self.with_depth else None
             with trainee.micro_batch(last=m == accum - 1):
                 with rt.autocast():

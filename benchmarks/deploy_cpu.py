@@ -1,0 +1,187 @@
+"""CPU deployment benchmark: teacher against hybrid in onnxruntime and OpenVINO, from the dynamic-shape graphs.
+
+Both models are a benchmark preset with random weights (speed does not depend on the values): the teacher all `F`,
+the hybrid `--arch` with every weight inherited (`jetvit.convert`). Each is exported once with `jetvit.export_onnx`
+(any batch and resolution, fp32 by default) and run at every `--res` from that one graph. Teacher and hybrid are
+timed in the same process, alternating within every repeat (order flipped each repeat), after warm-up; the speedup
+is the ratio of the median latencies, its spread over the per-repeat pairs. The FLOP-ideal speedup is
+`teacher.flops(H, W)["total"] / hybrid.flops(H, W)["total"]` (`HybridViT.flops`, the model's own cost model).
+
+Goals (issue 22): measured / ideal >= 90% at 1024x1024 and >= 95% at 2048x2048, in both runtimes.
+
+    python benchmarks/deploy_cpu.py                        # DINOv3-S/16 vs LLWLWFLLWLLF at 1024 and 2048, 2 threads
+    python benchmarks/deploy_cpu.py --dry-run              # the tiny preset at 64 and 96 px, 1 repeat: a smoke run
+
+Writes benchmarks/results/deploy_cpu.{md,json} (`--out` changes the stem; a dry run writes nothing unless given
+`--out`) and prints the table last. OpenVINO runs at fp32 (`INFERENCE_PRECISION_HINT=f32`; its default on CPUs with
+bf16 units is bf16) with the graph's dynamic shapes as they are, or reshaped to each size first with
+`--openvino-shapes static` (the same graph, given one input shape at load time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from jetvit import io
+from jetvit.bench.harness import machine_info, parse_res, summarize
+from jetvit.bench.presets import preset_config
+from jetvit.conversion import convert
+from jetvit.export import RUNTIMES, export_onnx, runtime_session
+from jetvit.model import HybridViT
+
+GOALS = {1024: 0.90, 2048: 0.95}  # short side -> the least measured/ideal accepted
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="dinov3-s", help="benchmark preset (jetvit.bench.presets)")
+    p.add_argument("--arch", default="LLWLWFLLWLLF", help="the hybrid's architecture string")
+    p.add_argument("--res", nargs="+", default=["1024x1024", "2048x2048"], help="resolutions HxW")
+    p.add_argument("--runtimes", nargs="+", default=list(RUNTIMES), help="onnxruntime and/or openvino")
+    p.add_argument("--dtype", default="fp32", help="graph precision: fp32, fp16 or bf16")
+    p.add_argument("--threads", type=int, default=2, help="intra-op threads of each runtime")
+    p.add_argument("--repeats", type=int, nargs="+", default=[7, 3], help="timed pairs per --res (last one repeats)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--openvino-shapes", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output stem (default benchmarks/results/deploy_cpu)")
+    p.add_argument("--dry-run", action="store_true", help="tiny preset, 64x64 and 96x96, 1 repeat, no warm-up")
+    args = p.parse_args(argv)
+    if args.dry_run:
+        args.preset, args.arch, args.res, args.repeats, args.warmup = "tiny", "LWF", ["64x64", "96x96"], [1], 0
+    for r in args.runtimes:
+        if r not in RUNTIMES:
+            p.error(f"--runtimes: {r!r} is not one of {', '.join(RUNTIMES)}")
+    return args
+
+
+def build_models(preset: str, arch: str, seed: int) -> tuple[HybridViT, HybridViT]:
+    """The preset's teacher with random weights (the model's own initialisation) and its hybrid `arch`."""
+    torch.manual_seed(seed)
+    teacher = HybridViT(preset_config(preset)).eval()
+    return teacher, convert(teacher, arch).eval()
+
+
+def load(path: Path, runtime: str, threads: int, res: tuple[int, int], static: bool):
+    """The graph in `runtime`; for OpenVINO with `static`, reshaped to one (1, 3, H, W) input first."""
+    if runtime == "openvino" and static:
+        import openvino as ov
+
+        core = ov.Core()
+        model = core.read_model(str(path))
+        model.reshape({model.inputs[0]: [1, 3, *res]})
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
+        compiled = core.compile_model(model, "CPU", config)
+        return lambda x: list(compiled(x).to_tuple())
+    return runtime_session(path, runtime, threads=threads)
+
+
+def time_pairs(runs: dict[str, Any], x: np.ndarray, *, repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each run on x, alternating within each repeat, the order flipped every repeat."""
+    names = list(runs)
+    for name in names:
+        for _ in range(warmup):
+            runs[name](x)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            runs[name](x)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def duration(ms: float) -> str:
+    return f"{ms / 1e3:.3g} s" if ms >= 1e3 else f"{ms:.3g} ms"
+
+
+def goal(res: tuple[int, int]) -> float | None:
+    return GOALS.get(min(res))
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"Teacher ({result['preset']}, all F) against hybrid `{result['arch']}`, {result['dtype']}, batch 1, "
+        f"{result['threads']} threads, dynamic-shape ONNX graphs (OpenVINO shapes: {result['openvino_shapes']}); "
+        f"median of {', '.join(str(r) for r in result['repeats'])} interleaved pairs.",
+        "",
+        "| runtime | resolution | teacher | hybrid | speedup (pairs) | ideal | measured/ideal | goal |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        g = row["goal"]
+        verdict = "-" if g is None else (f">= {g:.0%}: " + ("met" if row["fraction_of_ideal"] >= g else "NOT met"))
+        lines.append(
+            f"| {row['runtime']} | {row['res'][0]}x{row['res'][1]} | {duration(row['teacher_ms']['median'])} "
+            f"| {duration(row['hybrid_ms']['median'])} | {row['speedup']:.2f}x ({row['speedup_min']:.2f}-"
+            f"{row['speedup_max']:.2f}) | {row['ideal']:.2f}x | {row['fraction_of_ideal']:.0%} | {verdict} |"
+        )
+    lines += ["", f"Machine: {result['machine']['cpu']}, {result['machine']['cpu_count']} CPUs.", ""]
+    lines.append(f"Command: `{result['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes = [parse_res(r) for r in args.res]
+    repeats = [args.repeats[min(i, len(args.repeats) - 1)] for i in range(len(sizes))]
+    teacher, hybrid = build_models(args.preset, args.arch, args.seed)
+    for res in sizes:
+        teacher.grid_size(*res)  # a clear error before the exports
+    versions: dict[str, str] = {}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="deploy_cpu.") as tmp:
+        graphs = {}
+        for name, model in (("teacher", teacher), ("hybrid", hybrid)):
+            t0 = time.perf_counter()
+            graphs[name] = export_onnx(model, Path(tmp) / f"{name}.onnx", dtype=args.dtype)
+            print(f"exported the {name} ({model.arch}) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        for runtime in args.runtimes:
+            module = __import__(runtime)
+            versions[runtime] = getattr(module, "__version__", None) or module.get_version()
+            static = runtime == "openvino" and args.openvino_shapes == "static"
+            for res, reps in zip(sizes, repeats):
+                # loaded anew for each size: the previous size's sessions and their memory arenas are released
+                runs = {n: load(p, runtime, args.threads, res, static) for n, p in graphs.items()}
+                x = np.random.default_rng(args.seed).standard_normal((1, 3, *res), dtype=np.float32)
+                times = time_pairs(runs, x, repeats=reps, warmup=args.warmup)
+                pairs = [t / h for t, h in zip(times["teacher"], times["hybrid"])]
+                teacher_ms, hybrid_ms = summarize(times["teacher"]), summarize(times["hybrid"])
+                speedup = teacher_ms["median"] / hybrid_ms["median"]
+                ideal = teacher.flops(*res)["total"] / hybrid.flops(*res)["total"]
+                row = dict(runtime=runtime, res=list(res), teacher_ms=teacher_ms, hybrid_ms=hybrid_ms,
+                           speedup=speedup, speedup_min=min(pairs), speedup_max=max(pairs),
+                           speedup_median_of_pairs=statistics.median(pairs), ideal=ideal,
+                           fraction_of_ideal=speedup / ideal, goal=goal(res))  # fmt: skip
+                rows.append(row)
+                print(f"{runtime} {res[0]}x{res[1]}: {speedup:.2f}x of {ideal:.2f}x", file=sys.stderr)
+    result = dict(
+        preset=args.preset, arch=args.arch, dtype=args.dtype, threads=args.threads, repeats=repeats,
+        warmup=args.warmup, openvino_shapes=args.openvino_shapes, rows=rows, versions=versions,
+        machine=machine_info("cpu"), command="python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+        omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+    )  # fmt: skip
+    table = markdown(result)
+    stem = Path(args.out) if args.out else (None if args.dry_run else RESULTS / "deploy_cpu")
+    if stem is not None:
+        io.atomic_write_text(stem.with_suffix(".md"), table)
+        io.atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+        print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')}", file=sys.stderr)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
