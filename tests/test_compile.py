@@ -46,27 +46,25 @@ def test_blocks_of_one_kind_share_one_graph(tiny_model):
     assert counter.frame_count == len(set(ARCH))
 
 
-def test_compiled_forward_and_backward_match_eager(tiny_model):
-    eager = tiny_model(ARCH, random_weights=True).train()
-    compiled = compile_regions(copy.deepcopy(eager), backend="aot_eager")
+def _assert_compiled_matches_eager(eager, *, backend, checkpointing=False, tol=(1e-5, 1e-5), grad_tol=(1e-4, 1e-5)):
+    """The regionally compiled copy of `eager` gives its outputs and parameter gradients within (rtol, atol)."""
+    compiled = compile_regions(copy.deepcopy(eager), backend=backend)
+    compiled.set_grad_checkpointing(checkpointing)
     x = _images()
     out_e, grads_e = _forward_backward(eager, x)
     out_c, grads_c = _forward_backward(compiled, x)
-    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_c, out_e, rtol=tol[0], atol=tol[1])
     for ge, gc in zip(grads_e, grads_c):
-        torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(gc, ge, rtol=grad_tol[0], atol=grad_tol[1])
+
+
+def test_compiled_forward_and_backward_match_eager(tiny_model):
+    _assert_compiled_matches_eager(tiny_model(ARCH, random_weights=True).train(), backend="aot_eager")
 
 
 def test_compiled_blocks_compose_with_activation_checkpointing(tiny_model):
     eager = tiny_model(ARCH, random_weights=True).train()
-    compiled = compile_regions(copy.deepcopy(eager), backend="aot_eager")
-    compiled.set_grad_checkpointing(True)
-    x = _images()
-    out_e, grads_e = _forward_backward(eager, x)
-    out_c, grads_c = _forward_backward(compiled, x)
-    torch.testing.assert_close(out_c, out_e, rtol=1e-5, atol=1e-5)
-    for ge, gc in zip(grads_e, grads_c):
-        torch.testing.assert_close(gc, ge, rtol=1e-4, atol=1e-5)
+    _assert_compiled_matches_eager(eager, backend="aot_eager", checkpointing=True)
 
 
 def test_a_new_batch_size_compiles_once_more_per_kind_then_never(tiny_model):
@@ -112,10 +110,4 @@ def test_default_backend_is_inductor_unless_the_environment_says(monkeypatch):
 @pytest.mark.slow
 def test_inductor_compiled_forward_and_backward_match_eager(tiny_model):
     eager = tiny_model(ARCH, random_weights=True).train()
-    compiled = compile_regions(copy.deepcopy(eager), backend="inductor")
-    x = _images()
-    out_e, grads_e = _forward_backward(eager, x)
-    out_c, grads_c = _forward_backward(compiled, x)
-    torch.testing.assert_close(out_c, out_e, rtol=1e-4, atol=1e-4)
-    for ge, gc in zip(grads_e, grads_c):
-        torch.testing.assert_close(gc, ge, rtol=1e-3, atol=1e-4)
+    _assert_compiled_matches_eager(eager, backend="inductor", tol=(1e-4, 1e-4), grad_tol=(1e-3, 1e-4))
