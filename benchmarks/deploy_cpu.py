@@ -15,7 +15,10 @@ Goals (issue 22): measured / ideal >= 90% at 1024x1024 and >= 95% at 2048x2048, 
 Writes benchmarks/results/deploy_cpu.{md,json} (`--out` changes the stem; a dry run writes nothing unless given
 `--out`) and prints the table last. OpenVINO runs at fp32 (`INFERENCE_PRECISION_HINT=f32`; its default on CPUs with
 bf16 units is bf16) with the graph's dynamic shapes as they are, or reshaped to each size first with
-`--openvino-shapes static` (the same graph, given one input shape at load time).
+`--openvino-shapes static` (the same graph, given one input shape at load time). At 2048x2048 onnxruntime shrinks its
+memory arena after every run (`jetvit.export.runtime_session(shrink_arena=True)`), teacher and hybrid alike: the two
+sessions' arenas otherwise kept 24 GB between them and the run was killed for memory. (Without any arena, the hybrid
+ran 20% slower at 1024x1024: 1.56x against 1.86x, from the same graphs.)
 """
 
 from __future__ import annotations
@@ -53,9 +56,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="fp32", help="graph precision: fp32, fp16 or bf16")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of each runtime")
     p.add_argument("--repeats", type=int, nargs="+", default=[7, 3], help="timed pairs per --res (last one repeats)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs of each model first (the first runs are slower)")
     p.add_argument("--openvino-shapes", choices=["dynamic", "static"], default="dynamic")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--graphs",
+        help="keep the exported graphs in this folder (teacher.onnx, hybrid.onnx) and reuse the ones already there "
+        "(delete them after changing the model code); default: a temporary folder",
+    )
     p.add_argument("--out", help="output stem (default benchmarks/results/deploy_cpu)")
     p.add_argument("--dry-run", action="store_true", help="tiny preset, 64x64 and 96x96, 1 repeat, no warm-up")
     args = p.parse_args(argv)
@@ -85,7 +93,9 @@ def load(path: Path, runtime: str, threads: int, res: tuple[int, int], static: b
         config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
         compiled = core.compile_model(model, "CPU", config)
         return lambda x: list(compiled(x).to_tuple())
-    return runtime_session(path, runtime, threads=threads)
+    # From 2048x2048 on, onnxruntime's arena is shrunk after every run: each session would keep its largest run's
+    # memory (a full-attention block's N x N scores at 2048x2048 are 6 GiB): two of them exceed this machine's 24 GB.
+    return runtime_session(path, runtime, threads=threads, shrink_arena=min(res) >= 2048)
 
 
 def time_pairs(runs: dict[str, Any], x: np.ndarray, *, repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -144,9 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="deploy_cpu.") as tmp:
         graphs = {}
+        folder = Path(args.graphs) if args.graphs else Path(tmp)
         for name, model in (("teacher", teacher), ("hybrid", hybrid)):
+            graphs[name] = folder / f"{name}.onnx"
+            if args.graphs and graphs[name].is_file():
+                print(f"reusing {graphs[name]} ({model.arch})", file=sys.stderr)
+                continue
             t0 = time.perf_counter()
-            graphs[name] = export_onnx(model, Path(tmp) / f"{name}.onnx", dtype=args.dtype)
+            export_onnx(model, graphs[name], dtype=args.dtype)
             print(f"exported the {name} ({model.arch}) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         for runtime in args.runtimes:
             module = __import__(runtime)

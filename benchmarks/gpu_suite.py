@@ -30,10 +30,14 @@ Resolutions: 1024x2048, 1024x1024, 2048x2048 (patch 16); 1022x2044, 1022x1022, 2
 73-patch rows leave masked 8x8 windows). Row order, most important first: DINOv3-L at 1024x2048 in every mode; then
 eager and graphs rows by resolution (1024x2048 first), model by model; then the other compiled rows.
 
-Time: `--budget-s` counts from the start; the measurements end 30 s before it, for the predictions. A row starts
+Time: `--budget-s` counts from the start; the table's rows end 70 s before it, for (d) and the predictions. A row starts
 only if its estimated time (the slowest row of its mode so far, scaled by tokens for eager and graphs; before any, a
 prior) fits what is left; what does not is listed as skipped. An alarm at the deadline stops a row that overruns. The
 JSON is rewritten (atomically) after every row, so a killed call still leaves every finished row.
+
+(d) the latency table the search reads (`jetvit.bench.latency.measure_table`: each block kind and the fixed parts
+    of the first model at its first resolution, bf16, with the end-to-end check), beside the cost model's table,
+    into suite.json.
 
 Files (all in --out, five at most): suite.json (everything), table.md, suite.log, gpu_tests.log, gpu_tests.xml. The
 table is printed last.
@@ -108,6 +112,7 @@ PRIOR_S = {"eager": 30.0, "graphs": 25.0, "compiled": 150.0}
 DRY_PRIOR_S = {"eager": 5.0, "graphs": 5.0, "compiled": 10.0}
 # Seconds kept after the measurements for the cost model's predictions (about a second a row on the device's CPU).
 PREDICT_RESERVE_S = 30.0
+LATENCY_TABLE_S = 40.0  # (d): five DINOv3-L models built and timed part by part, a few seconds each
 
 
 def batch_for(res: tuple[int, int]) -> int:
@@ -306,7 +311,7 @@ class Suite:
 
     def table(self) -> None:
         rows = plan_rows(self.pairs, tuple(m for m in MODES if m in self.args.modes))
-        deadline = self.deadline - (0.0 if self.args.dry_run else PREDICT_RESERVE_S)
+        deadline = self.deadline - (0.0 if self.args.dry_run else PREDICT_RESERVE_S + LATENCY_TABLE_S)
         with alarm_at(deadline):
             for i, (pair, res, mode) in enumerate(rows):
                 entry = {"model": pair.name, "res": list(res), "mode": mode}
@@ -354,6 +359,41 @@ class Suite:
                     done += 1
             except DeadlineReached:
                 self.log(f"deadline: the cost model predicted {done} of {len(self.result['rows'])} rows")
+        self.save()
+
+    def latency_table(self) -> None:
+        """(d) the latency table the search reads (`jetvit.bench.latency`), for the first model at its first
+        resolution: measured on this GPU part by part, with the end-to-end check, beside the cost model's; while the
+        budget lasts (`latency_table` in the JSON: the two tables, or why there are none)."""
+        need = 5.0 if self.args.dry_run else LATENCY_TABLE_S
+        if self.deadline - time.monotonic() < need:
+            self.result["latency_table"] = {"skipped": "the budget ran out"}
+            return
+        from jetvit.bench.latency import measure_table, predict_table
+        from jetvit.bench.presets import preset_config
+
+        pair = self.pairs[0]
+        res = pair.resolutions[0]
+        cfg = preset_config(pair.preset)
+        gpu = self.result["machine"].get("gpu", "")
+        with alarm_at(self.deadline):
+            try:
+                t = time.monotonic()
+                measured = measure_table(
+                    cfg, device=self.device, dtype="bf16", resolution=res, repeats=self.args.repeats
+                )
+                self._cleanup()
+                predicted = predict_table(cfg, device="h200" if "H200" in gpu else "h100", dtype="bf16", resolution=res)
+                self.result["latency_table"] = {"measured": measured.to_dict(), "predicted": predicted.to_dict()}
+                self.log(f"latency table {pair.name} {res[0]}x{res[1]} ({time.monotonic() - t:.0f} s): "
+                         f"{measured.describe()}; cost model: {predicted.describe()}")  # fmt: skip
+            except DeadlineReached:
+                self.log("deadline: no latency table")
+                self.result["latency_table"] = {"skipped": "the budget ran out"}
+            except Exception as e:  # a failure here must not lose the table's rows
+                self.result["latency_table"] = {"error": f"{type(e).__name__}: {e}"}
+                self.log(f"latency table FAILED: {type(e).__name__}: {e}")
+                self.logfile.write(traceback.format_exc())
         self.save()
 
     def row(self, pair: Pair, res: tuple[int, int], mode: str) -> dict[str, Any]:
@@ -411,6 +451,7 @@ class Suite:
         self.save()
         self.tests()
         self.table()
+        self.latency_table()  # on the GPU, before the predictions' CPU work
         self.predictions()
         self.finish()
         return 0

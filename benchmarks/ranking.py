@@ -151,7 +151,7 @@ class Ranking:
         validate(self.cfg)
         head = str(teacher_dir / "seg_head")
         opts = cfg.score.options
-        samples = args.score_samples or int(opts.get("samples", 32))
+        self.samples = samples = args.score_samples or int(opts.get("samples", 32))
         # The search's scorer (the demo config's slice of val) and the ground truth's (another slice).
         self.score = keyshapes_miou(
             teacher=self.teacher, head=head, samples=samples, offset=int(opts.get("offset", 256)), size=native
@@ -168,24 +168,31 @@ class Ranking:
 
         return Experiment.build(self.cfg, scorer=False, teacher=self.teacher)
 
+    @property
+    def supernet_dir(self) -> Path:
+        """The supernet's work folder: one per way of training it and number of scoring samples (the alone runs,
+        the ground truth, are shared by all)."""
+        return self.work / f"supernet-{self.cfg.supernet.sampling}-{self.cfg.step1.stages[0].steps}-{self.samples}"
+
     def supernet(self) -> dict[str, dict[str, float]]:
-        """Train the Step-1 supernet, scoring every path at step 0 and every `--every` steps. Returns
-        {step: {path: score}}; resumable (the scores so far live in supernet_scores.json)."""
-        from jetvit.search.supernet import PathSampler, set_arch
-        from jetvit.train.distill import Phase
+        """Train the Step-1 supernet as `supernet.sampling` says (`Experiment.supernet_phase`, the search's own),
+        scoring every path at step 0 and every `--every` steps. Returns {step: {path: score}}; resumable (the scores
+        so far live in supernet_scores.json)."""
+        from jetvit.search.supernet import set_arch
 
         cfg, depth = self.cfg, len(self.teacher.blocks)
-        record = self.work / "supernet_scores.json"
+        record = self.supernet_dir / "supernet_scores.json"
         scores: dict[str, dict[str, float]] = json.loads(record.read_text()) if record.is_file() else {}
         exp = self.experiment()
         choices = ["LW"] * depth
         net = exp.supernet(self.teacher, choices)
-        sampler = PathSampler(choices, seed=cfg.run.seed, phase="step1")
+        phase = exp.supernet_phase("step1", choices, cfg.step1.stages)
+        sampler = phase.choose_path
         trained = {"steps": 0}
 
-        def choose(model, step: int) -> str:
+        def choose(model, step: int) -> str | None:
             trained["steps"] = step + 1  # the optimizer step about to run is the (step + 1)-th
-            return sampler(model, step)
+            return sampler(model, step) if sampler is not None else None  # block-wise: no path
 
         def score_all(model) -> float:
             step = str(trained["steps"])
@@ -200,12 +207,12 @@ class Ranking:
 
         if "0" not in scores:
             score_all(net.eval())
-        phase = Phase("step1", cfg.step1.stages, choose_path=choose, evaluate=score_all)
-        summary = exp.train(phase, net, ckpt_path=self.work / "supernet" / "ckpt.pt")
+        phase = dataclasses.replace(phase, choose_path=choose, evaluate=score_all)
+        summary = exp.train(phase, net, ckpt_path=self.supernet_dir / "ckpt.pt")
         self.supernet_seconds = summary["seconds"]
         # The trained supernet's paths on the ground truth's own slice too: its ranking without the search scorer's
         # sampling noise, which separates what the shared weights get wrong from what 32 samples cannot tell.
-        final = self.work / "supernet_eval_scores.json"
+        final = self.supernet_dir / "supernet_eval_scores.json"
         if not final.is_file():
             row = {}
             for p in self.paths:
@@ -244,13 +251,15 @@ def correlation(value: float | None) -> str:
     return "undefined (all tie)" if value is None else f"{value:.2f}"
 
 
-def report(res: dict[str, Any], out: Path) -> None:
-    atomic_write_json(out / "ranking.json", res)
+def report(res: dict[str, Any], out: Path, name: str = "ranking") -> None:
+    atomic_write_json(out / f"{name}.json", res)
     a = res["args"]
     md = [
         "# Supernet ranking quality on the built-in teacher",
         "",
-        f"Step-1 (L/W) supernet trained by the search's own phase with the demo config, batch {a['batch_size']}; "
+        f"Step-1 (L/W) supernet trained by the search's own phase with the demo config "
+        f"(`supernet.sampling: {res.get('sampling', 'uniform')}`, {a['supernet_steps']} steps), "
+        f"batch {a['batch_size']}; "
         f"{len(res['paths'])} paths, each also distilled alone for {a['alone_steps']} steps. Supernet scores: the "
         f"search's scorer ({res['score_samples']} keyshapes val samples). Ground truth: each alone-distilled path's "
         f"mIoU on {a['eval_samples']} other val samples (from {EVAL_OFFSET}). Seed {a['seed']}.",
@@ -289,8 +298,8 @@ def report(res: dict[str, Any], out: Path) -> None:
         cells.append(f"{100 * res['supernet_eval'][p]:.2f}")
         md.append(f"| `{p}` | {100 * r['eval']:.2f} | {100 * r['search_score']:.2f} | " + " | ".join(cells) + " |")
     md.append("")
-    atomic_write_text(out / "ranking.md", "\n".join(md))
-    plot(res, out / "ranking.png")
+    atomic_write_text(out / f"{name}.md", "\n".join(md))
+    plot(res, out / f"{name}.png")
 
 
 def plot(res: dict[str, Any], path: Path) -> None:
@@ -350,6 +359,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override of the demo config (e.g. supernet.share=true)")  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="a tiny teacher, 4 paths, a few steps (for tests)")
+    p.add_argument("--name", default="ranking", help="stem of the outputs in --out (ranking.json/.md/.png)")
+    p.add_argument(
+        "--only",
+        choices=["all", "supernet", "alone"],
+        default="all",
+        help="run only the supernet or only the alone runs (their results are cached in --work; a later `all` "
+        "invocation reuses them and writes the report): two invocations can share the two cores",
+    )
+    p.add_argument("--shard", default="1/1", help="with --only alone: this invocation's share i/n of the paths")
     return p.parse_args(argv)
 
 
@@ -367,12 +385,22 @@ def main(argv: list[str] | None = None) -> int:
         args.batch_size, args.eval_samples, args.score_samples = 2, 2, 2
     lab = Ranking(args, work)
     log = lambda m: print(f"[ranking {time.perf_counter() - start:6.0f}s] {m}", flush=True)  # noqa: E731
-    log(f"supernet, {args.supernet_steps} steps; paths {lab.paths}")
-    supernet = lab.supernet()
+    if args.only in ("all", "supernet"):
+        log(f"supernet ({lab.cfg.supernet.sampling}), {args.supernet_steps} steps; paths {lab.paths}")
+        supernet = lab.supernet()
+    if args.only == "supernet":
+        return 0
+    i, n = (int(x) for x in args.shard.split("/"))
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {args.shard!r} is not i/n with 1 <= i <= n")
     alone = {}
-    for i, p in enumerate(lab.paths):
-        log(f"path {i + 1}/{len(lab.paths)} {p} alone, {args.alone_steps} steps")
+    for k, p in enumerate(lab.paths):
+        if args.only == "alone" and k % n != i - 1:
+            continue
+        log(f"path {k + 1}/{len(lab.paths)} {p} alone, {args.alone_steps} steps")
         alone[p] = lab.alone(p)
+    if args.only == "alone":
+        return 0
     truth = {p: r["eval"] for p, r in alone.items()}
     res = {
         "args": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
@@ -386,11 +414,12 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling": agreement({p: r["search_score"] for p, r in alone.items()}, truth),
         "supernet_eval": lab.supernet_eval,
         "supernet_seconds": lab.supernet_seconds,
+        "sampling": lab.cfg.supernet.sampling,
         "final_on_eval": agreement(lab.supernet_eval, truth),
         "seconds": time.perf_counter() - start,
     }
-    report(res, out)
-    print((out / "ranking.md").read_text())
+    report(res, out, args.name)
+    print((out / f"{args.name}.md").read_text())
     return 0
 
 

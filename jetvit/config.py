@@ -19,7 +19,15 @@ from typing import Any
 
 from jetvit._config import build
 from jetvit.model import validate_arch
-from jetvit.search.config import BeamConfig, BudgetConfig, ScoreConfig, SupernetConfig
+from jetvit.search.config import (
+    BeamConfig,
+    BudgetConfig,
+    FrontConfig,
+    LatencyConfig,
+    ObjectiveConfig,
+    ScoreConfig,
+    SupernetConfig,
+)
 from jetvit.train.config import DataConfig, DistillConfig, OptimConfig, RunSettings, StageConfig
 
 
@@ -55,6 +63,9 @@ class Config:
     supernet: SupernetConfig = field(default_factory=SupernetConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    front: FrontConfig = field(default_factory=FrontConfig)
     step1: PhaseConfig = field(default_factory=PhaseConfig)
     step2: Step2Config = field(default_factory=Step2Config)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -200,6 +211,38 @@ def validate(cfg: Config) -> None:
     r = cfg.budget.max_flops_ratio
     if r is not None and not 0 < r <= 1:
         raise ValueError(f"budget.max_flops_ratio must be in (0, 1], got {r}")
+    r = cfg.budget.max_latency_ratio
+    if r is not None and not 0 < r <= 1:
+        raise ValueError(f"budget.max_latency_ratio must be in (0, 1], got {r}")
+    if cfg.budget.max_latency_ms is not None and not cfg.budget.max_latency_ms > 0:
+        raise ValueError(f"budget.max_latency_ms must be > 0 or null, got {cfg.budget.max_latency_ms}")
+    latency_needed = [
+        key
+        for key, value in (
+            ("budget.max_latency_ms", cfg.budget.max_latency_ms),
+            ("budget.max_latency_ratio", cfg.budget.max_latency_ratio),
+            ("objective.criterion: latency", cfg.objective.criterion == "latency" or None),
+        )
+        if value is not None
+    ]
+    if cfg.latency.source == "none" and latency_needed:
+        raise ValueError(
+            f"{latency_needed[0]} needs a latency table; latency.source is none (use measured or predicted)"
+        )
+    if cfg.latency.source == "predicted" and cfg.latency.device is None:
+        raise ValueError("latency.source: predicted needs latency.device, a cost-model device (e.g. h100)")
+    if cfg.latency.batch < 1 or cfg.latency.repeats < 1:
+        raise ValueError(
+            f"latency.batch and latency.repeats must be >= 1, got {cfg.latency.batch}, {cfg.latency.repeats}"
+        )
+    if cfg.objective.tolerance < 0:
+        raise ValueError(f"objective.tolerance must be >= 0, got {cfg.objective.tolerance}")
+    if cfg.front.steps < 0 or cfg.front.max_points < 1:
+        raise ValueError(
+            f"front.steps must be >= 0 and front.max_points >= 1, got {cfg.front.steps}, {cfg.front.max_points}"
+        )
+    if cfg.front.batch_size is not None and cfg.front.batch_size < 1:
+        raise ValueError(f"front.batch_size must be >= 1 or null, got {cfg.front.batch_size}")
     if cfg.run.checkpoint_every < 1 or cfg.run.log_every < 1:
         raise ValueError("run.checkpoint_every and run.log_every must be >= 1")
     if cfg.run.eval_every is not None and cfg.run.eval_every < 1:
@@ -210,8 +253,12 @@ def validate(cfg: Config) -> None:
         raise ValueError(f"data.workers must be >= 0 or null (auto), got {cfg.data.workers}")
     if cfg.budget.max_gflops is not None and not cfg.budget.max_gflops > 0:
         raise ValueError(f"budget.max_gflops must be > 0 or null, got {cfg.budget.max_gflops}")
-    for key in ("score.resolution", "budget.resolution"):
-        res = cfg.score.resolution if key == "score.resolution" else cfg.budget.resolution
+    for key in ("score.resolution", "budget.resolution", "latency.resolution"):
+        res = {"score.resolution": cfg.score.resolution, "budget.resolution": cfg.budget.resolution}.get(
+            key, cfg.latency.resolution
+        )
+        if res is None:
+            continue
         sides = [res] if isinstance(res, int) else res
         if len(sides) not in (1, 2) or min(sides) < 1 or (isinstance(res, list) and len(sides) != 2):
             raise ValueError(f"{key} must be a positive int or [H, W], got {res}")

@@ -12,6 +12,9 @@ learning curves, ranking) share:
     budget        the FLOP budget (`jetvit.search.budget`), counted on `student_cfg`
     scorer        the search's scorer (optional: the benchmarks score with their own)
 
+The latency table (`latency_table`) is not built here: it times the students on the device, which a run does once its
+directory exists (and keeps there, so that a resumed run reads the same numbers).
+
 and makes students from it: `student(arch)` (the teacher converted, weights inherited) and `supernet(base, choices)`;
 `distill(model, ...)` is the one distillation of a fixed architecture (the search's fine-tuning, `jetvit distill`,
 the benchmarks' rows). Everything that can refuse a run is checked here, so that the run directory
@@ -20,19 +23,22 @@ the benchmarks' rows). Everything that can refuse a run is checked here, so that
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from jetvit.config import Config
 from jetvit.model import HybridViT, LinearAttnConfig, ViTConfig, validate_arch
 from jetvit.runtime import Runtime, setup_runtime
 from jetvit.search.budget import FlopBudget
+from jetvit.search.latency import LatencyBudget, LatencyTable
 from jetvit.search.scorers import Scorer, build_scorer
-from jetvit.search.supernet import build_supernet, student_config
+from jetvit.search.supernet import PathSampler, build_supernet, student_config
 from jetvit.train.config import StageConfig
 from jetvit.train.data import ImageSet, Source, holdout_images, open_source, split_holdout
 from jetvit.train.distill import DistillSetup, Phase, resolve_targets, train_phase
@@ -185,6 +191,61 @@ class Experiment:
         """A supernet with candidate kinds `choices[i]` at block i, inherited from `base` (the teacher, or Step 1's
         path), with the run's student config and `supernet.share`, on the run's device."""
         return build_supernet(base, choices, share=self.cfg.supernet.share, cfg=self.student_cfg).to(self.rt.device)
+
+    def supernet_phase(
+        self, name: str, choices: list[str], stages: list[StageConfig], *, global_offset: int = 0
+    ) -> Phase:
+        """The training phase of a supernet with candidates `choices`, trained as `supernet.sampling` says: one
+        sampled path per step (`PathSampler`: uniform or balanced), or every candidate block by block."""
+        sampling = self.cfg.supernet.sampling
+        if sampling == "blockwise":
+            return Phase(name, stages, blockwise=True, global_offset=global_offset)
+        sampler = PathSampler(choices, seed=self.cfg.run.seed, phase=name, sampling=sampling)
+        return Phase(name, stages, choose_path=sampler, global_offset=global_offset)
+
+    # --- speed ----------------------------------------------------------------------------------------------------
+
+    @property
+    def latency_size(self) -> tuple[int, int]:
+        """The resolution of the latency table: `latency.resolution`, else `budget.resolution`."""
+        res = self.cfg.latency.resolution if self.cfg.latency.resolution is not None else self.cfg.budget.resolution
+        return (res, res) if isinstance(res, int) else (res[0], res[1])
+
+    def latency_table(self) -> LatencyTable | None:
+        """The students' latency table as `latency` says (None for `source: none`): measured on the run's device
+        (rank 0 times, every process gets its numbers) or predicted by the cost model; cached unless `latency.cache`
+        is false (`jetvit.bench.latency.table_for`)."""
+        lat = self.cfg.latency
+        if lat.source == "none":
+            return None
+        from jetvit.bench.latency import table_for
+
+        data = None
+        if self.rt.main:
+            device = lat.device if lat.source == "predicted" else str(self.rt.device)
+            with torch.random.fork_rng(devices=[]):  # timing draws inputs: the run's random stream stays its own
+                table, _ = table_for(
+                    dataclasses.replace(self.student_cfg, arch=self.teacher.arch),
+                    source=lat.source,
+                    device=device,
+                    dtype=lat.dtype,
+                    resolution=self.latency_size,
+                    batch=lat.batch,
+                    repeats=lat.repeats,
+                    cache=lat.cache,
+                )
+            data = table.to_dict()
+        return LatencyTable.from_dict(self.rt.broadcast_object(data))
+
+    def latency_budget(self, table: LatencyTable | None) -> LatencyBudget | None:
+        """The latency budget (`budget.max_latency_ms`, `budget.max_latency_ratio`) on `table`; None without a
+        table. ValueError when no architecture of the search space meets it."""
+        if table is None:
+            return None
+        b = self.cfg.budget
+        budget = LatencyBudget(table, self.teacher.arch, max_ms=b.max_latency_ms, max_ratio=b.max_latency_ratio)
+        budget.check_reachable("LW", len(self.teacher.blocks))
+        return budget
 
     def hold_teachers(self) -> None:
         """Once every student has inherited its weights from the teacher: the frozen teacher(s) as the run's strategy

@@ -154,13 +154,22 @@ def export_onnx(
 
 
 def runtime_session(
-    path: str | Path, runtime: str = "onnxruntime", *, threads: int | None = None, precision: str = "f32"
+    path: str | Path,
+    runtime: str = "onnxruntime",
+    *,
+    threads: int | None = None,
+    precision: str = "f32",
+    shrink_arena: bool = False,
 ) -> Callable[[Any], list[Any]]:
     """The graph at `path` loaded in `runtime` ("onnxruntime" or "openvino") on the CPU: a function from images
     (numpy, (B, C, H, W) fp32) to the list of outputs (numpy), in `output_names` order.
 
     threads: intra-op threads (None: the runtime's default). precision: OpenVINO's `INFERENCE_PRECISION_HINT`, "f32"
-    by default, since OpenVINO otherwise computes in bf16 on CPUs that have it ("bf16" to allow that)."""
+    by default, since OpenVINO otherwise computes in bf16 on CPUs that have it ("bf16" to allow that). shrink_arena:
+    onnxruntime's CPU memory arena keeps the most a run ever needed for the session's life; shrunk after every run,
+    that memory goes back (two sessions of a full-attention model at 2048x2048 keep 12 GB or more each), at the cost
+    of allocating it again in the next run. Turning the arena off instead made the hybrid's many intermediate
+    tensors 20% slower at 1024x1024 on this machine's CPU."""
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
@@ -169,7 +178,11 @@ def runtime_session(
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
-        return lambda x: sess.run(None, {name: x})
+        run_options = None
+        if shrink_arena:
+            run_options = ort.RunOptions()
+            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        return lambda x: sess.run(None, {name: x}, run_options)
     if runtime == "openvino":
         import openvino as ov
 

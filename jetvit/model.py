@@ -825,6 +825,22 @@ class HybridViT(BackboneAPI, nn.Module):
             states.append(self._teacher_order(x))
         return states
 
+    def residual_states(self, x: Tensor) -> tuple[list[Tensor], TokenLayout]:
+        """The residual stream in the internal token order: [tokens entering block 0, output of block 0, ..., output
+        of block L-1], each (B, G + h*w, D), and the layout; block i maps entry i to entry i + 1 (`run_block`). What
+        block-wise distillation feeds a student's blocks and matches them against."""
+        x, layout = self.prepare_tokens(x)
+        states = [x]
+        for i, blk in enumerate(self.blocks):
+            x = self._block(i, blk, x, layout)
+            states.append(x)
+        return states, layout
+
+    def run_block(self, i: int, block: nn.Module, x: Tensor, layout: TokenLayout) -> Tensor:
+        """`block` in the place of block i: entry i of `residual_states` -> entry i + 1 (position terms added as the
+        model adds them before that block, activation checkpointing as set)."""
+        return self._block(i, block, x, layout)
+
     def forward(self, x: Tensor | None = None, **hf: Any) -> Tensor | Any:
         """Images (B, C, H, W) -> final normed tokens (B, G + h*w, D) in the teacher's token order: CLS, registers,
         patches row-major, then YOLOS's detection tokens. Called the Hugging Face way (`pixel_values=`,

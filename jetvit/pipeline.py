@@ -5,6 +5,8 @@
     step2:    supernet with candidates {Step 1 kind, F} per block, inherited from the Step 1 path
     search2:  beam search from the Step 1 architecture, one block -> F per proposal, up to the F budget
               or until the score reaches the teacher's
+    front:    the accuracy-latency front of Step 2's candidates (latency table), optionally distilled briefly
+              and timed; the pick (`objective.criterion`: the paper's, or the fastest within a tolerance)
     finetune: the chosen architecture, distilled at the final resolution
     export:   jetvit.save, trajectory, plots, report
 
@@ -22,6 +24,7 @@ beam search in `jetvit.search`.
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 import time
@@ -33,18 +36,22 @@ from typing import Any
 
 from torch import nn
 
+from jetvit import front as front_lib
 from jetvit.config import Config
 from jetvit.experiment import TRAINING_PHASES, Experiment, runtime
-from jetvit.io import atomic_write_json, refuse_overwrite, remove_stale_temporaries, save
+from jetvit.io import atomic_write_json, read_json, refuse_overwrite, remove_stale_temporaries, save
 from jetvit.rundir import RunState, check_out_dir, hold_run_dir, resume_step, start_run_dir
 from jetvit.runtime import Runtime, teardown_runtime
 from jetvit.search.beam import switch_proposals
 from jetvit.search.budget import full_attention_budget
 from jetvit.search.driver import run_beam
-from jetvit.search.supernet import PathSampler, extract
+from jetvit.search.latency import LatencyTable, all_of
+from jetvit.search.supernet import extract
 from jetvit.train.data import describe
 from jetvit.train.distill import Phase
 from jetvit.train.metrics import MetricLogger
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -109,6 +116,20 @@ class RunContext:
         )
         finite(result["final_loss"], "the final training loss of finetune")
         return result
+
+    def latency(self) -> LatencyTable | None:
+        """The run's latency table (`Experiment.latency_table`), kept in `latency.json`: a resumed run reads the numbers
+        its search was made with rather than timing again."""
+        path = self.out / "latency.json"
+        saved = read_json(path, expect=dict)
+        if saved is not None:
+            return LatencyTable.from_dict(saved)
+        table = self.exp.latency_table()
+        if table is not None:
+            log.info("latency table: %s", table.describe())
+            if self.rt.main:
+                atomic_write_json(path, table.to_dict())
+        return table
 
     def drop_checkpoint(self, phase: str) -> None:
         """Remove a finished phase's checkpoint once the next phase's result is recorded (keep_checkpoints: last)."""
@@ -207,17 +228,22 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
         try:
             ctx = prepare(cfg, out, rt, search=True)
             exp, state = ctx.exp, ctx.state
-            teacher, seed = exp.teacher, cfg.run.seed
+            teacher = exp.teacher
             depth = len(teacher.blocks)
             n1 = sum(s.steps for s in cfg.step1.stages)
             n2 = sum(s.steps for s in cfg.step2.stages)
+
+            table = ctx.latency()
+            latency_budget = exp.latency_budget(table)
+            lat_reason = latency_budget.reason if latency_budget is not None else None
+            latency_criterion = cfg.objective.criterion == "latency"
+            tolerance = cfg.objective.tolerance
 
             # Step 1: linear vs window.
             choices1 = ["LW"] * depth
             supernet1 = exp.supernet(teacher, choices1)
             exp.hold_teachers()  # every later student derives from supernet1
-            phase1 = Phase("step1", cfg.step1.stages, choose_path=PathSampler(choices1, seed=seed, phase="step1"))
-            s1 = ctx.train(phase1, supernet1, after="step2")
+            s1 = ctx.train(exp.supernet_phase("step1", choices1, cfg.step1.stages), supernet1, after="step2")
             traj1 = timed(
                 state,
                 "search1",
@@ -230,18 +256,18 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 scorer=exp.scorer,
                 rt=rt,
                 path=out / "search" / "step1.json",
-                feasible=exp.budget.reason,
+                feasible=all_of(exp.budget.reason, lat_reason),
             )
             arch1 = traj1["best"]["arch"]
+            if latency_criterion:
+                arch1 = front_lib.step1_pick(traj1, table, tolerance=tolerance)
 
             # Step 2: where full attention goes back.
             base2 = extract(supernet1, arch1)
             del supernet1
             choices2 = [k + "F" for k in arch1]
             supernet2 = exp.supernet(base2, choices2)
-            phase2 = Phase(
-                "step2", cfg.step2.stages, choose_path=PathSampler(choices2, seed=seed, phase="step2"), global_offset=n1
-            )
+            phase2 = exp.supernet_phase("step2", choices2, cfg.step2.stages, global_offset=n1)
             s2 = ctx.train(phase2, supernet2, after="finetune")
             ctx.drop_checkpoint("step1")  # step2's checkpoint holds everything the run needs from here
             teacher_score = state.done("teacher_score")
@@ -260,10 +286,21 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 scorer=exp.scorer,
                 rt=rt,
                 path=out / "search" / "step2.json",
-                feasible=full_attention_budget(cfg.step2.max_full, exp.budget),
+                feasible=all_of(full_attention_budget(cfg.step2.max_full, exp.budget), lat_reason),
                 target=teacher_score["score"] if cfg.step2.stop_at_teacher else None,
             )
-            arch2 = traj2["best"]["arch"]
+            arch2, why, front, chosen = traj2["best"]["arch"], "Step 2's best (the paper's criterion)", None, None
+            if table is not None:
+                chosen = front_lib.picks(traj2, table, teacher_score=teacher_score["score"], tolerance=tolerance)
+                front = timed_front(ctx, supernet2, traj2, table, chosen)
+                arch2, why = front_lib.final_pick(
+                    front,
+                    chosen,
+                    criterion=cfg.objective.criterion,
+                    teacher_score=teacher_score["score"],
+                    tolerance=tolerance,
+                )
+            log.info("the pick: %s (%s)", arch2, why)
 
             # Final fine-tuning of the chosen architecture.
             model = extract(supernet2, arch2)
@@ -274,11 +311,17 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 "teacher": cfg.teacher,
                 "teacher_arch": teacher.arch,
                 "step1_arch": arch1,
+                "step1_best": traj1["best"]["arch"],  # the paper's Step 1 pick (the latency criterion may differ)
                 "arch": arch2,
                 "scorer": exp.scorer.name,
                 "teacher_score": teacher_score["score"],
-                "step1_score": traj1["best"]["score"],
-                "step2_score": traj2["best"]["score"],
+                "step1_score": traj1["scores"][arch1],
+                "step2_score": traj2["scores"][arch2],
+                "criterion": cfg.objective.criterion,
+                "pick_reason": why,
+                "picks": chosen,
+                **_latency_summary(table, teacher.arch, arch2),
+                "front": front_lib.front_rows(front, teacher_score["score"]) if front is not None else None,
                 "final_score": ctx.score(model),
                 **_cost_summary(ctx, arch2),
                 "step1_flops": exp.flops(arch1),
@@ -291,7 +334,7 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 **_files_summary(ctx),
             }
             if rt.main:
-                export(out, model, summary, {"step1": traj1, "step2": traj2}, cfg)
+                export(out, model, summary, {"step1": traj1, "step2": traj2}, cfg, front=front, table=table)
             finish(ctx)
             return summary
         finally:
@@ -330,6 +373,26 @@ def run_distill(cfg: Config, out: str | Path, *, arch: str) -> dict[str, Any]:
             return summary
         finally:
             close(ctx)
+
+
+def timed_front(ctx: RunContext, supernet2: nn.Module, traj2: dict, table: LatencyTable, chosen: dict) -> dict:
+    """`jetvit.front.measure_front`, its wall time recorded in `state.json` the first time it completes."""
+    t0 = time.perf_counter()
+    front = front_lib.measure_front(ctx, supernet2, traj2, table, chosen)
+    if ctx.state.done("front") is None:
+        result = {"pareto": len(front["pareto"]), "measured": len(front["measured"])}
+        ctx.state.finish("front", result=result, seconds=round(time.perf_counter() - t0, 3))
+    return front
+
+
+def _latency_summary(table: LatencyTable | None, teacher_arch: str, arch: str) -> dict[str, Any]:
+    if table is None:
+        return {"latency_table": None}
+    return {
+        "latency_table": table.describe(),
+        "predicted_ms": table.predict(arch),
+        "teacher_predicted_ms": table.predict(teacher_arch),
+    }
 
 
 def _files_summary(ctx: RunContext) -> dict[str, Any]:
@@ -377,9 +440,18 @@ def _cost_summary(ctx: RunContext, arch: str) -> dict[str, Any]:
     }
 
 
-def export(out: Path, model: nn.Module, summary: dict, trajectories: dict | None, cfg: Config) -> None:
+def export(
+    out: Path,
+    model: nn.Module,
+    summary: dict,
+    trajectories: dict | None,
+    cfg: Config,
+    *,
+    front: dict | None = None,
+    table: LatencyTable | None = None,
+) -> None:
     """The run's deliverables: the model (`jetvit.save`, with provenance and a model card), summary, trajectory, plots
-    and `report.md`."""
+    (the accuracy-latency front with a latency table) and `report.md`."""
     from jetvit.hub import run_command
     from jetvit.report import write_report
     from jetvit.train import plots
@@ -396,6 +468,18 @@ def export(out: Path, model: nn.Module, summary: dict, trajectories: dict | None
         )
         rows.append(("step 1 (L/W)", summary["step1_arch"]))
         plots.plot_beam(trajectories, out / "beam_scores.png", score_name=summary["scorer"])
+    if front is not None and table is not None:
+        measured = [m["teacher_ms"] for m in front["measured"].values()]
+        plots.plot_front(
+            front,
+            out / "front.png",
+            teacher_score=summary["teacher_score"],
+            teacher_ms=summary["teacher_predicted_ms"],
+            teacher_measured_ms=sum(measured) / len(measured) if measured else None,
+            pick=summary["arch"],
+            score_name=summary["scorer"],
+            step1=front_lib.candidates(trajectories["step1"], table) if trajectories else None,
+        )
     rows.append(("final", summary["arch"]))
     plots.plot_architectures(rows, out / "architecture.png")
     plots.plot_losses(read_metrics(out / "metrics.jsonl"), out / "loss.png")

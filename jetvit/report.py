@@ -70,6 +70,13 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
             f"{[i for i, k in enumerate(arch) if k == 'F'] or 'none'} (budget: {cfg.step2.max_full}).",
             "",
         ]
+        best1 = summary.get("step1_best", summary["step1_arch"])
+        if best1 != summary["step1_arch"]:
+            lines += [
+                f"Step 1's best score was `{best1}`; the latency criterion took the faster `{summary['step1_arch']}`, "
+                f"within {cfg.objective.tolerance:g} of it.",
+                "",
+            ]
         for name, t in (("Step 1", t1), ("Step 2", t2)):
             lines += [
                 f"### {name} rounds",
@@ -86,6 +93,8 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
                 )
             lines.append("")
         lines += ["![beam scores](beam_scores.png)", ""]
+    if summary.get("front"):
+        lines += _front_section(summary, cfg)
     lines += ["## Training", "", "| phase | steps | final loss | time |", "|---|---|---|---|"]
     phases = summary.get("phases", {})
     for name in ("step1", "step2", "finetune"):
@@ -115,11 +124,57 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
         if trajectories
         else "- `summary.json`: results",
         _curves_line(summary.get("tensorboard")),
-        "- `architecture.png`, `loss.png`" + (", `beam_scores.png`" if trajectories else ""),
+        "- `architecture.png`, `loss.png`"
+        + (", `beam_scores.png`" if trajectories else "")
+        + (
+            ", `front.png`, `front.json`, `latency.json` (the accuracy-latency front and the latency table)"
+            if summary.get("front")
+            else ""
+        ),  # fmt: skip
         _resume_line(summary.get("keep_checkpoints", "all"), searched=bool(trajectories)),
         "",
     ]
     atomic_write_text(out / "report.md", "\n".join(lines))
+
+
+def _front_section(summary: dict[str, Any], cfg: Config) -> list[str]:
+    """The accuracy-latency front: the table of its points and the plot."""
+    picks = summary["picks"]
+    teacher = summary["teacher_score"]
+    lines = [
+        "## Accuracy against latency",
+        "",
+        f"Latency table: {summary['latency_table']}. The teacher: {summary['teacher_predicted_ms']:.3g} ms predicted.",
+        f"Criterion: **{summary['criterion']}** (objective.tolerance {cfg.objective.tolerance:g}); the pick: "
+        f"`{summary['arch']}`, {summary['pick_reason']}. The paper's criterion picks `{picks['paper']['arch']}`, "
+        f"the fastest within the tolerance on the supernet's scores is `{picks['latency']['arch']}`.",
+        "",
+        "| architecture | on the front | supernet score | predicted ms | distilled score | below the teacher "
+        "| measured ms | speedup |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in summary["front"]:
+        tags = [n for n, p in (("paper", picks["paper"]["arch"]), ("pick", summary["arch"])) if p == r["arch"]]
+        name = f"`{r['arch']}`" + (f" ({', '.join(tags)})" if tags else "")
+        if "score" in r:
+            measured = f"{r['score']:.4g} | {r['below_teacher']:+.3g} | {r['ms']:.3g} | {r['speedup']:.2f}x"
+        else:
+            measured = "- | - | - | -"
+        lines.append(
+            f"| {name} | {'yes' if r['pareto'] else 'no'} | {r['supernet_score']:.4g} | {r['predicted_ms']:.3g} "
+            f"| {measured} |"
+        )
+    steps = cfg.front.steps
+    lines += [
+        "",
+        (f"Distilled points: {steps} steps each from the supernet's weights, scored on the held-out images, timed "
+         f"against the teacher (teacher score {teacher:.4g})." if steps else
+         "No point was distilled (front.steps: 0): the scores are the supernet's."),
+        "",
+        "![accuracy against latency](front.png)",
+        "",
+    ]  # fmt: skip
+    return lines
 
 
 def _curves_line(tensorboard: str | None) -> str:

@@ -33,6 +33,15 @@ TINY: dict[str, Any] = dict(
 TINY_DPT: dict[str, Any] = dict(in_dim=32, features=16, out_channels=[8, 8, 16, 16], layers=[0, 1, 2, 3])
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Latency tables cached in a folder of the session's own (`$JETVIT_CACHE`, inherited by the CLI subprocesses),
+    never the user's ~/.cache/jetvit: a test measures, and reads only what it wrote."""
+    import os
+
+    os.environ["JETVIT_CACHE"] = str(tmp_path_factory.mktemp("jetvit-cache"))
+
+
 def _tiny_cfg(**overrides: Any) -> ViTConfig:
     cfg = {**TINY, **overrides}
     if overrides.get("arch") and "depth" not in overrides:

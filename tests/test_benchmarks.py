@@ -95,3 +95,13 @@ def test_ranking_tiny_end_to_end(tmp_path):
     assert len(before) == 4
     ranking.main(["--tiny", "--out", str(tmp_path)])
     assert before == {p: p.stat().st_mtime for p in (tmp_path / "ranking-work").rglob("result.json")}
+    # The other ways of training the supernet: their own supernet folder, the same alone runs (the ground truth).
+    for sampling in ("balanced", "blockwise"):
+        name = f"ranking-{sampling}"
+        argv = ["--tiny", "--out", str(tmp_path), "--set", f"supernet.sampling={sampling}", "--name", name]
+        assert ranking.main(argv) == 0
+        other = json.loads((tmp_path / f"{name}.json").read_text())
+        assert other["sampling"] == sampling and other["alone"] == res["alone"]
+        assert list(other["supernet"]) == ["0", "2", "4"] and other["supernet"]["0"] == res["supernet"]["0"]
+        assert (tmp_path / "ranking-work" / f"supernet-{sampling}-4-2" / "ckpt.pt").is_file()
+    assert before == {p: p.stat().st_mtime for p in (tmp_path / "ranking-work").rglob("result.json")}

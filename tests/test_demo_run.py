@@ -3,10 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from jetvit.demo.teacher import tiny_teacher
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.mark.slow
@@ -16,7 +19,7 @@ def test_demo_runner_end_to_end_on_a_tiny_teacher(tmp_path):
     overrides = [
         "score.resolution=32", "score.options.samples=2", "score.options.size=32", "budget.resolution=128",
         f"step1.stages=[{stage}]", f"step2.stages=[{stage}]", f"finetune.stages=[{stage}]", "step1.beam.max_rounds=1",
-        "step2.beam.max_rounds=1", "data.holdout=2",
+        "step2.beam.max_rounds=1", "data.holdout=2", "front.steps=2", "latency.repeats=1",
     ]  # fmt: skip
     cmd = [sys.executable, "-m", "jetvit.demo.run", "--out", str(tmp_path / "demo"), "--teacher", str(teacher),
            "--val-images", "2", "--figures", "1"]  # fmt: skip
@@ -34,3 +37,22 @@ def test_demo_runner_end_to_end_on_a_tiny_teacher(tmp_path):
     assert summary["arch"] in report and "eval/figures/000.png" in report
     assert (out / "eval" / "figures" / "000.png").is_file() and (out / "search" / "architecture.png").is_file()
     assert f"student  {summary['arch']}" in proc.stdout and "speedup at 128x128" in proc.stdout
+    # the demo's search is latency-aware: the front is measured, printed and linked
+    assert summary["criterion"] == "latency" and summary["picks"]["paper"]["arch"]
+    assert "front (latency criterion" in proc.stdout and "search/front.png" in report
+    assert (out / "search" / "front.png").is_file() and "## Accuracy against latency" in (
+        out / "search" / "report.md"
+    ).read_text()
+
+    # the latency pick against the paper's, both fine-tuned in full (benchmarks/latency_pick.py)
+    bench_dir = tmp_path / "pick"
+    cmd = [sys.executable, str(BENCHMARKS / "latency_pick.py"), "--run", str(out / "search"), "--out", str(bench_dir),
+           "--eval-samples", "2", "--repeats", "1"]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
+    res = json.loads((bench_dir / "latency_pick.json").read_text())
+    assert res["archs"]["latency pick"] == summary["arch"]
+    assert set(res["speedup"]) == {"latency pick"} | (
+        {"paper pick"} if "paper pick" in res["archs"] and res["archs"]["paper pick"] != summary["arch"] else set()
+    )
+    assert all(0.0 <= v <= 1.0 for v in res["scores"].values()) and res["ms"]["teacher"] > 0
+    assert "| teacher |" in (bench_dir / "latency_pick.md").read_text()

@@ -73,6 +73,10 @@ def test_dry_run_writes_the_files_the_schema_and_prints_the_table_last(tmp_path,
     assert table.count("\n| tiny | 80x96 |") == 2 and "skipped: tiny 80x96 graphs" in table
     assert printed.endswith(table)  # the table is the last thing printed (the device shows the output's end)
     assert "smoke ok" in printed and "smoke ok" in (out / "suite.log").read_text()
+    # (d) the search's latency table, measured (on the CPU in the dry run) beside the cost model's
+    lat = res["latency_table"]
+    assert lat["measured"]["setting"]["resolution"] == [80, 96] and set(lat["measured"]["blocks"]) == set("FWL")
+    assert lat["predicted"]["setting"]["source"] == "predicted" and set(lat["measured"]["check"]) >= {"FFF", "LLL"}
 
 
 def test_rows_that_cannot_fit_the_budget_are_skipped_and_said_so(tmp_path, capsys):
@@ -82,6 +86,7 @@ def test_rows_that_cannot_fit_the_budget_are_skipped_and_said_so(tmp_path, capsy
     assert res["rows"] == [] and not res["complete"]
     reasons = {s["mode"]: s["reason"] for s in res["skipped"]}
     assert reasons["eager"].startswith("time: needs ~5 s") and reasons["compiled"].startswith("time: needs ~10 s")
+    assert res["latency_table"] == {"skipped": "the budget ran out"}
     assert "skipped: tiny 80x96 eager: time" in capsys.readouterr().out
 
 

@@ -72,11 +72,28 @@ def test_load_and_override(tmp_path):
         ("run.strategy=zero3", "run.strategy 'zero3' is not one of ddp, fsdp"),
         ("run.compile=model", "run.compile 'model' is not one of none, blocks"),
         ("data.workers=-1", "data.workers must be >= 0 or null"),
+        ("supernet.sampling=random", "supernet.sampling 'random' is not one of uniform, balanced, blockwise"),
+        ("objective.criterion=speed", "objective.criterion 'speed' is not one of paper, latency"),
+        ("objective.tolerance=-0.1", "objective.tolerance must be >= 0"),
+        ("budget.max_latency_ratio=1.5", "budget.max_latency_ratio must be in (0, 1]"),
+        ("budget.max_latency_ms=0", "budget.max_latency_ms must be > 0 or null"),
+        ("latency.source=guessed", "latency.source 'guessed' is not one of measured, predicted, none"),
+        ("latency.source=predicted", "latency.source: predicted needs latency.device"),
+        ("latency.resolution=0", "latency.resolution must be a positive int or [H, W]"),
+        ("front.max_points=0", "front.max_points >= 1"),
     ],
 )
 def test_bad_keys_and_values_name_the_key(tmp_path, override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
         load_config(_write(tmp_path, BASE), [override])
+
+
+def test_latency_objectives_need_a_latency_table(tmp_path):
+    for override in ("objective.criterion=latency", "budget.max_latency_ms=10", "budget.max_latency_ratio=0.5"):
+        with pytest.raises(ValueError, match="needs a latency table; latency.source is none"):
+            load_config(_write(tmp_path, BASE), ["latency.source=none", override])
+    cfg = load_config(_write(tmp_path, BASE), ["latency.source=predicted", "latency.device=h100"])
+    assert cfg.latency.device == "h100" and cfg.objective.criterion == "paper"
 
 
 def test_errors_inside_a_list_of_stages_in_the_file_name_the_item(tmp_path):

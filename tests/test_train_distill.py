@@ -140,3 +140,57 @@ def test_activation_checkpointing_keeps_gradients(tiny, supernet):
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-6, atol=1e-8, msg=name)
     assert saved_ckpt < saved_plain / 4, (saved_ckpt, saved_plain)
     assert not student.grad_checkpointing and not teacher.grad_checkpointing
+
+
+def _supernet_setup(tiny):
+    from jetvit.search.supernet import build_supernet
+
+    teacher = tiny(random_weights=True)
+    cfg = load_config("tiny", ["teacher=x", "run.log_every=1", "run.checkpoint_every=100"])
+    images = ImageSet(SampleImages(("astronaut", "coffee", "chelsea")), [0, 1, 2])
+    setup = DistillSetup(
+        teacher=teacher, images=images, targets=[3], data=cfg.data, distill=cfg.distill, optim=cfg.optim,
+        run=cfg.run, rt=Runtime(device=torch.device("cpu")),
+    )  # fmt: skip
+    supernet = build_supernet(teacher, ["LW"] * 4).requires_grad_(True).train()
+    return teacher, supernet, setup
+
+
+def _changed(before: dict, model: torch.nn.Module) -> set[str]:
+    """The candidates (block.kind) whose qkv weight moved."""
+    after = model.state_dict()
+    return {
+        ".".join(k.split(".")[1:4:2])
+        for k, v in before.items()
+        if k.endswith("attn.qkv.weight") and not torch.equal(v, after[k])
+    }
+
+
+def test_blockwise_training_trains_every_candidate_each_step(tiny, tmp_path):
+    """Block-wise distillation: one step moves every candidate of every block; single-path sampling only the
+    sampled path's. The block-wise loss is each candidate's error on its teacher block's own input and output."""
+    from jetvit.search.supernet import PathSampler
+    from jetvit.train.distill import BlockwiseStudent
+
+    teacher, supernet, setup = _supernet_setup(tiny)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        states, layout = teacher.residual_states(x)
+        # the states are the blocks' outputs: the last one, normed, is the feature distillation matches
+        assert torch.allclose(teacher.norm(states[-1]), teacher.token_features(x, [3])[0], atol=1e-5)
+        loss0 = BlockwiseStudent(supernet)(states, layout)
+    assert loss0 > 0  # the L candidates differ from their teacher blocks
+    stages = [StageConfig(resolution=32, steps=1, batch_size=2, lr=1e-3)]
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    summary = train_phase(Phase("step1", stages, blockwise=True), supernet, setup, ckpt_path=tmp_path / "b.pt")
+    assert torch.isfinite(torch.tensor(summary["final_loss"]))
+    assert _changed(before, supernet) == {f"{i}.{k}" for i in range(4) for k in "LW"}
+
+    teacher, supernet, setup = _supernet_setup(tiny)
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    sampler = PathSampler(["LW"] * 4, seed=0, phase="step1")
+    train_phase(Phase("step1", stages, choose_path=sampler), supernet, setup, ckpt_path=tmp_path / "u.pt")
+    path = sample_path(["LW"] * 4, seed=0, phase="step1", step=0)
+    assert _changed(before, supernet) == {f"{i}.{k}" for i, k in enumerate(path)}
+    with pytest.raises(ValueError, match="trains a supernet"):
+        BlockwiseStudent(convert(teacher, "LLLL"))

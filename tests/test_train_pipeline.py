@@ -239,3 +239,47 @@ def test_distill_with_compiled_blocks_trains_as_eager(teacher, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-5, atol=1e-6, msg=k)  # measured: at most 1.2e-7 apart
     rc = main([*common, "--set", "run.compile=blocks", "--out", str(outs["none"])])
     assert rc == 0
+
+
+@pytest.mark.slow
+def test_latency_criterion_measures_the_front_and_picks_on_it(teacher, tmp_path):
+    """`objective.criterion: latency` with a measured front: the latency table and the front are written, every
+    measured point is on the front or a pick, the pick is the fastest measured point within the tolerance (else the
+    best), the report shows the front, and a second start measures nothing again."""
+    out = tmp_path / "latency"
+    extra = ["objective.criterion=latency", "objective.tolerance=1.0", "front.steps=2", "front.max_points=3",
+             "latency.repeats=2", "budget.resolution=64"]  # fmt: skip
+    proc = cli(*search_args(teacher, out, *extra))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    table = json.loads((out / "latency.json").read_text())
+    assert table["setting"]["source"] == "measured" and table["setting"]["resolution"] == [64, 64]
+    assert set(table["blocks"]) == set("FWL")
+    front = json.loads((out / "front.json").read_text())
+    traj = json.loads((out / "trajectory.json").read_text())
+    assert {p["arch"] for p in front["points"]} == set(traj["step2"]["scores"])
+    measured = front["measured"]
+    picks = {summary["picks"]["paper"]["arch"], summary["picks"]["latency"]["arch"]}
+    assert picks <= set(measured) and len(measured) == min(3, len(set(front["pareto"]) | picks))
+    assert set(measured) <= set(front["pareto"]) | picks
+    teacher_score = summary["teacher_score"]
+    within = {a: m for a, m in measured.items() if m["score"] >= teacher_score - 1.0}
+    if within:
+        assert summary["arch"] == min(within, key=lambda a: (within[a]["ms"], -within[a]["score"]))
+    else:
+        assert summary["arch"] == max(measured, key=lambda a: measured[a]["score"])
+    for m in measured.values():
+        assert m["steps"] == 2 and m["ms"] > 0 and m["teacher_ms"] > 0
+        assert m["speedup"] == pytest.approx(m["teacher_ms"] / m["ms"])
+    assert summary["predicted_ms"] == pytest.approx(table["fixed"] + sum(table["blocks"][k] for k in summary["arch"]))
+    rows = {r["arch"]: r for r in summary["front"]}
+    assert set(measured) <= set(rows)
+    report = (out / "report.md").read_text()
+    assert "## Accuracy against latency" in report and "front.png" in report and "Criterion: **latency**" in report
+    assert (out / "front.png").stat().st_size > 0
+    assert not list((out / "ckpt").glob("front-*"))  # the points' weights are not kept
+    before = (out / "front.json").read_text()
+    again = cli(*search_args(teacher, out, *extra))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (out / "front.json").read_text() == before  # resumed from what was measured
+    assert json.loads((out / "summary.json").read_text())["arch"] == summary["arch"]

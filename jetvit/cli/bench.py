@@ -3,6 +3,13 @@
     jetvit bench --preset dinov3-s --arch LLWLWFLLWLLF --res 1024x1024 --res 2048x2048 --out benchmarks/results/x
     jetvit bench --teacher facebook/dinov3-vitl16-pretrain-lvd1689m --arch ... --res 1024x2048 --device cuda \\
         --dtype bf16 --mode graphs
+    jetvit bench --preset dinov3-s --latency-table --res 512 [--arch LLWL...]   # what the search reads
+    jetvit bench --preset dinov3-l --latency-table --res 1024x2048 --predict h100 --dtype bf16
+
+`--latency-table` shows the students' latency table at each --res (`jetvit.search.latency`: each block kind's time
+and the fixed parts, measured on --device part by part with an end-to-end check, or predicted with --predict), the
+numbers a latency-aware search (`objective.criterion: latency`, `budget.max_latency_ms`) reads; tables are cached in
+$JETVIT_CACHE/latency (~/.cache/jetvit/latency) and reused (`--refresh` measures again).
 
 Presets are the released architectures with random weights (speed does not depend on the values); see
 `jetvit.bench.presets`. Writes bench.json, bench.md and bench.png into --out. How a forward runs (`--dtype bf16`:
@@ -21,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--teacher", help="teacher source, anything jetvit.load_teacher accepts (checkpoint, dir, Hub id)")
     src.add_argument("--preset", help="a built-in architecture with random weights, e.g. dinov3-s, dav2-l, tiny")
-    p.add_argument("--arch", required=True, help="the hybrid's per-block string of F/W/L letters")
+    p.add_argument("--arch", help="the hybrid's per-block string of F/W/L letters (optional with --latency-table)")
     p.add_argument("--res", action="append", required=True, help="HxW resolution (repeatable), e.g. 1024x2048")
     p.add_argument(
         "--batch",
@@ -63,6 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     p.add_argument("--out", default="bench-results", help="output directory for bench.json/.md/.png")
     p.add_argument(
+        "--latency-table",
+        action="store_true",
+        help="show the latency table the search reads at each --res (cached), instead of teacher against hybrid",
+    )
+    p.add_argument("--refresh", action="store_true", help="--latency-table: measure again even when cached")
+    p.add_argument(
         "--predict",
         choices=["h100", "h200", "rtx3090", "orin"],  # jetvit.bench.cost.DEVICES, not imported for --help
         help="also print the cost model's prediction on this GPU (jetvit.bench.cost); with --device cuda and no GPU, "
@@ -75,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     from jetvit.bench.report import markdown_table, write_outputs
     from jetvit.model import validate_arch
 
+    if args.latency_table:
+        return _latency_tables(args)
+    if args.arch is None:
+        raise ValueError("--arch is needed (the hybrid to compare with the teacher), except with --latency-table")
     if args.predict and args.device == "cuda" and not _has_cuda():
         teacher = _teacher(args)  # no GPU to measure on: the prediction alone
         print(_predicted(args, teacher, validate_arch(args.arch, teacher.cfg.depth)))
@@ -104,6 +121,45 @@ def run(args: argparse.Namespace) -> int:
     if predicted:
         print("\n" + predicted)
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _latency_tables(args: argparse.Namespace) -> int:
+    """`--latency-table`: each --res's table printed (and written to --out as latency-HxW.json)."""
+    from pathlib import Path
+
+    from jetvit.bench.harness import parse_res
+    from jetvit.bench.latency import table_for
+    from jetvit.io import atomic_write_json
+    from jetvit.model import validate_arch
+
+    teacher = _teacher(args)
+    depth = teacher.cfg.depth
+    arch = validate_arch(args.arch, depth) if args.arch else None
+    for text in args.res:
+        H, W = parse_res(text)
+        teacher.grid_size(H, W)  # a clear error for a size the model cannot take
+        table, cached = table_for(
+            teacher.cfg,
+            source="predicted" if args.predict else "measured",
+            device=args.predict or args.device,
+            dtype=args.dtype,
+            resolution=(H, W),
+            batch=args.batch or 1,
+            threads=args.threads,
+            repeats=args.repeats,
+            refresh=args.refresh,
+        )
+        print(table.markdown(depth))
+        if arch is not None:
+            teacher_arch = "F" * depth
+            print(
+                f"`{arch}`: {table.predict(arch):.3f} ms predicted, {table.speedup(arch, teacher_arch):.2f}x the "
+                f"teacher's {table.predict(teacher_arch):.3f} ms\n"
+            )
+        path = Path(args.out) / f"latency-{H}x{W}.json"
+        atomic_write_json(path, table.to_dict())
+        print(f"{'from the cache' if cached else 'measured' if not args.predict else 'predicted'}; wrote {path}\n")
     return 0
 
 
@@ -148,7 +204,7 @@ def _mode(args: argparse.Namespace) -> str:
 def _argv(args: argparse.Namespace) -> list[str]:
     """The options as a command line, for runs started from Python (tests) rather than the shell."""
     out = ["--teacher", args.teacher] if args.teacher else ["--preset", args.preset]
-    out += ["--arch", args.arch]
+    out += ["--arch", args.arch] if args.arch else []
     for r in args.res:
         out += ["--res", r]
     for flag in (

@@ -129,11 +129,29 @@ def main(argv: list[str] | None = None) -> int:
     lines.insert(2, f"student - teacher: {gap:+.2f} mIoU points on {args.val_images} val samples")
     lines.append(f"FLOPs at {'x'.join(map(str, summary['flops_resolution']))}: "
                  f"{flops_comparison(summary['teacher_flops'], summary['flops'])}")  # fmt: skip
+    lines += front_lines(summary)
     lines.append(f"demo took {total / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})")
     print("\n" + "\n".join(lines))
     write_report(out, record, summary, results, bench, speedups, timings, total)
     print(f"wrote {out / 'REPORT.md'}")
     return 0
+
+
+def front_lines(summary: dict) -> list[str]:
+    """The accuracy-latency front the search measured, one line a point (empty without one)."""
+    rows = [r for r in summary.get("front") or [] if "score" in r]
+    if not rows:
+        return []
+    paper = summary["picks"]["paper"]["arch"]
+    res = "x".join(map(str, summary.get("flops_resolution", [])))
+    out = [f"front ({summary['criterion']} criterion; each point distilled briefly, timed at {res} on this CPU):"]
+    for r in rows:
+        tags = [t for t, a in (("paper's pick", paper), ("the pick", summary["arch"])) if a == r["arch"]]
+        out.append(
+            f"  {r['arch']}  search score {100 * r['score']:.2f}  {r['speedup']:.2f}x the teacher"
+            + (f"  <- {', '.join(tags)}" if tags else "")
+        )
+    return out
 
 
 def bench_speedups(bench: dict) -> dict[str, float]:
@@ -172,9 +190,15 @@ def write_report(out: Path, record, summary, results, bench, speedups, timings, 
         f"Took {total / 60:.1f} min: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + ".",
         "",
         "- search report: [search/report.md](search/report.md); plots: [architecture](search/architecture.png), "
-        "[beam scores](search/beam_scores.png), [losses](search/loss.png)",
+        "[beam scores](search/beam_scores.png), [losses](search/loss.png)"
+        + (", [accuracy against latency](search/front.png)" if (out / "search" / "front.png").is_file() else ""),
         "- evaluation: [eval/results.json](eval/results.json); benchmark: [bench/bench.md](bench/bench.md)",
         "",
+    ]
+    front = front_lines(summary)
+    if front:
+        md += ["```", *front, "```", "", "![accuracy against latency](search/front.png)", ""]
+    md += [
         "Predictions (image, ground truth, teacher, student):",
         "",
     ]

@@ -1,13 +1,14 @@
 """The search's configuration sections: beam, supernet, scorer and budget (typed, read by `jetvit.search`).
 
 The run's config (`jetvit.config.Config`) holds them under `step1.beam`/`step2.beam`, `supernet`, `score` and
-`budget`; their values are checked where the run's config is loaded.
+`budget`, the latency table under `latency`, the criterion of the picks under `objective` and the measured front under
+`front`; their values are checked where the run's config is loaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from jetvit.model import LinearAttnConfig
 
@@ -31,6 +32,12 @@ class SupernetConfig:
     # The L blocks' options (kernel, convolution, RoPE...: jetvit.model.LinearAttnConfig); the library's defaults
     # unless set, whatever options a saved teacher's config happens to carry.
     linear: LinearAttnConfig = field(default_factory=LinearAttnConfig)
+    # How the supernet's candidates are trained (`jetvit.search.supernet`, docs/DESIGN.md has the measurement):
+    # uniform: one path per step, each block's kind drawn independently (the paper's single-path sampling);
+    # balanced: one path per step, each block's kinds in a shuffled turn, so every kind of every block gets the same
+    # number of steps; blockwise: every candidate of every block learns, at every step, to reproduce its teacher block
+    # from the teacher's own input (DNA), no path sampled.
+    sampling: Literal["uniform", "balanced", "blockwise"] = "uniform"
 
 
 @dataclass
@@ -48,3 +55,39 @@ class BudgetConfig:
     resolution: int | list[int] = 1024
     max_gflops: float | None = None
     max_flops_ratio: float | None = None  # relative to the teacher, in (0, 1]
+    max_latency_ms: float | None = None  # from the latency table (`latency`), at its resolution
+    max_latency_ratio: float | None = None  # relative to the teacher's latency in the table, in (0, 1]
+
+
+@dataclass
+class LatencyConfig:
+    """The latency table the search reads (`jetvit.search.latency`): measured on the run's device or predicted for a
+    device by the cost model, at `resolution` (default `budget.resolution`)."""
+
+    source: Literal["measured", "predicted", "none"] = "measured"  # none: no table (FLOPs only, the paper's search)
+    device: str | None = None  # predicted: a cost-model device (`jetvit info --cost-device`); measured: run.device
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    resolution: int | list[int] | None = None
+    batch: int = 1
+    repeats: int = 5
+    cache: bool = True  # reuse and keep tables in $JETVIT_CACHE/latency (~/.cache/jetvit/latency)
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the search picks. paper: Step 1 the best score, Step 2 the best within `step2.max_full` F blocks (or the
+    first to reach the teacher). latency: each step the fastest candidate (latency table) within `tolerance` score
+    points of the reference (Step 1: its best score; Step 2 and the front: the teacher's)."""
+
+    criterion: Literal["paper", "latency"] = "paper"
+    tolerance: float = 0.005  # in the scorer's units: half a point of mIoU or top-1, which scorers give as fractions
+
+
+@dataclass
+class FrontConfig:
+    """The accuracy-latency front: the Pareto-optimal candidates of Step 2, each distilled `steps` steps from the
+    supernet's weights, scored and timed against the teacher (0: the front from the supernet's scores alone)."""
+
+    steps: int = 0
+    max_points: int = 4  # the most candidates distilled (the picks of both criteria always among them)
+    batch_size: int | None = None  # default: the fine-tuning's first stage's

@@ -21,7 +21,12 @@ distilled alone (Kendall tau) than the shared one, at the same step time; `docs/
 halves the supernet's block memory for teachers where two copies do not fit (7B scale).
 
 Single-path sampling: `sample_path(choices, seed=..., phase=..., step=...)` is the path trained at a step, a pure
-function of its arguments, so every process trains the same path and a resumed run the same sequence.
+function of its arguments, so every process trains the same path and a resumed run the same sequence. `uniform`
+draws each block's kind independently at every step; `balanced` gives each block its kinds in turns (a shuffled
+order per turn), so that after every turn each kind of each block has had the same number of steps: uniform sampling
+leaves the counts to chance, and a kind that learns slower (L) falls further behind where it drew fewer steps. The
+third way to train a supernet, `blockwise` (every candidate learns from the teacher's own block input at every step),
+samples no path: `jetvit.train.distill.BlockwiseStudent`.
 """
 
 from __future__ import annotations
@@ -136,21 +141,38 @@ def set_arch(supernet: HybridViT, arch: str) -> None:
         blk.active = k
 
 
-def sample_path(choices: list[str], *, seed: int, phase: str, step: int) -> str:
-    """The single path trained at optimizer step `step` of a phase (counted over its stages): each block's kind
-    drawn uniformly and independently from `choices[i]`, by a generator seeded with (seed, phase, step)."""
-    rng = np.random.default_rng([seed, zlib.crc32(phase.encode()), 2 << 40, step])
-    return "".join(c[int(rng.integers(len(c)))] for c in choices)
+SAMPLINGS = ("uniform", "balanced")  # the single-path ways; `blockwise` trains without a path
+
+
+def sample_path(choices: list[str], *, seed: int, phase: str, step: int, sampling: str = "uniform") -> str:
+    """The single path trained at optimizer step `step` of a phase (counted over its stages).
+
+    uniform: each block's kind drawn uniformly and independently from `choices[i]`, by a generator seeded with
+    (seed, phase, step). balanced: block i with m kinds takes them in turns of m steps, turn t = step // m in an
+    order drawn by a generator seeded with (seed, phase, i, t), so every m steps each kind has had one."""
+    if sampling == "uniform":
+        rng = np.random.default_rng([seed, zlib.crc32(phase.encode()), 2 << 40, step])
+        return "".join(c[int(rng.integers(len(c)))] for c in choices)
+    if sampling == "balanced":
+        path = []
+        for i, c in enumerate(choices):
+            turn, pos = divmod(step, len(c))
+            order = np.random.default_rng([seed, zlib.crc32(phase.encode()), 3 << 40, i, turn]).permutation(len(c))
+            path.append(c[int(order[pos])])
+        return "".join(path)
+    raise ValueError(f"sampling {sampling!r} is not one of {', '.join(SAMPLINGS)}")
 
 
 class PathSampler:
     """`Phase.choose_path` of a supernet phase: at each optimizer step, activate `sample_path(...)` and return it."""
 
-    def __init__(self, choices: list[str], *, seed: int, phase: str) -> None:
-        self.choices, self.seed, self.phase = list(choices), seed, phase
+    def __init__(self, choices: list[str], *, seed: int, phase: str, sampling: str = "uniform") -> None:
+        if sampling not in SAMPLINGS:
+            raise ValueError(f"sampling {sampling!r} is not one of {', '.join(SAMPLINGS)}")
+        self.choices, self.seed, self.phase, self.sampling = list(choices), seed, phase, sampling
 
     def __call__(self, supernet: HybridViT, step: int) -> str:
-        path = sample_path(self.choices, seed=self.seed, phase=self.phase, step=step)
+        path = sample_path(self.choices, seed=self.seed, phase=self.phase, step=step, sampling=self.sampling)
         set_arch(supernet, path)
         return path
 

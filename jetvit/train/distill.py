@@ -101,6 +101,33 @@ class DistillStudent(nn.Module):
         return out, depth
 
 
+class BlockwiseStudent(nn.Module):
+    """What DDP wraps and FSDP shards for block-wise distillation of a supernet (`supernet.sampling: blockwise`, after
+    DNA, CVPR 2020): every candidate of every block takes the teacher's tokens entering that block and learns to give
+    the teacher's tokens leaving it, at every step; no path is sampled, so every candidate trains on every batch and
+    none learns on the errors of the blocks before it.
+
+    forward(teacher residual states [entry of block 0, output of block 0, ...] each (B, N, D), layout) -> the loss:
+    the MSE of the final-norm features (as the feature loss compares them) of each candidate's output against its
+    teacher block's, averaged over blocks and candidates."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        if not all(hasattr(blk, "candidates") for blk in model.blocks):
+            raise ValueError("block-wise distillation trains a supernet (blocks with candidates), not a fixed model")
+        self.model = model
+
+    def forward(self, states: list[Tensor], layout: Any) -> Tensor:
+        m = self.model
+        losses = []
+        for i, blk in enumerate(m.blocks):
+            target = m.norm(states[i + 1]).float()
+            for cand in blk.candidates.values():
+                out = m.run_block(i, cand, states[i], layout)
+                losses.append(F.mse_loss(m.norm(out).float(), target))
+        return torch.stack(losses).mean()
+
+
 # --- schedule -----------------------------------------------------------------------------------------
 
 
@@ -151,6 +178,7 @@ class Phase:
     name: str
     stages: list[StageConfig]
     choose_path: Callable[[nn.Module, int], str] | None = None
+    blockwise: bool = False  # a supernet trained block by block (`BlockwiseStudent`) instead of by sampled paths
     depth_weight: float = 0.0
     global_offset: int = 0  # optimizer steps of the run before this phase (for continuous curves)
     evaluate: Callable[[nn.Module], float] | None = field(default=None, repr=False)
@@ -197,9 +225,16 @@ class Trainer:
         self.with_depth = phase.depth_weight > 0
         if self.with_depth and getattr(model, "depth_head", None) is None:
             raise ValueError("a depth loss (depth_weight > 0) needs a teacher with a depth head (Depth-Anything-V2)")
+        if self.with_depth and phase.blockwise:
+            raise ValueError(
+                "block-wise supernet training has no depth loss: use supernet.sampling: uniform or balanced"
+            )
         self.depth_loss = depth_loss_fn(setup.distill.depth_loss, gradient_weight=setup.distill.gradient_weight)
         model.set_grad_checkpointing(setup.run.activation_checkpointing)  # the student's blocks, never the teacher's
-        student = DistillStudent(model, setup.targets, with_depth=self.with_depth)
+        if phase.blockwise:
+            student = BlockwiseStudent(model)
+        else:
+            student = DistillStudent(model, setup.targets, with_depth=self.with_depth)
         self.trainee = wrap_student(student, rt, setup.run.strategy)
         self.compiled: list[nn.Module] = []
         if setup.run.compile == "blocks":
@@ -384,6 +419,16 @@ class Trainer:
             self.skipped += len(batch["skipped"])
             # uint8 from pinned memory: the copy runs behind the previous step's work, then normalised on the device
             x = normalize(batch["images"].to(rt.device, non_blocking=True), self.mean, self.std)
+            if self.phase.blockwise:
+                with torch.no_grad(), rt.autocast():
+                    states, layout = setup.teacher.residual_states(x)
+                with trainee.micro_batch(last=m == accum - 1):
+                    with rt.autocast():
+                        loss = trainee.module(states, layout)
+                    (loss / accum).backward()
+                loss_sum += loss.detach()
+                feat_sum += loss.detach()
+                continue
             with torch.no_grad(), rt.autocast():
                 t_feats = token_features(setup.teacher.block_features(x, setup.targets))
                 label = setup.depth_teacher.predict_depth(x) if self.with_depth else None

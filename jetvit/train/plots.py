@@ -103,3 +103,51 @@ def plot_losses(records: list[dict[str, Any]], path: str | Path) -> None:
     if phases:
         ax.legend(fontsize=8)
     _save(fig, Path(path))
+
+
+def plot_front(
+    front: dict[str, Any],
+    path: str | Path,
+    *,
+    teacher_score: float,
+    teacher_ms: float,
+    pick: str,
+    teacher_measured_ms: float | None = None,
+    score_name: str = "score",
+    step1: list[tuple[str, float, float]] | None = None,
+) -> None:
+    """Score against latency: every Step 2 candidate (supernet score, ms predicted by the latency table), the Pareto
+    front (line), the measured points (distilled briefly, ms measured beside the teacher), the teacher (at its table
+    latency, and as measured with the front), the paper's pick and the run's pick."""
+    plt = _figure()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    pts = front["points"]
+    ax.scatter([p["ms"] for p in pts], [p["score"] for p in pts], s=14, color="#999999", label="Step 2 candidates")
+    if step1:
+        ax.scatter([t for _, _, t in step1], [s for _, s, _ in step1], s=10, marker="x", color="#BBBBBB",
+                   label="Step 1 candidates (L/W supernet)")  # fmt: skip
+    by_arch = {p["arch"]: p for p in pts}
+    par = [by_arch[a] for a in front["pareto"] if a in by_arch]
+    ax.plot([p["ms"] for p in par], [p["score"] for p in par], "-o", color="#3B75AF", ms=4, label="front (supernet)")
+    measured = front.get("measured") or {}
+    if measured:
+        ms = [m["ms"] for m in measured.values()]
+        ax.scatter(ms, [m["score"] for m in measured.values()], s=40, color="#4C9F70", zorder=3,
+                   label="front, distilled and measured")  # fmt: skip
+        for a, m in measured.items():
+            ax.annotate(a, (m["ms"], m["score"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.scatter([teacher_ms], [teacher_score], marker="*", s=120, color="#D1495B", zorder=4, label="teacher (table)")
+    if teacher_measured_ms is not None:
+        ax.scatter([teacher_measured_ms], [teacher_score], marker="*", s=120, color="#4C9F70", zorder=4,
+                   label="teacher (measured with the front)")  # fmt: skip
+    paper = front["picks"]["paper"]["arch"]
+    for arch, label, color in ((paper, "paper's pick", "#E09F3E"), (pick, "this run's pick", "#000000")):
+        p = measured.get(arch) or by_arch.get(arch)
+        if p is not None:
+            ax.scatter([p["ms"]], [p["score"]], s=110, facecolors="none", edgecolors=color, linewidths=1.5, zorder=5,
+                       label=f"{label}: {arch}")  # fmt: skip
+    ax.set_xlabel("latency per image (ms)")
+    ax.set_ylabel(score_name)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    _save(fig, Path(path))

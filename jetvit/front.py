@@ -1,0 +1,180 @@
+"""The accuracy-latency front of a search run, and the picks made on it.
+
+After Step 2 every scored candidate has a supernet score and a latency predicted by the run's latency table
+(`jetvit.search.latency`). The front is the Pareto-optimal ones among Step 2's candidates (Step 1's pick, with no F,
+is Step 2's start and among them). Two picks are made on it:
+
+    paper     the paper's criterion: Step 2's best within `step2.max_full` F blocks (or the first to reach the teacher)
+    latency   the fastest candidate within `objective.tolerance` of the teacher's score (the best score when none is)
+
+With `front.steps > 0`, up to `front.max_points` candidates of the front (both picks always among them) are each
+distilled `front.steps` steps from the supernet's weights (`Experiment.distill`), scored by the run's scorer and timed
+against the teacher on the run's device at the latency table's resolution (interleaved, `latency.repeats` pairs). The
+latency pick is then made again on those measurements, which the supernet's shared weights cannot bias. Each measured
+point is written to `front.json` as soon as it is known; a resumed run measures only what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from jetvit.io import atomic_write_json, read_json
+from jetvit.search.latency import LatencyTable, pareto_front, pick_fastest, spread_points
+from jetvit.search.supernet import extract
+
+log = logging.getLogger(__name__)
+
+
+def candidates(traj: dict[str, Any], table: LatencyTable) -> list[tuple[str, float, float]]:
+    """(arch, supernet score, predicted ms) of every architecture a search trajectory scored."""
+    return [(a, float(s), table.predict(a)) for a, s in traj["scores"].items()]
+
+
+def picks(
+    traj2: dict[str, Any], table: LatencyTable, *, teacher_score: float, tolerance: float
+) -> dict[str, dict[str, Any]]:
+    """The paper's pick and the latency pick on Step 2's scores (module docstring), each with its supernet score and
+    predicted ms."""
+    points = candidates(traj2, table)
+    fastest = pick_fastest(points, teacher_score, tolerance)
+    best = traj2["best"]["arch"]
+    out = {}
+    for name, arch, why in (
+        ("paper", best, "Step 2's best (the paper's criterion)"),
+        (
+            "latency",
+            fastest or best,
+            f"the fastest within {tolerance:g} of the teacher" if fastest else "none within the tolerance: the best",
+        ),
+    ):
+        out[name] = {"arch": arch, "score": float(traj2["scores"][arch]), "ms": table.predict(arch), "why": why}
+    return out
+
+
+def step1_pick(traj1: dict[str, Any], table: LatencyTable, *, tolerance: float) -> str:
+    """Step 1's pick under the latency criterion: the fastest L/W architecture within `tolerance` of Step 1's best
+    score (Step 1 has no teacher-level score to compare with: its candidates have no full attention yet)."""
+    return pick_fastest(candidates(traj1, table), float(traj1["best"]["score"]), tolerance) or traj1["best"]["arch"]
+
+
+def measure_latency(
+    teacher: nn.Module, model: nn.Module, size: tuple[int, int], *, device: torch.device, repeats: int, batch: int = 1
+) -> dict[str, float]:
+    """Milliseconds of one forward of the teacher and `model` at `size`, interleaved `repeats` times after a warm-up
+    (medians), and the teacher-relative speedup."""
+    from jetvit.bench.harness import summarize, time_interleaved
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, *size, device=device)
+    was = {id(m): m.training for m in (teacher, model)}
+
+    def runner(m: nn.Module):
+        def run(x: torch.Tensor) -> Any:
+            with torch.inference_mode():
+                return m(x)
+
+        return run
+
+    teacher.eval(), model.eval()
+    try:
+        times = time_interleaved(
+            {"teacher": runner(teacher), "model": runner(model)}, x, repeats=repeats, warmup=1, device=device.type
+        )
+    finally:
+        for m in (teacher, model):
+            m.train(was[id(m)])
+    t, s = summarize(times["teacher"])["median"], summarize(times["model"])["median"]
+    return {"teacher_ms": t, "ms": s, "speedup": t / s}
+
+
+def measure_front(ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: LatencyTable, chosen: dict) -> dict:
+    """The front of the run in `ctx` (a `jetvit.pipeline.RunContext`): its Pareto points, and with `front.steps` the
+    chosen points distilled, scored and timed (module docstring). Returns what `front.json` holds."""
+    exp, cfg, rt = ctx.exp, ctx.cfg, ctx.rt
+    path = ctx.out / "front.json"
+    points = candidates(traj2, table)
+    front = pareto_front(points)
+    saved = read_json(path, default={}, expect=dict)
+    measured: dict[str, Any] = dict(saved.get("measured", {}))
+    result: dict[str, Any] = {
+        "table": table.to_dict(),
+        "points": [{"arch": a, "score": s, "ms": t} for a, s, t in points],
+        "pareto": [a for a, _, _ in front],
+        "picks": chosen,
+        "measured": measured,
+    }
+    if cfg.front.steps == 0:
+        if rt.main:
+            atomic_write_json(path, result)
+        return result
+    ft0 = cfg.finetune.stages[0]
+    stage = ft0.for_steps(cfg.front.steps, batch_size=cfg.front.batch_size or ft0.batch_size)
+    todo = spread_points(front, [chosen["paper"]["arch"], chosen["latency"]["arch"]], cfg.front.max_points)
+    from tqdm import tqdm
+
+    for arch in tqdm(todo, desc="front", disable=not rt.main, dynamic_ncols=True):
+        if arch in measured:
+            continue
+        model = extract(supernet2, arch)
+        ckpt = ctx.out / "ckpt" / f"front-{arch}.pt"
+        exp.distill(model, ckpt_path=ckpt, stages=[stage], logger=None)
+        score = ctx.score(model)
+        timing = None
+        if rt.main:
+            timing = measure_latency(
+                exp.teacher, model, exp.latency_size, device=rt.device, repeats=cfg.latency.repeats, batch=1
+            )
+        timing = rt.broadcast_object(timing)
+        measured[arch] = {"score": score, **timing, "predicted_ms": table.predict(arch), "steps": cfg.front.steps}
+        log.info("front %s: score %.5g, %.3g ms (%.2fx the teacher)", arch, score, timing["ms"], timing["speedup"])
+        if rt.main:
+            atomic_write_json(path, result)
+            Path(ckpt).unlink(missing_ok=True)  # the point's weights are not kept, only its numbers
+        del model
+    if rt.main:
+        atomic_write_json(path, result)
+    return result
+
+
+def final_pick(
+    front: dict[str, Any], chosen: dict[str, dict[str, Any]], *, criterion: str, teacher_score: float, tolerance: float
+) -> tuple[str, str]:
+    """The architecture the run fine-tunes, and why. paper: the paper's pick. latency: on the measured front when
+    there is one (the fastest measured within `tolerance` of the teacher; else the best measured score), else the
+    latency pick on the supernet's scores."""
+    if criterion == "paper":
+        return chosen["paper"]["arch"], chosen["paper"]["why"]
+    measured = front.get("measured") or {}
+    if not measured:
+        return chosen["latency"]["arch"], chosen["latency"]["why"]
+    pts = [(a, m["score"], m["ms"]) for a, m in measured.items()]
+    fastest = pick_fastest(pts, teacher_score, tolerance)
+    if fastest is not None:
+        return fastest, f"the fastest measured within {tolerance:g} of the teacher after {_steps(measured)} steps"
+    best = max(pts, key=lambda p: (p[1], -p[2]))[0]
+    return best, f"no measured point within {tolerance:g} of the teacher: the best measured score"
+
+
+def _steps(measured: dict[str, Any]) -> int:
+    return next(iter(measured.values()))["steps"]
+
+
+def front_rows(front: dict[str, Any], teacher_score: float) -> list[dict[str, Any]]:
+    """The front as rows for the report: each Pareto point with its supernet score and predicted ms, and its measured
+    score, ms and speedup when it was measured."""
+    by_arch = {p["arch"]: p for p in front["points"]}
+    rows = []
+    archs = list(dict.fromkeys([*front["pareto"], *front["measured"]]))
+    for a in archs:
+        p = by_arch.get(a, {"score": float("nan"), "ms": float("nan")})
+        m = front["measured"].get(a)
+        row = {"arch": a, "pareto": a in front["pareto"], "supernet_score": p["score"], "predicted_ms": p["ms"]}
+        if m is not None:
+            row.update(score=m["score"], ms=m["ms"], speedup=m["speedup"], below_teacher=teacher_score - m["score"])
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["predicted_ms"])
