@@ -7,7 +7,8 @@ is Step 2's start and among them). Two picks are made on it:
     paper     the paper's criterion: Step 2's best within `step2.max_full` F blocks (or the first to reach the teacher)
     latency   the fastest candidate within `objective.tolerance` of the teacher's score (the best score when none is)
 
-With `front.steps > 0`, up to `front.max_points` candidates of the front (both picks always among them) are each
+With `front.steps > 0`, up to `front.max_points` candidates of the front (both picks always among them, then the
+points just faster than the latency pick: `jetvit.search.latency.points_to_measure`) are each
 distilled `front.steps` steps from the supernet's weights (`Experiment.distill`), scored by the run's scorer and timed
 against the teacher on the run's device at the latency table's resolution (interleaved, `latency.repeats` pairs). The
 latency pick is then made again on those measurements, which the supernet's shared weights cannot bias. Each measured
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from jetvit.io import atomic_write_json, read_json
-from jetvit.search.latency import LatencyTable, pareto_front, pick_fastest, spread_points
+from jetvit.search.latency import LatencyTable, pareto_front, pick_fastest, points_to_measure
 from jetvit.search.supernet import extract
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,8 @@ def measure_front(ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: 
         return result
     ft0 = cfg.finetune.stages[0]
     stage = ft0.for_steps(cfg.front.steps, batch_size=cfg.front.batch_size or ft0.batch_size)
-    todo = spread_points(front, [chosen["paper"]["arch"], chosen["latency"]["arch"]], cfg.front.max_points)
+    picks = [chosen["paper"]["arch"], chosen["latency"]["arch"]]
+    todo = points_to_measure(front, picks, chosen["latency"]["arch"], cfg.front.max_points)
     from tqdm import tqdm
 
     for arch in tqdm(todo, desc="front", disable=not rt.main, dynamic_ncols=True):

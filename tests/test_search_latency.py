@@ -17,7 +17,7 @@ from jetvit.search.latency import (
     all_of,
     pareto_front,
     pick_fastest,
-    spread_points,
+    points_to_measure,
 )
 from jetvit.search.supernet import PathSampler, sample_path
 
@@ -77,12 +77,13 @@ def test_pick_fastest_within_tolerance():
     assert pick_fastest(tie, reference=61.0, tolerance=0.0) == "y"  # same speed: the better score
 
 
-def test_spread_points_keeps_the_picks_and_spreads_the_rest():
-    front = [(f"a{i}", float(i), float(i)) for i in range(9)]
-    chosen = spread_points(front, ["a4", "a4", "a7"], 5)
-    assert chosen[:2] == ["a4", "a7"] and len(chosen) == 5 and len(set(chosen)) == 5
-    assert chosen[2] == "a0" and chosen[-1] == "a8"  # the ends of the front's latency range
-    assert spread_points(front[:2], ["a1"], 5) == ["a1", "a0"]
+def test_points_to_measure_probe_just_faster_than_the_pick():
+    front = [(f"a{i}", float(i), float(i)) for i in range(9)]  # fastest (and worst) first
+    # the picks, then the points just faster than the latency pick (a5), nearest first, then slower ones
+    assert points_to_measure(front, ["a7", "a5", "a5"], "a5", 5) == ["a7", "a5", "a4", "a3", "a2"]
+    assert points_to_measure(front, ["a8", "a1"], "a1", 4) == ["a8", "a1", "a0", "a2"]
+    assert points_to_measure(front[:2], ["a1"], "a1", 5) == ["a1", "a0"]
+    assert points_to_measure(front, ["a7", "a5"], "a5", 1) == ["a7", "a5"]  # the picks always
 
 
 def _traj(scores: dict[str, float], best: str) -> dict:

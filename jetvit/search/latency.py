@@ -163,17 +163,22 @@ def pick_fastest(points: Iterable[tuple[str, float, float]], reference: float, t
     return min(ok)[2] if ok else None
 
 
-def spread_points(front: list[tuple[str, float, float]], keep: Iterable[str], n: int) -> list[str]:
-    """At most `n` architectures of `front` (fastest first) to measure: every one of `keep` that is on it (or given),
-    then the others spread evenly over the front's latency range."""
+def points_to_measure(front: list[tuple[str, float, float]], keep: Iterable[str], pick: str, n: int) -> list[str]:
+    """At most `n` architectures of `front` (fastest first) to distil and time: every one of `keep` (the picks), then
+    the front's points just faster than `pick` (the latency pick on the supernet's scores), nearest first, then the
+    slower ones, nearest first.
+
+    The points just faster than the pick are the ones that can replace it: the supernet underrates the paths with
+    fewer `F` blocks (they learn slower, and each saw fewer steps), so a point just outside the tolerance on the
+    supernet's scores may be inside it once distilled; a point far down the front, much faster and much worse, would
+    not be picked however it measured."""
     chosen = list(dict.fromkeys(keep))
-    rest = [a for a, _, _ in front if a not in chosen]
-    room = max(0, n - len(chosen))
-    if room and rest:
-        if room >= len(rest):
-            chosen += rest
-        else:  # evenly spaced by position along the front, which is sorted by latency
-            step = (len(rest) - 1) / max(1, room - 1) if room > 1 else 0
-            idx = sorted({round(i * step) for i in range(room)}) if room > 1 else [len(rest) // 2]
-            chosen += [rest[i] for i in idx]
-    return chosen
+    order = [a for a, _, _ in front]
+    at = order.index(pick) if pick in order else len(order)
+    faster = [a for a in reversed(order[:at]) if a not in chosen]
+    slower = [a for a in order[at + 1 :] if a not in chosen]
+    for a in faster + slower:
+        if len(chosen) >= n:
+            break
+        chosen.append(a)
+    return chosen[: max(n, len(dict.fromkeys(keep)))]
