@@ -236,6 +236,7 @@ class Ranking:
             "path": path,
             "eval": float(self.evaluate(student)),
             "search_score": float(self.score(student)),
+            "search_samples": self.samples,
             "train_seconds": summary["seconds"],
         }
         atomic_write_json(done, result)
@@ -279,7 +280,11 @@ def report(res: dict[str, Any], out: Path, name: str = "ranking") -> None:
     last = list(res["by_step"])[-1]
     for label, c in (
         (f"{last}, scored on the ground truth's slice (no scorer noise)", res["final_on_eval"]),
-        ("noise ceiling: the alone runs scored by the search scorer", res["ceiling"]),
+        (
+            f"noise ceiling: the alone runs scored by the search scorer "
+            f"({', '.join(map(str, res.get('ceiling_samples', [res['score_samples']])))} samples)",
+            res["ceiling"],
+        ),
     ):
         md.append(
             f"| {label} | {correlation(c['kendall_tau'])} | {correlation(c['spearman_rho'])} | `{c['pick']}` | "
@@ -412,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         "alone": alone,
         "by_step": {s: agreement(row, truth) for s, row in supernet.items()},
         "ceiling": agreement({p: r["search_score"] for p, r in alone.items()}, truth),
+        # the alone runs were scored once, by the search scorer of their invocation (results written before this
+        # field existed: the config's 32 samples)
+        "ceiling_samples": sorted({r.get("search_samples", 32) for r in alone.values()}),
         "supernet_eval": lab.supernet_eval,
         "supernet_seconds": lab.supernet_seconds,
         "sampling": lab.cfg.supernet.sampling,

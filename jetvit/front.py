@@ -68,24 +68,16 @@ def measure_latency(
 ) -> dict[str, float]:
     """Milliseconds of one forward of the teacher and `model` at `size`, interleaved `repeats` times after a warm-up
     (medians), and the teacher-relative speedup."""
-    from jetvit.bench.harness import summarize, time_interleaved
+    from jetvit.bench.harness import forward_runner, summarize, time_interleaved
 
     torch.manual_seed(0)
     x = torch.randn(batch, 3, *size, device=device)
     was = {id(m): m.training for m in (teacher, model)}
 
-    def runner(m: nn.Module):
-        def run(x: torch.Tensor) -> Any:
-            with torch.inference_mode():
-                return m(x)
-
-        return run
-
     teacher.eval(), model.eval()
     try:
-        times = time_interleaved(
-            {"teacher": runner(teacher), "model": runner(model)}, x, repeats=repeats, warmup=1, device=device.type
-        )
+        runners = {"teacher": forward_runner(teacher), "model": forward_runner(model)}
+        times = time_interleaved(runners, x, repeats=repeats, warmup=1, device=device.type)
     finally:
         for m in (teacher, model):
             m.train(was[id(m)])

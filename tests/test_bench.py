@@ -206,3 +206,24 @@ def test_bench_cli_on_cuda_in_each_mode(tmp_path, mode, backend):
         assert set(trials) == {"flash", "cudnn", "efficient"} and row["sdpa"]["backend"] == min(ran, key=ran.get)
     else:
         assert row["sdpa"]["backend"] == backend
+
+
+def test_latency_table_command_measures_caches_and_predicts(tmp_path, capsys):
+    """`jetvit bench --latency-table`: the table the search reads, measured and cached (a second call reads it back),
+    or predicted by the cost model; --arch adds that hybrid's predicted time; a size the model cannot take is one
+    line."""
+    argv = ["bench", "--preset", "tiny", "--latency-table", "--res", "64", "--repeats", "1", "--out", str(tmp_path)]
+    assert main([*argv, "--arch", "LWF"]) == 0
+    first = capsys.readouterr().out
+    assert "one `F` block" in first and "`LWF`:" in first and "measured; wrote" in first
+    saved = json.loads((tmp_path / "latency-64x64.json").read_text())
+    assert saved["setting"]["source"] == "measured" and set(saved["blocks"]) == set("FWL")
+    assert main(argv) == 0
+    assert "from the cache" in capsys.readouterr().out
+    assert json.loads((tmp_path / "latency-64x64.json").read_text()) == saved
+    assert main([*argv, "--predict", "h100", "--dtype", "bf16"]) == 0
+    assert "(cost model)" in capsys.readouterr().out
+    assert main([*argv[:-4], "--res", "65", "--out", str(tmp_path)]) == 2
+    assert "65" in capsys.readouterr().err
+    assert main(["bench", "--preset", "tiny", "--res", "64"]) == 2  # a comparison needs --arch
+    assert "--arch is needed" in capsys.readouterr().err

@@ -161,6 +161,16 @@ def make_runner(model: HybridViT, opts: BenchOptions, *, sdpa_backend: str | Non
     return GraphRunner(run) if opts.mode == "graphs" else run
 
 
+def forward_runner(model: torch.nn.Module) -> Runner:
+    """The timed call of `model` as it is (device, dtype and mode untouched): its forward under inference mode."""
+
+    def run(x: Tensor) -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    return run
+
+
 class GraphRunner:
     """`run` captured in one CUDA graph per input shape and dtype, on the first call with that shape; later calls
     copy the input into the graph's static input, replay, and return the graph's static output (overwritten by the

@@ -117,7 +117,7 @@ def measure_table(
 ) -> LatencyTable:
     """Time the students of `cfg` part by part on `device` (module docstring); `check`: also time whole
     architectures against the table."""
-    from jetvit.bench.harness import summarize, time_interleaved
+    from jetvit.bench.harness import forward_runner, summarize, time_interleaved
 
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
@@ -147,14 +147,7 @@ def measure_table(
             torch.manual_seed(0)
             models[a] = HybridViT(dataclasses.replace(cfg, arch=a)).to(device=device, dtype=torch_dtype).eval()
 
-        def whole(m: HybridViT):
-            def run(x: torch.Tensor) -> Any:
-                with torch.inference_mode():
-                    return m(x)
-
-            return run
-
-        runners = {a: whole(m) for a, m in models.items()}
+        runners = {a: forward_runner(m) for a, m in models.items()}
         times = time_interleaved(runners, x, repeats=repeats, warmup=warmup, device=kind)
         table.check = {a: {"measured": summarize(times[a])["median"], "predicted": table.predict(a)} for a in archs}
     return table
