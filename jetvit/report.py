@@ -146,10 +146,11 @@ def _front_section(summary: dict[str, Any], cfg: Config) -> list[str]:
         "",
         f"Latency table: {summary['latency_table']}. The teacher: {summary['teacher_predicted_ms']:.3g} ms predicted.",
         f"Criterion: **{summary['criterion']}** (objective.tolerance {cfg.objective.tolerance:g}); the pick: "
-        f"`{summary['arch']}`, {summary['pick_reason']}. The paper's criterion picks `{picks['paper']['arch']}`, "
-        f"the fastest within the tolerance on the supernet's scores is `{picks['latency']['arch']}`.",
+        f"`{summary['arch']}`, {summary['pick_reason']}. The paper's criterion picks `{picks['paper']['arch']}`; "
+        f"on the supernet's scores the latency criterion picks `{picks['latency']['arch']}` "
+        f"({picks['latency']['why']}).",
         "",
-        "| architecture | on the front | supernet score | predicted ms | distilled score | below the teacher "
+        "| architecture | on the front | supernet score | predicted ms | distilled score | minus the teacher's "
         "| measured ms | speedup |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -157,7 +158,7 @@ def _front_section(summary: dict[str, Any], cfg: Config) -> list[str]:
         tags = [n for n, p in (("paper", picks["paper"]["arch"]), ("pick", summary["arch"])) if p == r["arch"]]
         name = f"`{r['arch']}`" + (f" ({', '.join(tags)})" if tags else "")
         if "score" in r:
-            measured = f"{r['score']:.4g} | {r['below_teacher']:+.3g} | {r['ms']:.3g} | {r['speedup']:.2f}x"
+            measured = f"{r['score']:.4g} | {-r['below_teacher']:+.3g} | {r['ms']:.3g} | {r['speedup']:.2f}x"
         else:
             measured = "- | - | - | -"
         lines.append(
