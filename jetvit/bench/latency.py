@@ -27,10 +27,9 @@ from typing import Any
 
 import torch
 
+from jetvit.bench.harness import DTYPES
 from jetvit.model import ARCH_LETTERS, HybridViT, ViTConfig
 from jetvit.search.latency import LatencyTable
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def cache_dir() -> Path:
@@ -93,10 +92,6 @@ def _device_name(device: str) -> str:
     return f"{_cpu_model()} ({os.cpu_count()} CPUs)"
 
 
-def _uniform(cfg: ViTConfig, kind: str) -> str:
-    return kind * cfg.depth
-
-
 def _mixed(cfg: ViTConfig, kinds: str) -> str:
     """A mixed architecture for the end-to-end check: the kinds in turn."""
     return "".join(kinds[i % len(kinds)] for i in range(cfg.depth))
@@ -141,7 +136,7 @@ def measure_table(
     )
     del model
     if check:
-        archs = [_uniform(cfg, k) for k in kinds] + [_mixed(cfg, kinds)]
+        archs = [k * cfg.depth for k in kinds] + [_mixed(cfg, kinds)]
         models = {}
         for a in archs:
             torch.manual_seed(0)
@@ -187,7 +182,7 @@ def predict_table(
     H, W = resolution
     blocks, fixed = {}, []
     for k in kinds:
-        rep = predict(dataclasses.replace(cfg, arch=_uniform(cfg, k)), H, W, device=device, dtype=dtype, mode=mode,
+        rep = predict(dataclasses.replace(cfg, arch=k * cfg.depth), H, W, device=device, dtype=dtype, mode=mode,
                       batch=batch)  # fmt: skip
         rows = [r.ms for r in rep.rows if r.kind == k]
         blocks[k] = sum(rows) / len(rows)
