@@ -58,11 +58,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, nargs="+", default=[7, 3], help="timed pairs per --res (last one repeats)")
     p.add_argument("--warmup", type=int, default=2, help="untimed runs of each model first (the first runs are slower)")
     p.add_argument("--openvino-shapes", choices=["dynamic", "static"], default="dynamic")
+    p.add_argument("--conv", default="grouped", help="the L blocks' per-image convolution in the graph (export_onnx)")
+    p.add_argument("--batch", type=int, default=1, help="images per run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--graphs",
-        help="keep the exported graphs in this folder (teacher.onnx, hybrid.onnx) and reuse the ones already there "
-        "(delete them after changing the model code); default: a temporary folder",
+        help="keep the exported graphs in this folder (teacher.onnx, hybrid-CONV.onnx) and reuse the ones already "
+        "there (delete them after changing the model code); default: a temporary folder",
     )
     p.add_argument("--out", help="output stem (default benchmarks/results/deploy_cpu)")
     p.add_argument("--dry-run", action="store_true", help="tiny preset, 64x64 and 96x96, 1 repeat, no warm-up")
@@ -82,20 +84,14 @@ def build_models(preset: str, arch: str, seed: int) -> tuple[HybridViT, HybridVi
     return teacher, convert(teacher, arch).eval()
 
 
-def load(path: Path, runtime: str, threads: int, res: tuple[int, int], static: bool):
-    """The graph in `runtime`; for OpenVINO with `static`, reshaped to one (1, 3, H, W) input first."""
-    if runtime == "openvino" and static:
-        import openvino as ov
-
-        core = ov.Core()
-        model = core.read_model(str(path))
-        model.reshape({model.inputs[0]: [1, 3, *res]})
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads}
-        compiled = core.compile_model(model, "CPU", config)
-        return lambda x: list(compiled(x).to_tuple())
+def load(path: Path, runtime: str, threads: int, shape: tuple[int, ...], static: bool):
+    """The graph in `runtime`; for OpenVINO with `static`, reshaped to the one input `shape` first (a `grouped`
+    graph is, in any case: `runtime_session`)."""
+    if runtime == "openvino":
+        return runtime_session(path, runtime, threads=threads, shape=shape if static else None)
     # From 2048x2048 on, onnxruntime's arena is shrunk after every run: each session would keep its largest run's
     # memory (a full-attention block's N x N scores at 2048x2048 are 6 GiB): two of them exceed this machine's 24 GB.
-    return runtime_session(path, runtime, threads=threads, shrink_arena=min(res) >= 2048)
+    return runtime_session(path, runtime, threads=threads, shrink_arena=min(shape[-2:]) >= 2048)
 
 
 def time_pairs(runs: dict[str, Any], x: np.ndarray, *, repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -123,8 +119,9 @@ def goal(res: tuple[int, int]) -> float | None:
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"Teacher ({result['preset']}, all F) against hybrid `{result['arch']}`, {result['dtype']}, batch 1, "
-        f"{result['threads']} threads, dynamic-shape ONNX graphs (OpenVINO shapes: {result['openvino_shapes']}); "
+        f"Teacher ({result['preset']}, all F) against hybrid `{result['arch']}`, {result['dtype']}, "
+        f"batch {result.get('batch', 1)}, {result['threads']} threads, dynamic-shape ONNX graphs (per-image "
+        f"convolution: {result.get('conv', 'shifted')}; OpenVINO shapes: {result['openvino_shapes']}); "
         f"median of {', '.join(str(r) for r in result['repeats'])} interleaved pairs.",
         "",
         "| runtime | resolution | teacher | hybrid | speedup (pairs) | ideal | measured/ideal | goal |",
@@ -156,12 +153,12 @@ def main(argv: list[str] | None = None) -> int:
         graphs = {}
         folder = Path(args.graphs) if args.graphs else Path(tmp)
         for name, model in (("teacher", teacher), ("hybrid", hybrid)):
-            graphs[name] = folder / f"{name}.onnx"
+            graphs[name] = folder / (f"{name}.onnx" if name == "teacher" else f"{name}-{args.conv}.onnx")
             if args.graphs and graphs[name].is_file():
                 print(f"reusing {graphs[name]} ({model.arch})", file=sys.stderr)
                 continue
             t0 = time.perf_counter()
-            export_onnx(model, graphs[name], dtype=args.dtype)
+            export_onnx(model, graphs[name], dtype=args.dtype, conv=args.conv)
             print(f"exported the {name} ({model.arch}) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         for runtime in args.runtimes:
             module = __import__(runtime)
@@ -169,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
             static = runtime == "openvino" and args.openvino_shapes == "static"
             for res, reps in zip(sizes, repeats):
                 # loaded anew for each size: the previous size's sessions and their memory arenas are released
-                runs = {n: load(p, runtime, args.threads, res, static) for n, p in graphs.items()}
-                x = np.random.default_rng(args.seed).standard_normal((1, 3, *res), dtype=np.float32)
+                shape = (args.batch, 3, *res)
+                runs = {n: load(p, runtime, args.threads, shape, static) for n, p in graphs.items()}
+                x = np.random.default_rng(args.seed).standard_normal(shape, dtype=np.float32)
                 times = time_pairs(runs, x, repeats=reps, warmup=args.warmup)
                 pairs = [t / h for t, h in zip(times["teacher"], times["hybrid"])]
                 teacher_ms, hybrid_ms = summarize(times["teacher"]), summarize(times["hybrid"])
@@ -184,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{runtime} {res[0]}x{res[1]}: {speedup:.2f}x of {ideal:.2f}x", file=sys.stderr)
     result = dict(
         preset=args.preset, arch=args.arch, dtype=args.dtype, threads=args.threads, repeats=repeats,
-        warmup=args.warmup, openvino_shapes=args.openvino_shapes, rows=rows, versions=versions,
+        warmup=args.warmup, openvino_shapes=args.openvino_shapes, conv=args.conv, batch=args.batch, rows=rows,
+        versions=versions,
         machine=machine_info("cpu"), command="python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
         omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
     )  # fmt: skip

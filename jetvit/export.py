@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from jetvit import ops
+from jetvit import __version__, ops
 from jetvit.model import HybridViT
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -94,6 +94,7 @@ def export_onnx(
     example_size: tuple[int, int] | None = None,
     batch: int = 1,
     opset: int | None = None,
+    conv: str = "shifted",
 ) -> Path:
     """Write `model` as an ONNX graph to `path`; returns the path.
 
@@ -103,6 +104,14 @@ def export_onnx(
     example_size: the (H, W) traced, by default the native resolution; in a dynamic graph at least 2 patches a side,
     since `torch.export` fixes a size of 1 as a constant. opset: ONNX opset, by default `DEFAULT_OPSET[dtype]` (18;
     22 for bf16, which opset 18 does not allow in a convolution).
+
+    conv: the form of the `L` blocks' per-image convolution. `shifted` (the default, `ops.shifted_depthwise_conv`):
+    k*k shifted multiply-adds, pointwise ops that every runtime takes at any shape (onnxruntime, OpenVINO, TensorRT).
+    `grouped` (`ops.block_diagonal_depthwise_conv`): one `Conv` with groups = channels and a block-diagonal kernel
+    computed in the graph (at batch 1 a plain depthwise convolution, at batch B B times its work), several times
+    faster in onnxruntime; OpenVINO runs it only at a fixed shape (`runtime_session` compiles one per input shape),
+    and TensorRT is untested with it. The form is recorded in the graph's metadata (`jetvit.conv`), with the jetvit
+    version and the architecture.
 
     The file appears whole or not at all (`jetvit.io.atomic_write_files`, with the `<name>.data` weights ONNX writes
     beside a model over 2 GB): an export killed or out of disk space leaves `path` as it was."""
@@ -116,6 +125,8 @@ def export_onnx(
     h, w = model.grid_size(H, W)  # a ValueError for sizes that are not multiples of the patch
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
+    if conv not in ops.EXPORT_CONVS:
+        raise ValueError(f"conv {conv!r} is not one of {', '.join(ops.EXPORT_CONVS)}")
     if dynamic and min(h, w) < 2:
         raise ValueError(
             f"example_size {H}x{W} is {h}x{w} patches; a dynamic graph is traced at 2 or more patches a side "
@@ -134,7 +145,7 @@ def export_onnx(
         batch = 2
         dynamic_shapes = ({0: Dim("batch", min=1), 2: p * Dim("patches_h", min=1), 3: p * Dim("patches_w", min=1)},)
     x = torch.randn(batch, model.cfg.in_chans, H, W)
-    with torch.no_grad(), ops.export_mode():
+    with torch.no_grad(), ops.export_mode(conv=conv):
         program = torch.onnx.export(
             graph,
             (x,),
@@ -145,8 +156,20 @@ def export_onnx(
             dynamic_shapes=dynamic_shapes,
             verbose=False,
         )
+    program.model.metadata_props.update(
+        {"jetvit.version": __version__, "jetvit.arch": model.arch, "jetvit.conv": conv, "jetvit.dtype": dtype}
+    )
     atomic_write_files(path, program.save)
     return path
+
+
+def graph_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata an exported graph carries (`export_onnx`): jetvit.version, jetvit.arch, jetvit.conv,
+    jetvit.dtype; empty for a graph written otherwise. Reads the graph's structure only, not the weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -160,6 +183,7 @@ def runtime_session(
     threads: int | None = None,
     precision: str = "f32",
     shrink_arena: bool = False,
+    shape: Sequence[int] | None = None,
 ) -> Callable[[Any], list[Any]]:
     """The graph at `path` loaded in `runtime` ("onnxruntime" or "openvino") on the CPU: a function from images
     (numpy, (B, C, H, W) fp32) to the list of outputs (numpy), in `output_names` order.
@@ -169,7 +193,9 @@ def runtime_session(
     onnxruntime's CPU memory arena keeps the most a run ever needed for the session's life; shrunk after every run,
     that memory goes back (two sessions of a full-attention model at 2048x2048 keep 12 GB or more each), at the cost
     of allocating it again in the next run. Turning the arena off instead made the hybrid's many intermediate
-    tensors 20% slower at 1024x1024 on this machine's CPU."""
+    tensors 20% slower at 1024x1024 on this machine's CPU. shape: OpenVINO only, the graph reshaped to this one
+    input shape (B, C, H, W) before it is compiled (often faster than dynamic shapes); a `grouped` graph
+    (`export_onnx(conv=)`) is compiled for each input shape it meets anyway."""
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
@@ -189,8 +215,24 @@ def runtime_session(
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
-        compiled = ov.Core().compile_model(str(path), "CPU", config)
-        return lambda x: [out for out in compiled(x).to_tuple()]
+        core = ov.Core()
+        if shape is None and graph_metadata(path).get("jetvit.conv") != "grouped":
+            compiled = core.compile_model(str(path), "CPU", config)
+            return lambda x: list(compiled(x).to_tuple())
+        # At a fixed shape: OpenVINO's CPU plugin cannot run a grouped convolution whose kernel shape is unknown
+        # until run time (the `grouped` form's is (C*B, B, k, k)), so such a graph is compiled for each input shape.
+        by_shape: dict[tuple[int, ...], Any] = {}
+
+        def compile_for(dims: tuple[int, ...]) -> Any:
+            if dims not in by_shape:
+                graph = core.read_model(str(path))
+                graph.reshape({graph.inputs[0]: list(dims)})
+                by_shape[dims] = core.compile_model(graph, "CPU", config)
+            return by_shape[dims]
+
+        if shape is not None:
+            compile_for(tuple(shape))
+        return lambda x: list(compile_for(tuple(x.shape))(x).to_tuple())
     raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
 

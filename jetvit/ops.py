@@ -23,6 +23,8 @@ from torch import Tensor
 # Deployment graphs
 
 _exporting = False
+_export_conv = "grouped"
+EXPORT_CONVS = ("grouped", "shifted")  # the exported forms of `depthwise_conv_per_image`
 
 
 def exporting() -> bool:
@@ -37,14 +39,19 @@ def exporting() -> bool:
 
 
 @contextlib.contextmanager
-def export_mode() -> Iterator[None]:
-    """Run the ops in their shape-generic forms (`exporting`) inside the block."""
-    global _exporting
-    previous, _exporting = _exporting, True
+def export_mode(conv: str = "grouped") -> Iterator[None]:
+    """Run the ops in their shape-generic forms (`exporting`) inside the block. conv: the per-image convolution's
+    form, `grouped` (`block_diagonal_depthwise_conv`, one `Conv`) or `shifted` (`shifted_depthwise_conv`, pointwise
+    ops only)."""
+    global _exporting, _export_conv
+    if conv not in EXPORT_CONVS:
+        raise ValueError(f"conv {conv!r} is not one of {', '.join(EXPORT_CONVS)}")
+    previous = _exporting, _export_conv
+    _exporting, _export_conv = True, conv
     try:
         yield
     finally:
-        _exporting = previous
+        _exporting, _export_conv = previous
 
 
 def size_tensor(n: int, device: torch.device | None = None) -> Tensor:
@@ -292,14 +299,41 @@ def shifted_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
     return out
 
 
+def block_diagonal_depthwise_conv(x: Tensor, weight: Tensor) -> Tensor:
+    """`depthwise_conv_per_image` as one convolution whose `groups` is the channel count, whatever the batch: group c
+    takes the B images' channel c as its B inputs and gives their B outputs through a block-diagonal kernel (image
+    b's kernel from input b to output b, zeros elsewhere). x (B, C, h, w), weight (B, C, k, k) -> (B, C, h, w).
+
+    At batch 1 it is a plain depthwise convolution; at batch B it does B times the multiply-adds (the zeros). What a
+    deployment graph holds by default (`export_mode`): the batch stays free, and the runtime runs one `Conv` rather
+    than k*k passes over the tensor (onnxruntime, one thread, 2048x2048 DINOv3-S: 40 ms against 325 ms at batch 1,
+    164 ms against 506 ms at batch 2)."""
+    B, C, h, w = x.shape
+    ks = weight.shape[-1]
+    eye = identity_matrix(B, B, device=x.device).to(weight.dtype)  # (B, B), symbolic B in a traced graph
+    blocks = weight.transpose(0, 1)[:, :, None] * eye[None, :, :, None, None]  # (C, B out, B in, k, k)
+    y = F.conv2d(
+        x.transpose(0, 1).reshape(1, C * B, h, w),  # channel c * B + b: image b's channel c
+        blocks.reshape(C * B, B, ks, ks),
+        padding=ks // 2,
+        groups=C,
+    )
+    return y.reshape(C, B, h, w).transpose(0, 1)
+
+
 def depthwise_conv_per_image(x: Tensor, weight: Tensor) -> Tensor:
     """Depthwise convolution with a different kernel for every image: x (B, C, h, w), weight (B, C, k, k).
 
     Eager: one grouped convolution over the whole batch, the batch folded into the channels (groups = B*C), the
-    fastest form on the CPU. Compiled or exported: `shifted_depthwise_conv`, because a convolution with groups = B*C
-    would bake the batch size into the graph (Inductor recompiles for every batch size, ONNX fixes the batch).
+    fastest form on the CPU. A convolution with groups = B*C would bake the batch size into a graph, so compiled:
+    `shifted_depthwise_conv` (Inductor fuses it into one kernel for any batch); exported (`export_mode`):
+    `block_diagonal_depthwise_conv` (one `Conv` for any batch), or the shifted form when asked.
     """
-    if torch.compiler.is_compiling() or exporting():
+    if exporting():
+        if _export_conv == "shifted":
+            return shifted_depthwise_conv(x, weight)
+        return block_diagonal_depthwise_conv(x, weight)
+    if torch.compiler.is_compiling():
         return shifted_depthwise_conv(x, weight)
     return _grouped_depthwise_conv(x, weight)
 

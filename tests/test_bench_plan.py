@@ -96,6 +96,29 @@ def test_activation_estimate_matches_the_measured_peak(arch, res, batch, targets
     assert 0.9 < estimate / measured < 1.3, (estimate, measured)
 
 
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_blockwise_activation_estimate_matches_the_measured_peak(checkpointing):
+    """One block-wise supernet step (every candidate of every block on the teacher's states, `BlockwiseStudent`),
+    fp32 on the CPU, against the plan's block-wise estimate, within the same -10% .. +30%."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak resident size")
+    cfg = ViTConfig(dim=192, depth=4, num_heads=3, mlp_hidden=768, window_size=4)
+    kinds = ["LW"] * 4
+    spec_train = {"targets": [3], "checkpointing": checkpointing, "blockwise": kinds}
+    from jetvit.bench.memory import MALLOC_ENV
+
+    spec = {"config": cfg.to_dict(), "res": [160, 160], "batch": 2, "threads": 1, "train": spec_train}
+    env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "jetvit.bench.memory", json.dumps(spec)], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    measured = json.loads(proc.stdout)["bytes"]
+    kw = dict(targets=[3], batch=2, size=(160, 160), autocast=False, checkpointing=checkpointing)
+    estimate = activation_bytes(cfg, kinds, blockwise=True, **kw)
+    assert 0.9 < estimate / measured < 1.3, (estimate, measured)
+    assert estimate > activation_bytes(cfg, kinds, **kw)  # every candidate at once against one path
+
+
 def test_plan_counts_the_models_the_run_trains(tiny_teacher_dir, tiny_model):
     """The Step 1 supernet as the pipeline builds it (the teacher frozen, so its embeddings stay frozen), and the
     fine-tuned student of `jetvit distill`."""
@@ -121,6 +144,12 @@ def test_plan_counts_the_models_the_run_trains(tiny_teacher_dir, tiny_model):
         for st in phase.stages:
             assert 0 < st.activations_checkpointed < st.activations
     assert plan.phases[1].parameters > plan.phases[2].parameters  # two candidates per block against one
+    # Block-wise, both supernets hold every candidate's activations at once; the fine-tuning is unchanged.
+    bw = plan_run(load_config("tiny", [f"teacher={tiny_teacher_dir}", "supernet.sampling=blockwise"]), gpus=2)
+    assert "block-wise" in bw.phases[0].model and "block-wise" in bw.phases[1].model
+    for a, b in zip(bw.phases[:2], plan.phases[:2]):
+        assert all(x.activations > y.activations for x, y in zip(a.stages, b.stages))
+    assert bw.phases[2].stages == plan.phases[2].stages
 
     distill = plan_run(cfg, gpus=1, gpu_memory=GIB, arch="lwlf")
     (ft,) = distill.phases

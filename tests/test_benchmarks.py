@@ -67,6 +67,33 @@ def test_rank_statistics_against_scipy():
     assert a["pick"] == "A" and not a["pick_is_best"] and abs(a["regret"] - 0.2) < 1e-12
 
 
+def test_ranking_combine_checks_every_seed_against_its_ceiling(tmp_path):
+    """`--combine`: the goal holds for a way of training only when every seed (two or more) over 16 or more paths
+    reaches 90% of its noise ceiling; a missing result is named."""
+    import ranking
+
+    def result(name, sampling, seed, tau, ceiling, paths=16):
+        final = {"kendall_tau": tau, "pick_is_best": True, "regret": 0.0}
+        res = {"args": {"seed": seed, "supernet_steps": 150}, "sampling": sampling, "paths": ["x"] * paths,
+               "score_samples": 32, "supernet_seconds": 60.0, "by_step": {"0": {}, "150": final},
+               "ceiling": {"kendall_tau": ceiling}}  # fmt: skip
+        (tmp_path / f"{name}.json").write_text(json.dumps(res))
+
+    result("a0", "blockwise", 0, 0.60, 0.64)
+    result("a1", "blockwise", 1, 0.58, 0.64)  # 91%
+    result("b0", "uniform", 0, 0.64, 0.64)
+    result("b1", "uniform", 1, 0.50, 0.64)  # 78%
+    result("c0", "balanced", 0, 0.64, 0.64, paths=8)
+    result("c1", "balanced", 1, 0.64, 0.64, paths=8)
+    text = ranking.combine(["a0", "a1", "b0", "b1", "c0", "c1"], tmp_path, "seeds")
+    met = json.loads((tmp_path / "seeds.json").read_text())["goal_met"]
+    assert met == {"blockwise, 150 steps, 32 samples": True, "uniform, 150 steps, 32 samples": False,
+                   "balanced, 150 steps, 32 samples": False}  # fmt: skip
+    assert "| blockwise, 150 steps, 32 samples | 1 | 16 (1) | 1.0 | 0.58 | 0.64 | 91% |" in text
+    with pytest.raises(FileNotFoundError, match="no ranking result .*zz.json"):
+        ranking.combine(["a0", "zz"], tmp_path, "seeds")
+
+
 @pytest.mark.slow
 def test_ranking_tiny_end_to_end(tmp_path):
     import ranking
@@ -103,5 +130,17 @@ def test_ranking_tiny_end_to_end(tmp_path):
         other = json.loads((tmp_path / f"{name}.json").read_text())
         assert other["sampling"] == sampling and other["alone"] == res["alone"]
         assert list(other["supernet"]) == ["0", "2", "4"] and other["supernet"]["0"] == res["supernet"]["0"]
-        assert (tmp_path / "ranking-work" / f"supernet-{sampling}-4-2" / "ckpt.pt").is_file()
+        assert (tmp_path / "ranking-work" / f"supernet-{sampling}-4-2-4p-seed0" / "ckpt.pt").is_file()
+    # Another supernet seed against the same ground truth: its own supernet, the same paths and alone runs.
+    argv = ["--tiny", "--out", str(tmp_path), "--seed", "1", "--truth-seed", "0", "--name", "ranking-seed1"]
+    assert ranking.main(argv) == 0
+    seed1 = json.loads((tmp_path / "ranking-seed1.json").read_text())
+    assert seed1["paths"] == res["paths"] and seed1["alone"] == res["alone"] and seed1["truth_seed"] == 0
+    assert seed1["args"]["seed"] == 1 and (tmp_path / "ranking-work" / "supernet-uniform-4-2-4p-seed1").is_dir()
     assert before == {p: p.stat().st_mtime for p in (tmp_path / "ranking-work").rglob("result.json")}
+    # The table over seeds: two uniform seeds, one balanced, one blockwise; 4 paths cannot meet the goal.
+    names = ["ranking", "ranking-seed1", "ranking-balanced", "ranking-blockwise"]
+    assert ranking.main(["--out", str(tmp_path), "--combine", *names, "--name", "ranking-seeds"]) == 0
+    combined = json.loads((tmp_path / "ranking-seeds.json").read_text())
+    assert [r["seed"] for r in combined["runs"]] == [0, 1, 0, 0]
+    assert combined["goal_met"] == {f"{s}, 4 steps, 2 samples": False for s in ("uniform", "balanced", "blockwise")}

@@ -110,9 +110,10 @@ def test_export_mode_forward_equals_the_model(tiny_model, kw):
         x = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(H + W))
         with torch.no_grad():
             ref = model(x)
-            with ops.export_mode():
-                got = model(x)
-        torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
+            for conv in ops.EXPORT_CONVS:
+                with ops.export_mode(conv=conv):
+                    got = model(x)
+                torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,6 +164,45 @@ def test_openvino_runs_the_graph(rope_graph):
                 ref = model(x).numpy()
             assert got.shape == ref.shape
             assert np.abs(got - ref).max() <= 1e-4, (batch, H, W)
+
+
+def test_grouped_conv_graph_runs_everywhere_and_holds_one_conv_per_L_block(rope_graph, tmp_path):
+    """`export_onnx(conv="grouped")`: each `L` block's per-image convolution is one `Conv` (groups = channels, a
+    block-diagonal kernel built in the graph) where the default graph has none but the patch embedding's; the graph
+    stays free in batch and size, equal to PyTorch in onnxruntime and in OpenVINO (compiled per input shape by
+    `runtime_session`) at three sizes and two batches, with nothing TensorRT's parser refuses; the metadata says
+    which form each graph holds."""
+    from jetvit.export import graph_metadata, runtime_session
+
+    model, shifted = rope_graph
+    path = jetvit.export_onnx(model, tmp_path / "grouped.onnx", conv="grouped")
+    n_linear = model.arch.count("L")
+    assert node_types(shifted).count("Conv") == 1  # the patch embedding
+    assert node_types(path).count("Conv") == 1 + n_linear
+    assert not set(node_types(path)) & {"If", "Loop", "ScatterND", "ScatterElements"}
+    meta = graph_metadata(path)
+    assert meta["jetvit.conv"] == "grouped" and graph_metadata(shifted)["jetvit.conv"] == "shifted"
+    assert meta["jetvit.arch"] == model.arch and meta["jetvit.version"] == jetvit.__version__
+    runtimes = ["onnxruntime"]
+    try:
+        import openvino  # noqa: F401
+
+        runtimes.append("openvino")
+    except ImportError:
+        pass
+    g = torch.Generator().manual_seed(7)
+    for runtime in runtimes:
+        run = runtime_session(path, runtime)
+        for H, W in SIZES["rope"]:
+            for batch in BATCHES:
+                x = torch.randn(batch, 3, H, W, generator=g)
+                (got,) = run(x.numpy())
+                with torch.no_grad():
+                    ref = model(x).numpy()
+                assert np.abs(got - ref).max() <= 1e-4, (runtime, batch, H, W)
+    with pytest.raises(ValueError, match="conv 'im2col' is not one of grouped, shifted"):
+        jetvit.export_onnx(model, tmp_path / "bad.onnx", conv="im2col")
+    assert not (tmp_path / "bad.onnx").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -253,7 +293,8 @@ def test_cli_static_graph_is_fixed(tiny_model, tmp_path, capsys):
 
     model_dir = save(hybrid(tiny_model, **ROPE), tmp_path / "model")
     out = tmp_path / "m.onnx"
-    argv = ["export", "--model", str(model_dir), "--res", "40x56", "--out", str(out), "--static", "--batch", "2"]
+    argv = ["export", "--model", str(model_dir), "--res", "40x56", "--out", str(out), "--static", "--batch", "2",
+            "--conv", "grouped"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["ok"] and report["checks"] == [
@@ -261,6 +302,9 @@ def test_cli_static_graph_is_fixed(tiny_model, tmp_path, capsys):
     ]
     dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [2, 3, 40, 56]
+    from jetvit.export import graph_metadata
+
+    assert graph_metadata(out)["jetvit.conv"] == "grouped"
 
 
 def test_export_rejects_a_size_that_is_not_a_patch_multiple(tiny_model, tmp_path, capsys):
@@ -270,6 +314,9 @@ def test_export_rejects_a_size_that_is_not_a_patch_multiple(tiny_model, tmp_path
     assert main(["export", "--model", str(model_dir), "--res", "40x56", "--out", str(tmp_path / "m.onnx"),
                  "--dtype", "fp8"]) == 2  # fmt: skip
     assert "dtype 'fp8' is not one of fp32, fp16, bf16" in capsys.readouterr().err
+    assert main(["export", "--model", str(model_dir), "--res", "40x56", "--out", str(tmp_path / "m.onnx"),
+                 "--conv", "im2col"]) == 2  # fmt: skip
+    assert "conv 'im2col' is not one of grouped, shifted" in capsys.readouterr().err
     model = jetvit.load(model_dir)
     with pytest.raises(ValueError, match="opset 18 cannot hold a bf16 graph"):
         jetvit.export_onnx(model, tmp_path / "m.onnx", dtype="bf16", opset=18)

@@ -237,14 +237,37 @@ def test_linear_attention_of_a_zero_query_is_zero_with_finite_gradients():
 
 
 @pytest.mark.parametrize("batch", [1, 3])
-def test_per_image_depthwise_conv_matches_reference_eager_and_shifted(batch):
+def test_per_image_depthwise_conv_matches_reference_in_every_form(batch):
     x, w = randn(batch, 6, 7, 9, seed=0), randn(batch, 6, 5, 5, seed=1)
     ref = ops.depthwise_conv_per_image_naive(x, w)
     torch.testing.assert_close(ops.depthwise_conv_per_image(x, w), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(ops.shifted_depthwise_conv(x, w), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ops.block_diagonal_depthwise_conv(x, w), ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("conv", [ops.depthwise_conv_per_image, ops.shifted_depthwise_conv])
+@pytest.mark.parametrize("conv", ["grouped", "shifted"])
+def test_export_mode_picks_the_per_image_conv_form(conv, monkeypatch):
+    """Inside `export_mode` the per-image convolution takes the asked form (and the eager form outside it); an
+    unknown form is refused by name."""
+    called = []
+    for name in ("block_diagonal_depthwise_conv", "shifted_depthwise_conv", "_grouped_depthwise_conv"):
+        real = getattr(ops, name)
+        monkeypatch.setattr(ops, name, lambda x, w, _n=name, _f=real: called.append(_n) or _f(x, w))
+    x, w = randn(2, 3, 4, 5, seed=0), randn(2, 3, 3, 3, seed=1)
+    with ops.export_mode(conv=conv):
+        ops.depthwise_conv_per_image(x, w)
+    ops.depthwise_conv_per_image(x, w)
+    form = "block_diagonal_depthwise_conv" if conv == "grouped" else "shifted_depthwise_conv"
+    assert called == [form, "_grouped_depthwise_conv"]
+    with pytest.raises(ValueError, match="conv 'im2col' is not one of grouped, shifted"):
+        with ops.export_mode(conv="im2col"):
+            pass
+    assert not ops.exporting()
+
+
+@pytest.mark.parametrize(
+    "conv", [ops.depthwise_conv_per_image, ops.shifted_depthwise_conv, ops.block_diagonal_depthwise_conv]
+)
 def test_per_image_depthwise_conv_has_exact_gradients(conv):
     x, w = randn(2, 3, 4, 5, seed=0, dtype=F64).requires_grad_(), randn(2, 3, 3, 3, seed=1, dtype=F64).requires_grad_()
     assert torch.autograd.gradcheck(conv, (x, w))

@@ -24,6 +24,9 @@ With spec key `train` ({"targets": [block indices], "checkpointing": bool}) the 
 distillation micro-step in fp32, as `jetvit.train.distill` runs it: the frozen all-`F` teacher's target features
 (no gradients), the student's forward and feature loss, the backward. The warm-up step leaves the parameters'
 gradients allocated, so the result is the step's activations and working memory (what `jetvit.bench.plan` estimates).
+With `"blockwise": ["LW", ...]` in `train` (the candidate kinds of each block), the step is instead one block-wise
+supernet step (`jetvit.train.distill.BlockwiseStudent`): the teacher's residual states, then every candidate of
+every block on them, the loss, the backward.
 """
 
 from __future__ import annotations
@@ -105,16 +108,29 @@ def measure(spec: dict) -> dict:
     return {"bytes": max(hwm - baseline, 0), "baseline_bytes": baseline, "hwm_bytes": hwm, "method": method}
 
 
-def _training_step(student, x, *, targets: list[int], checkpointing: bool = False):
+def _training_step(student, x, *, targets: list[int], checkpointing: bool = False, blockwise: list[str] | None = None):
     """One distillation micro-step of `student` on images `x` against its all-F teacher, as a function to measure."""
     import dataclasses
 
     import torch
 
     from jetvit.model import HybridViT, token_features
-    from jetvit.train.distill import DistillStudent, feature_loss
+    from jetvit.train.distill import BlockwiseStudent, DistillStudent, feature_loss
 
     teacher = HybridViT(dataclasses.replace(student.cfg, arch="")).eval().requires_grad_(False)
+    if blockwise is not None:
+        from jetvit.search.supernet import build_supernet
+
+        net = build_supernet(teacher, blockwise).train()
+        net.set_grad_checkpointing(checkpointing)
+        wrapped_net = BlockwiseStudent(net)
+
+        def blockwise_step():
+            with torch.no_grad():
+                states, layout = teacher.residual_states(x)
+            wrapped_net(states, layout).backward()
+
+        return blockwise_step
     student.train().set_grad_checkpointing(checkpointing)
     wrapped = DistillStudent(student, targets, with_depth=False)
 

@@ -39,11 +39,13 @@ in `tests/test_bench_plan.py`):
 - with activation checkpointing, every block keeps only its input (fp32), and the block being recomputed in the
   backward holds its activations, plus the working set.
 
-A supernet trains one path per step: each block counts its most expensive candidate. The fine-tuning of a search
-(whose architecture the search decides) counts every block at its most expensive kind. Not counted: the depth head
-under a depth loss, the data loader, and the teacher's own forward (its intermediate tensors are freed before the
-student's forward starts). Under bf16 autocast, tensors produced by matrix products take 2 bytes, the residual
-stream and norm inputs 4.
+A supernet trains one path per step: each block counts its most expensive candidate. Trained block by block
+(`supernet.sampling: blockwise`), every candidate of every block runs at every step on the teacher's residual
+states, which are held too: the candidates' activations add up (with checkpointing, one candidate's at a time).
+The fine-tuning of a search (whose architecture the search decides) counts every block at its most expensive kind.
+Not counted: the depth head under a depth loss, the data loader, and the teacher's own forward (its intermediate
+tensors are freed before the student's forward starts). Under bf16 autocast, tensors produced by matrix products
+take 2 bytes, the residual stream and norm inputs 4.
 """
 
 from __future__ import annotations
@@ -110,10 +112,12 @@ def activation_bytes(
     size: tuple[int, int],
     autocast: bool,
     checkpointing: bool,
+    blockwise: bool = False,
 ) -> int:
     """Peak activation bytes of one training micro-batch of the student (forward and backward), for `kinds[i]` the
     candidate kinds of block i (the most expensive counts), the distilled blocks `targets`, `batch` images of `size`
-    (H, W). The module docstring says what is counted."""
+    (H, W). The module docstring says what is counted. `blockwise`: a supernet trained block by block
+    (`supernet.sampling: blockwise`), where every candidate of every block runs at once on the teacher's states."""
     H, W = size
     p = cfg.patch_size
     grid = (H // p, W // p)
@@ -129,6 +133,12 @@ def activation_bytes(
     outputs = 2 * len(targets) * stream + stream
     # The backward's working set: gradients of a block's widest activations, (B, N, mlp_hidden) or the qkv output.
     working = 2 * a * batch * N * max(cfg.mlp_hidden, 3 * cfg.dim)
+    if blockwise:
+        # Every block of the model runs, every candidate of it: the teacher's depth + 1 residual states (the inputs
+        # and targets), each block's normed target, each candidate's output and its normed output (fp32).
+        every = [block_activation_bytes(cfg, k, batch=batch, grid=grid, autocast=autocast) for ks in kinds for k in ks]
+        held = (len(kinds) + 1) * stream + len(kinds) * stream + 2 * len(every) * stream
+        return held + (max(every) if checkpointing else sum(every)) + working
     if checkpointing:  # the blocks' inputs, and the one block recomputed in the backward
         return embed + len(run) * stream + outputs + max(per_block) + working
     return embed + sum(per_block) + outputs + working
@@ -263,18 +273,23 @@ def plan_run(
     if cfg.distill.depth_teacher is not None and ((cfg.finetune.depth_weight or 0) > 0 or cfg.distill.depth_weight > 0):
         teacher_bytes += held * _count(_meta_model(teacher_config(cfg.distill.depth_teacher)))[0]
 
-    def phase(name: str, what: str, model: HybridViT, path: HybridViT, kinds: list[str], stages) -> PhasePlan:
+    def phase(
+        name: str, what: str, model: HybridViT, path: HybridViT, kinds: list[str], stages, blockwise: bool = False
+    ) -> PhasePlan:
         total, trainable = _count(model)
         stage_plans = []
         for st in stages:
             micro = st.micro_batch_size or max(1, st.batch_size // gpus)
-            kw = dict(targets=targets, batch=micro, size=st.size, autocast=autocast)
+            kw = dict(targets=targets, batch=micro, size=st.size, autocast=autocast, blockwise=blockwise)
+            # Block-wise, a Step-2 block holds two candidates, Step 1's kind (L or W, the heavier counts) and F.
+            step2_blockwise = blockwise and name == "step2"
+            options = [[ks.replace("LW", k) for ks in kinds] for k in "LW"] if step2_blockwise else [kinds]
             stage_plans.append(
                 StagePlan(
                     resolution=st.size,
                     micro_batch=micro,
-                    activations=activation_bytes(tcfg, kinds, checkpointing=False, **kw),
-                    activations_checkpointed=activation_bytes(tcfg, kinds, checkpointing=True, **kw),
+                    activations=max(activation_bytes(tcfg, o, checkpointing=False, **kw) for o in options),
+                    activations_checkpointed=max(activation_bytes(tcfg, o, checkpointing=True, **kw) for o in options),
                 )
             )
         return PhasePlan(
@@ -299,10 +314,14 @@ def plan_run(
             base2 = HybridViT(dataclasses.replace(tcfg, arch="L" * depth))
             step2 = build_supernet(base2, ["LF"] * depth, share=share)
         how = "shared" if share else "separate"
-        step2_what, searched = f"supernet (L|W)/F per block ({how})", "the searched architecture (any kinds)"
+        blockwise = cfg.supernet.sampling == "blockwise"
+        if blockwise:
+            how += ", block-wise: every candidate at every step"
+        step1_what, step2_what = f"supernet L/W per block ({how})", f"supernet (L|W)/F per block ({how})"
+        searched = "the searched architecture (any kinds)"
         phases += [
-            phase("step1", f"supernet L/W per block ({how})", step1, base2, ["LW"] * depth, cfg.step1.stages),
-            phase("step2", step2_what, step2, base2, ["LWF"] * depth, cfg.step2.stages),
+            phase("step1", step1_what, step1, base2, ["LW"] * depth, cfg.step1.stages, blockwise),
+            phase("step2", step2_what, step2, base2, ["LWF"] * depth, cfg.step2.stages, blockwise),
             phase("finetune", searched, base2, base2, ["LWF"] * depth, cfg.finetune.stages),
         ]
     else:

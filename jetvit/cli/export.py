@@ -27,6 +27,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--static", action="store_true", help="fix the graph's batch and size to --batch and --res")
     p.add_argument("--batch", type=int, default=1, help="batch of the check (of the graph with --static)")
     p.add_argument("--opset", type=int, help="ONNX opset (default 18; 22 for bf16)")
+    p.add_argument(
+        "--conv",
+        default="shifted",
+        help="the L blocks' per-image convolution: shifted (pointwise ops, runs in every runtime; the default) or "
+        "grouped (one Conv a block: several times faster in onnxruntime; OpenVINO at fixed shapes only)",
+    )
     p.add_argument("--check-res", nargs="+", help="resolutions HxW of the check (default: three around --res)")
     p.add_argument("--runtime", default="onnxruntime", help="runtime of the check: onnxruntime or openvino")
     p.add_argument("--atol", type=float, help="largest accepted |runtime - PyTorch| (default: by --dtype, above)")
@@ -48,8 +54,11 @@ def run(args: argparse.Namespace) -> int:
         parse_dtype,
     )
     from jetvit.io import CONFIG_NAME, WEIGHTS_NAME, load, refuse_overwrite
+    from jetvit.ops import EXPORT_CONVS
 
     parse_dtype(args.dtype)
+    if args.conv not in EXPORT_CONVS:
+        raise ValueError(f"--conv: conv {args.conv!r} is not one of {', '.join(EXPORT_CONVS)}")
     if args.runtime not in RUNTIMES:
         raise ValueError(f"--runtime {args.runtime!r} is not one of {', '.join(RUNTIMES)}")
     needed = ("onnx", "onnxscript") + (() if args.no_check else (args.runtime,))
@@ -84,7 +93,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         example = res
     path = export_onnx(
-        model, args.out, dtype=args.dtype, dynamic=dynamic, example_size=example, batch=args.batch, opset=args.opset
+        model,
+        args.out,
+        dtype=args.dtype,
+        dynamic=dynamic,
+        example_size=example,
+        batch=args.batch,
+        opset=args.opset,
+        conv=args.conv,
     )
     outputs = ", ".join(output_names(model))
     shape = f"{args.batch}x3x{res[0]}x{res[1]}" if args.static else f"(B, 3, {p}*h, {p}*w) for any B, h, w"
