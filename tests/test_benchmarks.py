@@ -144,3 +144,28 @@ def test_ranking_tiny_end_to_end(tmp_path):
     combined = json.loads((tmp_path / "ranking-seeds.json").read_text())
     assert [r["seed"] for r in combined["runs"]] == [0, 1, 0, 0]
     assert combined["goal_met"] == {f"{s}, 4 steps, 2 samples": False for s in ("uniform", "balanced", "blockwise")}
+
+
+@pytest.mark.slow  # two exports and both runtimes: about a minute
+def test_deploy_cpu_dry_run_times_both_graphs_in_both_runtimes(tmp_path, capsys):
+    """The CPU deployment benchmark on the tiny preset: one row per runtime and size, the hybrid's graph in the asked
+    form of the per-image convolution, the settings that change the timings recorded."""
+    pytest.importorskip("onnxruntime")
+    import deploy_cpu
+
+    runtimes = ["onnxruntime"]
+    try:
+        import openvino  # noqa: F401
+
+        runtimes.append("openvino")
+    except ImportError:
+        pass
+    stem = tmp_path / "deploy"
+    assert deploy_cpu.main(["--dry-run", "--runtimes", *runtimes, "--out", str(stem)]) == 0
+    res = json.loads(stem.with_suffix(".json").read_text())
+    assert [(r["runtime"], r["res"]) for r in res["rows"]] == [(rt, [s, s]) for rt in runtimes for s in (64, 96)]
+    assert res["conv"] == "grouped" and res["batch"] == 1 and "malloc_hugetlb" in res and "thp" in res
+    for row in res["rows"]:
+        assert row["teacher_ms"]["median"] > 0 and row["hybrid_ms"]["median"] > 0 and row["ideal"] > 0
+    table = capsys.readouterr().out
+    assert "per-image convolution: grouped" in table and "| onnxruntime | 64x64 |" in table

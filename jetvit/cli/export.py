@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
     outputs = ", ".join(output_names(model))
     shape = f"{args.batch}x3x{res[0]}x{res[1]}" if args.static else f"(B, 3, {p}*h, {p}*w) for any B, h, w"
     print(f"wrote {path} (arch {model.arch}, {args.dtype}, input {shape}, outputs {outputs})")
+    if args.conv == "shifted" and "L" in model.arch:
+        print("for onnxruntime or OpenVINO on a CPU, --conv grouped runs faster (docs/DEPLOY.md)")
     if args.no_check:
         return 0
     sizes = [res] if args.static else (check_res or check_sizes(res, p))
