@@ -69,6 +69,9 @@ class Budget:
     repeats: int  # timing repeats (step time, latency)
 
 
+BLOCKWISE_STEP_COST = 2  # a block-wise supernet step against a single-path one (`Lab.supernet_steps`)
+WITHIN = 0.5  # issue 21: every seed's searched 2-F hybrid within this many mIoU points of the teacher
+
 BUDGETS = {
     "tiny": Budget(2, 2, 2, 2, 5e-4, 1, 2, 2, 8, 2, 1),
     "small": Budget(30, 20, 30, 4, 5e-4, 2, 16, 32, 256, 4, 3),
@@ -113,13 +116,20 @@ class Lab:
     """The teacher, data and scorers shared by every run of one replication."""
 
     def __init__(
-        self, teacher_dir: Path, work: Path, budget: Budget, *, device: str = "cpu", precision: str = "auto"
+        self,
+        teacher_dir: Path,
+        work: Path,
+        budget: Budget,
+        *,
+        device: str = "cpu",
+        precision: str = "auto",
+        sampling: str = "uniform",
     ) -> None:
         from jetvit.demo.scoring import keyshapes_miou
         from jetvit.demo.teacher import load_builtin
 
         self.teacher_dir, self.work, self.budget = teacher_dir, work, budget
-        self.device, self.precision = device, precision
+        self.device, self.precision, self.sampling = device, precision, sampling
         self.teacher, _, _, self.record = load_builtin(teacher_dir)
         self.teacher.requires_grad_(False)
         self.native = self.teacher.cfg.img_size
@@ -154,12 +164,12 @@ class Lab:
             budget=dataclasses.replace(cfg.budget, resolution=4 * self.native),
             step1=dataclasses.replace(
                 cfg.step1,
-                stages=[stage(cfg.step1.stages[0], b.step1_steps)],
+                stages=[stage(cfg.step1.stages[0], self.supernet_steps(b.step1_steps))],
                 beam=dataclasses.replace(cfg.step1.beam, width=b.beam_width, max_rounds=None),
             ),
             step2=dataclasses.replace(
                 cfg.step2,
-                stages=[stage(cfg.step2.stages[0], b.step2_steps)],
+                stages=[stage(cfg.step2.stages[0], self.supernet_steps(b.step2_steps))],
                 beam=dataclasses.replace(cfg.step2.beam, width=b.beam_width),
                 max_full=3,
                 stop_at_teacher=False,  # every F count up to 3 has a row, also when fewer match the teacher
@@ -167,6 +177,11 @@ class Lab:
             # The search's own fine-tuning is skipped (1 step): every row is distilled alike by `run` instead, with
             # the finetune stage at `distill_stages`.
             finetune=dataclasses.replace(cfg.finetune, stages=[stage(cfg.finetune.stages[0], 1)]),
+            # The paper's search: its criterion, no latency table, no front (the demo config asks for all three).
+            objective=dataclasses.replace(cfg.objective, criterion="paper"),
+            latency=dataclasses.replace(cfg.latency, source="none"),
+            front=dataclasses.replace(cfg.front, steps=0),
+            supernet=dataclasses.replace(cfg.supernet, sampling=self.sampling),
             run=dataclasses.replace(
                 cfg.run,
                 seed=seed,
@@ -178,6 +193,11 @@ class Lab:
         )
         validate(cfg)
         return cfg
+
+    def supernet_steps(self, steps: int) -> int:
+        """A supernet phase's steps at the budget's compute: a block-wise step trains every candidate, about twice
+        a single path's time (1.85x measured by the ranking benchmark), so block-wise gets half the steps."""
+        return max(1, steps // BLOCKWISE_STEP_COST) if self.sampling == "blockwise" else steps
 
     def stage(self, demo, steps: int):
         """The demo config's stage `demo` at this budget: the native resolution, the budget's steps, batch and lr,
@@ -446,6 +466,57 @@ def plot(res: dict[str, Any], path: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def search_rows_only(lab: Lab, args: argparse.Namespace, out: Path, teacher_miou: float, log) -> str:
+    """`--search-only`: per seed the search and its 2-F architecture distilled as every row is; a table of each
+    seed's 2-F mIoU against the teacher's, and whether every seed is within `WITHIN` points. Writes
+    OUT/replication-search-SAMPLING.{md,json}; returns the markdown."""
+    rows = []
+    for seed in args.seeds:
+        log(f"seed {seed}: search ({lab.sampling})")
+        found = lab.search(seed)
+        arch = found["step2_archs"].get(2)
+        if arch is None:
+            raise RuntimeError(f"seed {seed}: the search put back no 2nd F block (rounds: {found['step2_archs']})")
+        log(f"seed {seed}: Step 2 with 2 F {arch}")
+        r = lab.run(seed, arch)
+        state = json.loads((lab.work / f"seed{seed}" / "search" / "state.json").read_text())
+        rows.append({
+            "seed": seed, "step1_arch": found["step1_arch"], "arch": arch, "miou": r["miou"],
+            "delta": r["miou"] - teacher_miou, "within": r["miou"] >= teacher_miou - WITHIN / 100,
+            "search_seconds": sum(p.get("seconds") or 0 for p in state["phases"].values()),
+            "distill_seconds": r["train_seconds"],
+        })  # fmt: skip
+    b = lab.budget
+    res = {
+        "sampling": lab.sampling, "budget_name": args.budget, "budget": dataclasses.asdict(b),
+        "supernet_steps": [lab.supernet_steps(b.step1_steps), lab.supernet_steps(b.step2_steps)],
+        "teacher_miou": teacher_miou, "rows": rows, "goal_met": all(r["within"] for r in rows),
+        "command": "python benchmarks/replicate.py " + " ".join(sys.argv[1:]),
+    }  # fmt: skip
+    md = [
+        f"# Searched 2-F hybrid against the teacher, supernet `{lab.sampling}`",
+        "",
+        f"Budget `{args.budget}` (the paper's criterion; Step 1 / Step 2 supernets {res['supernet_steps'][0]} / "
+        f"{res['supernet_steps'][1]} steps, the 2-F row distilled {b.distill_steps} steps, keyshapes val mIoU on "
+        f"{b.eval_samples} samples). Goal (issue 21): every seed within {WITHIN} of the teacher's "
+        f"{100 * teacher_miou:.2f}: **{'met' if res['goal_met'] else 'NOT met'}**.",
+        "",
+        "| seed | Step 1 | 2 F | mIoU (%) | against the teacher | search min | distillation min |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        md.append(
+            f"| {r['seed']} | `{r['step1_arch']}` | `{r['arch']}` | {100 * r['miou']:.2f} | {100 * r['delta']:+.2f} | "
+            f"{r['search_seconds'] / 60:.1f} | {r['distill_seconds'] / 60:.1f} |"
+        )
+    md += ["", f"Command: `{res['command']}`"]
+    text = "\n".join(md) + "\n"
+    stem = out / f"replication-search-{lab.sampling}"
+    atomic_write_json(stem.with_suffix(".json"), res)
+    atomic_write_text(stem.with_suffix(".md"), text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     from jetvit.demo.teacher import ASSET_DIR
 
@@ -462,12 +533,24 @@ def main(argv: list[str] | None = None) -> int:
         default="cpu",
         help="where to train, score and time (auto: CUDA when available); rows record where they ran",
     )
+    p.add_argument(
+        "--sampling",
+        choices=["uniform", "balanced", "blockwise"],
+        default="uniform",
+        help="how the supernets train (supernet.sampling); block-wise gets half the steps, equal compute",
+    )
+    p.add_argument(
+        "--search-only",
+        action="store_true",
+        help="only the search and its 2-F row per seed, against the teacher (replication-search-*.md)",
+    )
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="autocast of training and timing (auto: bf16 on CUDA, fp32 on the CPU)")  # fmt: skip
     args = p.parse_args(argv)
     start = time.perf_counter()
     out = Path(args.out)
-    work = Path(args.work) if args.work else (out / "replication-work" if args.tiny else ROOT / "runs" / "replicate")
+    default_work = ROOT / "runs" / ("replicate" if args.sampling == "uniform" else f"replicate-{args.sampling}")
+    work = Path(args.work) if args.work else (out / "replication-work" if args.tiny else default_work)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if args.tiny:
@@ -477,11 +560,16 @@ def main(argv: list[str] | None = None) -> int:
         args.seeds = args.seeds if argv and "--seeds" in argv else [0, 1]
     else:
         teacher_dir = Path(args.teacher)
-    lab = Lab(teacher_dir, work, BUDGETS[args.budget], device=args.device, precision=args.precision)
+    lab = Lab(
+        teacher_dir, work, BUDGETS[args.budget], device=args.device, precision=args.precision, sampling=args.sampling
+    )
     L, W = "L" * lab.depth, "W" * lab.depth
     log = lambda m: print(f"[replicate {time.perf_counter() - start:6.0f}s] {m}", flush=True)  # noqa: E731
 
     teacher_miou = lab.evaluator(lab.teacher)
+    if args.search_only:
+        print(search_rows_only(lab, args, out, teacher_miou, log))
+        return 0
     search_rows: dict[str, dict[str, list]] = {}
     linear_rows: dict[str, dict[str, Any]] = {k: {"miou": []} for k in LINEAR_VARIANTS}
     inherit_rows: dict[str, dict[str, list]] = {

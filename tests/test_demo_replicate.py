@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import replicate  # noqa: E402
 
 
 @pytest.mark.slow
@@ -43,3 +46,25 @@ def test_replicate_tiny_writes_every_table(tmp_path):
     # a rerun reuses the finished runs instead of training again
     runs = sorted((tmp_path / "replication-work" / "seed0" / "runs").iterdir())
     assert runs and all((r / "result.json").is_file() for r in runs)
+
+
+@pytest.mark.slow
+def test_replicate_search_only_with_blockwise_supernets(tmp_path):
+    """`--search-only --sampling blockwise`: each seed's search (the paper's criterion, no front or latency table,
+    block-wise supernets at half the steps) and its 2-F row, tabulated against the teacher; a rerun reuses both."""
+    argv = ["--tiny", "--search-only", "--sampling", "blockwise", "--out", str(tmp_path)]
+    assert replicate.main(argv) == 0
+    res = json.loads((tmp_path / "replication-search-blockwise.json").read_text())
+    assert res["sampling"] == "blockwise" and [r["seed"] for r in res["rows"]] == [0, 1]
+    assert res["supernet_steps"] == [1, 1]  # the tiny budget's 2 and 2, halved
+    for r in res["rows"]:
+        assert r["arch"].count("F") == 2 and abs(r["delta"] - (r["miou"] - res["teacher_miou"])) < 1e-12
+        assert r["within"] == (r["delta"] >= -replicate.WITHIN / 100)
+    assert res["goal_met"] == all(r["within"] for r in res["rows"])
+    for seed in (0, 1):
+        summary = json.loads((tmp_path / "replication-work" / f"seed{seed}" / "search" / "summary.json").read_text())
+        assert summary["criterion"] == "paper" and not summary.get("front")
+    assert "| 0 |" in (tmp_path / "replication-search-blockwise.md").read_text()
+    before = {p: p.stat().st_mtime for p in (tmp_path / "replication-work").rglob("result.json")}
+    assert replicate.main(argv) == 0
+    assert before == {p: p.stat().st_mtime for p in (tmp_path / "replication-work").rglob("result.json")}
