@@ -19,7 +19,9 @@ whether the supernet's best path is the alone-best, and the regret (alone score 
 best alone score); as a noise ceiling, the same statistics for the search scorer's own scores of the alone-distilled
 paths (what a perfect supernet could reach with that scorer), and the trained supernet's paths scored on the ground
 truth's own slice (its ranking without the scorer's sampling noise). Writes OUT/ranking.{json,md,png}; work files (the
-supernet checkpoint, per-path runs) go to --work (default runs/ranking) and a rerun reuses what finished.
+supernet checkpoint, per-path runs) go to --work (default runs/ranking) and a rerun reuses what finished. Each alone
+run keeps its distilled model (14 MB on the built-in teacher), so that a scorer with another `--score-samples` scores
+it again for its own ceiling; runs from before that keep only their first scorer's score.
 """
 
 from __future__ import annotations
@@ -232,11 +234,12 @@ class Ranking:
         return {k: scores[k] for k in sorted(scores, key=int)}
 
     def alone(self, path: str) -> dict[str, Any]:
-        """Distil `path` alone; cached in the work folder."""
+        """Distil `path` alone; cached in the work folder, with the distilled model (`model/`), so that a scorer with
+        another number of samples can score it again for its own noise ceiling (`rescored`)."""
         out = self.alone_dir / path
         done = out / "result.json"
         if done.is_file():
-            return json.loads(done.read_text())
+            return self.rescored(json.loads(done.read_text()), out)
         exp = self.experiment(self.truth_seed)
         student = exp.student(path)
         summary = exp.distill(student, ckpt_path=out / "ckpt.pt")
@@ -248,9 +251,29 @@ class Ranking:
             "search_samples": self.samples,
             "train_seconds": summary["seconds"],
         }
+        from jetvit.io import save
+
+        save(student, out / "model")
         atomic_write_json(done, result)
         (out / "ckpt.pt").unlink(missing_ok=True)
         return result
+
+    def rescored(self, result: dict[str, Any], out: Path) -> dict[str, Any]:
+        """`result` with its search score by this invocation's scorer: as recorded when the samples agree, else
+        scored again from the kept model and recorded as `search_score_N`. Runs from before the model was kept
+        keep the score of their own scorer (`search_samples` says which)."""
+        samples = result.get("search_samples", 32)
+        key = f"search_score_{self.samples}"
+        if samples == self.samples:
+            return result
+        if key not in result:
+            if not (out / "model").is_dir():
+                return result
+            from jetvit.io import load
+
+            result[key] = float(self.score(load(out / "model")))
+            atomic_write_json(out / "result.json", result)
+        return {**result, "search_score": result[key], "search_samples": self.samples}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -477,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.teacher = str(tiny_teacher(work))
         args.paths, args.supernet_steps, args.every, args.alone_steps = 4, 4, 2, 2
-        args.batch_size, args.eval_samples, args.score_samples = 2, 2, 2
+        args.batch_size, args.eval_samples, args.score_samples = 2, 2, args.score_samples or 2
     lab = Ranking(args, work)
     log = lambda m: print(f"[ranking {time.perf_counter() - start:6.0f}s] {m}", flush=True)  # noqa: E731
     if args.only in ("all", "supernet"):

@@ -144,6 +144,14 @@ def test_ranking_tiny_end_to_end(tmp_path):
     combined = json.loads((tmp_path / "ranking-seeds.json").read_text())
     assert [r["seed"] for r in combined["runs"]] == [0, 1, 0, 0]
     assert combined["goal_met"] == {f"{s}, 4 steps, 2 samples": False for s in ("uniform", "balanced", "blockwise")}
+    # A scorer with more samples scores the kept alone models again for its own ceiling (no alone run is trained).
+    argv = ["--tiny", "--out", str(tmp_path), "--score-samples", "3", "--name", "ranking-s3"]
+    assert ranking.main(argv) == 0
+    s3 = json.loads((tmp_path / "ranking-s3.json").read_text())
+    assert s3["ceiling_samples"] == [3] and s3["score_samples"] == 3
+    for p in res["paths"]:
+        kept = json.loads((tmp_path / "ranking-work" / "alone" / p / "result.json").read_text())
+        assert kept["search_samples"] == 2 and s3["alone"][p]["search_score"] == kept["search_score_3"]
 
 
 @pytest.mark.slow  # two exports and both runtimes: about a minute
