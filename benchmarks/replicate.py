@@ -466,6 +466,12 @@ def plot(res: dict[str, Any], path: Path) -> None:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def search_seconds(work: Path, seed: int) -> float:
+    """Training time of the search of `seed` in `work`, over its phases (the run's state.json)."""
+    state = json.loads((work / f"seed{seed}" / "search" / "state.json").read_text())
+    return sum(p.get("seconds") or 0 for p in state["phases"].values())
+
+
 def search_rows_only(lab: Lab, args: argparse.Namespace, out: Path, teacher_miou: float, log) -> str:
     """`--search-only`: per seed the search and its 2-F architecture distilled as every row is; a table of each
     seed's 2-F mIoU against the teacher's, and whether every seed is within `WITHIN` points. Writes
@@ -479,11 +485,10 @@ def search_rows_only(lab: Lab, args: argparse.Namespace, out: Path, teacher_miou
             raise RuntimeError(f"seed {seed}: the search put back no 2nd F block (rounds: {found['step2_archs']})")
         log(f"seed {seed}: Step 2 with 2 F {arch}")
         r = lab.run(seed, arch)
-        state = json.loads((lab.work / f"seed{seed}" / "search" / "state.json").read_text())
         rows.append({
             "seed": seed, "step1_arch": found["step1_arch"], "arch": arch, "miou": r["miou"],
             "delta": r["miou"] - teacher_miou, "within": r["miou"] >= teacher_miou - WITHIN / 100,
-            "search_seconds": sum(p.get("seconds") or 0 for p in state["phases"].values()),
+            "search_seconds": search_seconds(lab.work, seed),
             "distill_seconds": r["train_seconds"],
         })  # fmt: skip
     b = lab.budget
@@ -627,8 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     on, off = (statistics.mean(rope_rows[k]["miou"]) for k in rope_rows)
     compute = {"search_seconds": 0.0, "run_seconds": 0.0}
     for seed in args.seeds:
-        state = json.loads((work / f"seed{seed}" / "search" / "state.json").read_text())
-        compute["search_seconds"] += sum(p.get("seconds") or 0 for p in state["phases"].values())
+        compute["search_seconds"] += search_seconds(work, seed)
         for f in (work / f"seed{seed}" / "runs").glob("*/result.json"):
             compute["run_seconds"] += json.loads(f.read_text())["train_seconds"]
     from jetvit.bench.harness import machine_info

@@ -149,13 +149,13 @@ def test_the_graph_has_what_tensorrt_parses(rope_graph):
     assert all(dims[i].dim_param and not dims[i].dim_value for i in (0, 2, 3)), dims
 
 
-def test_openvino_runs_the_graph(rope_graph):
-    pytest.importorskip("openvino")
+def assert_runs_like_the_model(path, runtime: str, model, seed: int) -> None:
+    """The graph at `path` in `runtime` (`runtime_session`: fp32, not the bf16 OpenVINO picks on some CPUs) equals
+    `model` at the three ROPE sizes and both batches."""
     from jetvit.export import runtime_session
 
-    model, path = rope_graph
-    run = runtime_session(path, "openvino")  # fp32 precision, not the bf16 OpenVINO picks on some CPUs
-    g = torch.Generator().manual_seed(6)
+    run = runtime_session(path, runtime)
+    g = torch.Generator().manual_seed(seed)
     for H, W in SIZES["rope"]:
         for batch in BATCHES:
             x = torch.randn(batch, 3, H, W, generator=g)
@@ -163,7 +163,13 @@ def test_openvino_runs_the_graph(rope_graph):
             with torch.no_grad():
                 ref = model(x).numpy()
             assert got.shape == ref.shape
-            assert np.abs(got - ref).max() <= 1e-4, (batch, H, W)
+            assert np.abs(got - ref).max() <= 1e-4, (runtime, batch, H, W)
+
+
+def test_openvino_runs_the_graph(rope_graph):
+    pytest.importorskip("openvino")
+    model, path = rope_graph
+    assert_runs_like_the_model(path, "openvino", model, seed=6)
 
 
 def test_grouped_conv_graph_runs_everywhere_and_holds_one_conv_per_L_block(rope_graph, tmp_path):
@@ -172,7 +178,7 @@ def test_grouped_conv_graph_runs_everywhere_and_holds_one_conv_per_L_block(rope_
     stays free in batch and size, equal to PyTorch in onnxruntime and in OpenVINO (compiled per input shape by
     `runtime_session`) at three sizes and two batches, with nothing TensorRT's parser refuses; the metadata says
     which form each graph holds."""
-    from jetvit.export import graph_metadata, runtime_session
+    from jetvit.export import graph_metadata
 
     model, shifted = rope_graph
     path = jetvit.export_onnx(model, tmp_path / "grouped.onnx", conv="grouped")
@@ -190,16 +196,8 @@ def test_grouped_conv_graph_runs_everywhere_and_holds_one_conv_per_L_block(rope_
         runtimes.append("openvino")
     except ImportError:
         pass
-    g = torch.Generator().manual_seed(7)
     for runtime in runtimes:
-        run = runtime_session(path, runtime)
-        for H, W in SIZES["rope"]:
-            for batch in BATCHES:
-                x = torch.randn(batch, 3, H, W, generator=g)
-                (got,) = run(x.numpy())
-                with torch.no_grad():
-                    ref = model(x).numpy()
-                assert np.abs(got - ref).max() <= 1e-4, (runtime, batch, H, W)
+        assert_runs_like_the_model(path, runtime, model, seed=7)
     with pytest.raises(ValueError, match="conv 'im2col' is not one of grouped, shifted"):
         jetvit.export_onnx(model, tmp_path / "bad.onnx", conv="im2col")
     assert not (tmp_path / "bad.onnx").exists()
