@@ -22,13 +22,17 @@ How the runtimes run (each choice applies to teacher and hybrid alike):
   is compiled for the one input shape of each size (`runtime_session`: OpenVINO's CPU plugin runs a grouped
   convolution whose kernel is computed in the graph only at a fixed shape); with `--conv shifted` the graph's dynamic
   shapes are kept unless `--openvino-shapes static`.
-- At 2048x2048 onnxruntime shrinks its memory arena after every run (`runtime_session(shrink_arena=True)`): the two
-  sessions' arenas otherwise kept 24 GB between them and the run was killed for memory. (Without any arena, the
-  hybrid ran 20% slower at 1024x1024.)
+- From 2048x2048 on, onnxruntime's two sessions share one memory arena (`--ort-memory`, default `auto`: `shared`
+  from 2048 on, each session's `own` below; `runtime_session(memory=)`). Each with its own arena, they kept 24 GB
+  between them and the run was killed for memory (a full-attention block's scores alone are 6 GiB); one shared
+  arena holds one largest run's memory, 19 GB. The earlier way, `shrink` (the arena given back after every run),
+  fits too but allocates and faults the scores again in every run: a fixed cost of about 3 s per run that a served
+  model does not pay, and that weighs on the 3.6x faster hybrid far more than on the teacher (at 2048x2048: teacher
+  40.1 s, hybrid 14.8 s, 74% of the FLOP-ideal speedup; shared, 98%).
 - glibc's malloc asks for transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`; the script restarts
-  itself with it on Linux unless `--no-hugepages`): a shrunk arena is allocated again in every run, and faulting a
-  full-attention block's 6 GiB of scores in 4 KiB pages cost seconds. With huge pages, at 2048x2048 in onnxruntime,
-  the hybrid's run went from 21.4 s to 15.4 s and the teacher's from 50 s to 41 s.
+  itself with it on Linux unless `--no-hugepages`): faulting a full-attention block's 6 GiB of scores in 4 KiB pages
+  cost seconds. With huge pages and `shrink`, at 2048x2048 in onnxruntime, the hybrid's run went from 21.4 s to
+  15.4 s and the teacher's from 50 s to 41 s.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from jetvit import io
 from jetvit.bench.harness import machine_info, parse_res, summarize
 from jetvit.bench.presets import preset_config
 from jetvit.conversion import convert
-from jetvit.export import RUNTIMES, export_onnx, runtime_session
+from jetvit.export import ORT_MEMORY, RUNTIMES, export_onnx, runtime_session
 from jetvit.model import HybridViT
 
 GOALS = {1024: 0.90, 2048: 0.95}  # short side -> the least measured/ideal accepted
@@ -71,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--conv", default="grouped", help="the L blocks' per-image convolution in the graph (export_onnx)")
     p.add_argument(
         "--no-hugepages", action="store_true", help="do not restart with glibc.malloc.hugetlb=1 (module docstring)"
+    )
+    p.add_argument(
+        "--ort-memory",
+        choices=["auto", *ORT_MEMORY],
+        default="auto",
+        help="onnxruntime's memory (runtime_session(memory=)); auto: shared from 2048 a side on, own below",
     )
     p.add_argument("--batch", type=int, default=1, help="images per run")
     p.add_argument("--seed", type=int, default=0)
@@ -97,14 +107,20 @@ def build_models(preset: str, arch: str, seed: int) -> tuple[HybridViT, HybridVi
     return teacher, convert(teacher, arch).eval()
 
 
-def load(path: Path, runtime: str, threads: int, shape: tuple[int, ...], static: bool):
+def ort_memory(choice: str, shape: tuple[int, ...]) -> str:
+    """onnxruntime's `runtime_session(memory=)` at `shape`: `choice`, or for "auto" `shared` from 2048 a side on
+    (where two sessions' own arenas exceed this machine's 24 GB) and `own` below."""
+    if choice != "auto":
+        return choice
+    return "shared" if min(shape[-2:]) >= 2048 else "own"
+
+
+def load(path: Path, runtime: str, threads: int, shape: tuple[int, ...], static: bool, memory: str):
     """The graph in `runtime`; for OpenVINO with `static`, reshaped to the one input `shape` first (a `grouped`
-    graph is, in any case: `runtime_session`)."""
+    graph is, in any case: `runtime_session`); for onnxruntime with `memory` (`runtime_session(memory=)`)."""
     if runtime == "openvino":
         return runtime_session(path, runtime, threads=threads, shape=shape if static else None)
-    # From 2048x2048 on, onnxruntime's arena is shrunk after every run: each session would keep its largest run's
-    # memory (a full-attention block's N x N scores at 2048x2048 are 6 GiB): two of them exceed this machine's 24 GB.
-    return runtime_session(path, runtime, threads=threads, shrink_arena=min(shape[-2:]) >= 2048)
+    return runtime_session(path, runtime, threads=threads, memory=memory)
 
 
 def time_pairs(runs: dict[str, Any], x: np.ndarray, *, repeats: int, warmup: int) -> dict[str, list[float]]:
@@ -145,14 +161,15 @@ def markdown(result: dict[str, Any]) -> str:
         f"pages: {'yes' if result.get('malloc_hugetlb') else 'no'}; "
         f"median of {', '.join(str(r) for r in result['repeats'])} interleaved pairs.",
         "",
-        "| runtime | resolution | teacher | hybrid | speedup (pairs) | ideal | measured/ideal | goal |",
-        "|---|---|---|---|---|---|---|---|",
+        "| runtime | resolution | memory | teacher | hybrid | speedup (pairs) | ideal | measured/ideal | goal |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         g = row["goal"]
         verdict = "-" if g is None else (f">= {g:.0%}: " + ("met" if row["fraction_of_ideal"] >= g else "NOT met"))
         lines.append(
-            f"| {row['runtime']} | {row['res'][0]}x{row['res'][1]} | {duration(row['teacher_ms']['median'])} "
+            f"| {row['runtime']} | {row['res'][0]}x{row['res'][1]} | {row.get('ort_memory') or '-'} "
+            f"| {duration(row['teacher_ms']['median'])} "
             f"| {duration(row['hybrid_ms']['median'])} | {row['speedup']:.2f}x ({row['speedup_min']:.2f}-"
             f"{row['speedup_max']:.2f}) | {row['ideal']:.2f}x | {row['fraction_of_ideal']:.0%} | {verdict} |"
         )
@@ -210,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             for res, reps in zip(sizes, repeats):
                 # loaded anew for each size: the previous size's sessions and their memory arenas are released
                 shape = (args.batch, 3, *res)
-                runs = {n: load(p, runtime, args.threads, shape, static) for n, p in graphs.items()}
+                memory = ort_memory(args.ort_memory, shape) if runtime == "onnxruntime" else None
+                runs = {n: load(p, runtime, args.threads, shape, static, memory) for n, p in graphs.items()}
                 x = np.random.default_rng(args.seed).standard_normal(shape, dtype=np.float32)
                 times = time_pairs(runs, x, repeats=reps, warmup=args.warmup)
                 pairs = [t / h for t, h in zip(times["teacher"], times["hybrid"])]
@@ -220,12 +238,13 @@ def main(argv: list[str] | None = None) -> int:
                 row = dict(runtime=runtime, res=list(res), teacher_ms=teacher_ms, hybrid_ms=hybrid_ms,
                            speedup=speedup, speedup_min=min(pairs), speedup_max=max(pairs),
                            speedup_median_of_pairs=statistics.median(pairs), ideal=ideal,
-                           fraction_of_ideal=speedup / ideal, goal=goal(res))  # fmt: skip
+                           fraction_of_ideal=speedup / ideal, goal=goal(res), ort_memory=memory)  # fmt: skip
                 rows.append(row)
                 print(f"{runtime} {res[0]}x{res[1]}: {speedup:.2f}x of {ideal:.2f}x", file=sys.stderr)
     result = dict(
         preset=args.preset, arch=args.arch, dtype=args.dtype, threads=args.threads, repeats=repeats,
-        warmup=args.warmup, openvino_shapes=args.openvino_shapes, conv=args.conv, batch=args.batch, rows=rows,
+        warmup=args.warmup, openvino_shapes=args.openvino_shapes, conv=args.conv, batch=args.batch,
+        ort_memory=args.ort_memory, rows=rows,
         versions=versions,
         machine=machine_info("cpu"), command="python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
         omp_num_threads=os.environ.get("OMP_NUM_THREADS"), **hugepages(),

@@ -23,6 +23,7 @@ The caller's model is never changed: the export converts and traces a copy.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,8 @@ from jetvit.model import HybridViT
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 RUNTIMES = ("onnxruntime", "openvino")
+# How an onnxruntime session holds its intermediate tensors (`runtime_session(memory=)`).
+ORT_MEMORY = ("own", "shared", "shrink")
 # ONNX opset of each dtype's graph: 18 (what the exporter targets natively), but bf16 needs 22, the first opset whose
 # Conv (the patch embedding) and a few other ops accept bfloat16; an opset-18 bf16 graph is not a valid ONNX model.
 DEFAULT_OPSET = {"fp32": 18, "fp16": 18, "bf16": 22}
@@ -176,36 +179,63 @@ def graph_metadata(path: str | Path) -> dict[str, str]:
 # Running and checking an exported graph
 
 
+@functools.cache  # once per process
+def register_shared_arena() -> None:
+    """Register, once per process, the CPU arena that onnxruntime sessions with `memory="shared"` use
+    (`runtime_session`). It grows by what each allocation asks for (not to the next power of two), so that its
+    size stays near the largest run's."""
+    import onnxruntime as ort
+
+    info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+    same_as_requested = 1  # onnxruntime's ArenaExtendStrategy
+    ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, same_as_requested, -1, -1))
+
+
 def runtime_session(
     path: str | Path,
     runtime: str = "onnxruntime",
     *,
     threads: int | None = None,
     precision: str = "f32",
-    shrink_arena: bool = False,
+    memory: str = "own",
     shape: Sequence[int] | None = None,
 ) -> Callable[[Any], list[Any]]:
     """The graph at `path` loaded in `runtime` ("onnxruntime" or "openvino") on the CPU: a function from images
     (numpy, (B, C, H, W) fp32) to the list of outputs (numpy), in `output_names` order.
 
     threads: intra-op threads (None: the runtime's default). precision: OpenVINO's `INFERENCE_PRECISION_HINT`, "f32"
-    by default, since OpenVINO otherwise computes in bf16 on CPUs that have it ("bf16" to allow that). shrink_arena:
-    onnxruntime's CPU memory arena keeps the most a run ever needed for the session's life; shrunk after every run,
-    that memory goes back (two sessions of a full-attention model at 2048x2048 keep 12 GB or more each), at the cost
-    of allocating it again in the next run. Turning the arena off instead made the hybrid's many intermediate
-    tensors 20% slower at 1024x1024 on this machine's CPU. shape: OpenVINO only, the graph reshaped to this one
+    by default, since OpenVINO otherwise computes in bf16 on CPUs that have it ("bf16" to allow that).
+
+    memory (onnxruntime; one of `ORT_MEMORY`): where a session's intermediate tensors live. "own" (onnxruntime's
+    default): the session's own arena, which keeps the most a run ever needed (a full-attention block's scores at
+    2048x2048 alone are 6 GiB) and, after the first run at a shape, one planned block per input shape on top of it.
+    "shared": one arena for every "shared" session of this process (registered on first use), allocating per tensor
+    without the planned blocks, so that sessions run one after another hold one largest run's memory, not one each;
+    at 2048x2048 a DINOv3-S teacher and its hybrid fit in 19 GB together, where one "own" session went past 23 GB
+    by its second run. "shrink": the session's own arena, given back after every run and so allocated (and its
+    pages faulted) again in the next, a fixed cost per run of seconds at 2048x2048. Turning the arena off made the
+    hybrid's many intermediate tensors 20% slower at 1024x1024 on this machine's CPU.
+
+    shape: OpenVINO only, the graph reshaped to this one
     input shape (B, C, H, W) before it is compiled (often faster than dynamic shapes); a `grouped` graph
     (`export_onnx(conv=)`) is compiled for each input shape it meets anyway."""
     if runtime == "onnxruntime":
         import onnxruntime as ort
 
+        if memory not in ORT_MEMORY:
+            raise ValueError(f"memory {memory!r} is not one of {', '.join(ORT_MEMORY)}")
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        if memory == "shared":
+            register_shared_arena()
+            options.add_session_config_entry("session.use_env_allocators", "1")
+            # A planned block per input shape would be allocated beside the arena's free chunks, not from them.
+            options.enable_mem_pattern = False
         sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         run_options = None
-        if shrink_arena:
+        if memory == "shrink":
             run_options = ort.RunOptions()
             run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         return lambda x: sess.run(None, {name: x}, run_options)

@@ -149,12 +149,12 @@ def test_the_graph_has_what_tensorrt_parses(rope_graph):
     assert all(dims[i].dim_param and not dims[i].dim_value for i in (0, 2, 3)), dims
 
 
-def assert_runs_like_the_model(path, runtime: str, model, seed: int) -> None:
-    """The graph at `path` in `runtime` (`runtime_session`: fp32, not the bf16 OpenVINO picks on some CPUs) equals
-    `model` at the three ROPE sizes and both batches."""
+def assert_runs_like_the_model(path, runtime: str, model, seed: int, **session) -> None:
+    """The graph at `path` in `runtime` (`runtime_session(**session)`: fp32, not the bf16 OpenVINO picks on some
+    CPUs) equals `model` at the three ROPE sizes and both batches."""
     from jetvit.export import runtime_session
 
-    run = runtime_session(path, runtime)
+    run = runtime_session(path, runtime, **session)
     g = torch.Generator().manual_seed(seed)
     for H, W in SIZES["rope"]:
         for batch in BATCHES:
@@ -164,6 +164,25 @@ def assert_runs_like_the_model(path, runtime: str, model, seed: int) -> None:
                 ref = model(x).numpy()
             assert got.shape == ref.shape
             assert np.abs(got - ref).max() <= 1e-4, (runtime, batch, H, W)
+
+
+def test_onnxruntime_memory_choices_give_the_same_outputs(rope_graph, tiny_model, tmp_path):
+    """`runtime_session(memory=)`: each way of holding the intermediates runs the graph exactly, and two "shared"
+    sessions of different graphs (one arena between them) run alternately, each as the model it came from."""
+    from jetvit.export import runtime_session
+
+    model, path = rope_graph
+    for memory in ("own", "shrink", "shared"):
+        assert_runs_like_the_model(path, "onnxruntime", model, seed=7, memory=memory)
+    teacher = hybrid(tiny_model, **{**ROPE, "arch": "FFFF"}).eval()
+    teacher_path = jetvit.export_onnx(teacher, tmp_path / "teacher.onnx")
+    runs = [(runtime_session(path, memory="shared"), model), (runtime_session(teacher_path, memory="shared"), teacher)]
+    x = torch.randn(2, 3, 48, 32, generator=torch.Generator().manual_seed(8))
+    for run, reference in runs + runs:
+        with torch.no_grad():
+            assert np.abs(run(x.numpy())[0] - reference(x).numpy()).max() <= 1e-4
+    with pytest.raises(ValueError, match="memory 'pooled' is not one of own, shared, shrink"):
+        runtime_session(path, memory="pooled")
 
 
 def test_openvino_runs_the_graph(rope_graph):
