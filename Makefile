@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # The CPU build of torch these machines carry; a bare `torch` would pull several GB of CUDA packages.
 TORCH   ?= torch==2.13.0
 
-.PHONY: venv test test-slow test-dist test-all lint demo teacher bench replicate curves clean gpu-suite
+.PHONY: venv test test-slow test-dist test-all lint demo teacher bench replicate curves ranking clean gpu-suite
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,11 @@ replicate: $(STAMP)
 # How fast each kind of hybrid learns the built-in teacher: benchmarks/results/learning_curves.md.
 curves: $(STAMP)
 	$(BIN)/python benchmarks/learning_curves.py --out benchmarks/results $(CURVES_ARGS)
+
+# Does the Step-1 supernet rank paths as they rank distilled alone? benchmarks/results/ranking.md (about 2 h of one
+# core; benchmarks/results/README.md splits it over both cores, with the other ways of training the supernet).
+ranking: $(STAMP)
+	$(BIN)/python benchmarks/ranking.py --out benchmarks/results $(RANKING_ARGS)
 
 # The device check (benchmarks/gpu_suite.py): smoke test, the `gpu` tests, then the paper's table (DINOv3-B/L, DAv2-L
 # against their 2-F hybrids, 1-4 megapixels, bf16, eager / compiled / CUDA graphs) in at most 450 s, files in $OUT.

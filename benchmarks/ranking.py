@@ -7,9 +7,11 @@ The beam search trusts the supernet's scores: it keeps the paths the shared weig
 trust at the demo's scale. On the built-in teacher with the demo config:
 
 1. K paths of Step 1's L/W space: all-L, all-W, the demo's Step-1 pick and K - 3 more drawn with a fixed seed;
-2. the Step-1 supernet (`build_supernet`, single-path `PathSampler` training by `Experiment.train`: the search's own
-   phase) is trained for `--supernet-steps`, and every `--every` steps (and at step 0, inheritance alone) each of
-   the K paths is scored by the search's scorer (the demo config's: keyshapes mIoU on its 32 val samples);
+2. the Step-1 supernet (`build_supernet`, trained as `supernet.sampling` says by `Experiment.train`: the search's own
+   phase; block-wise by default, `--set supernet.sampling=uniform` for the paper's single paths) is trained for
+   `--supernet-steps` (by default the compute of 300 single-path steps), and every `--every` steps (and at step 0,
+   inheritance alone) each of the K paths is scored by the search's scorer (the demo config's: keyshapes mIoU on its
+   32 val samples);
 3. each path is distilled alone (`Experiment.distill`, as `jetvit distill`, with the demo config's fine-tune
    settings) for `--alone-steps` and scored on `--eval-samples` other val samples: the ground truth the supernet
    should rank by.
@@ -39,9 +41,11 @@ import numpy as np
 import torch
 
 from jetvit.io import atomic_write_json, atomic_write_text
+from jetvit.search.supernet import BLOCKWISE_STEP_COST
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_OFFSET = 512  # val samples [512, 512 + n): disjoint from the search scorer's (256..) and the demo's (0..)
+SINGLE_PATH_STEPS = 300  # the supernet's default compute, in single-path steps
 FIXED_PATHS = ("L", "W", "LWLWLLWL")  # all-L, all-W (widened to the depth) and the demo's Step-1 pick
 
 
@@ -142,6 +146,10 @@ class Ranking:
         def stage(s, steps):
             return s.for_steps(steps, resolution=native, batch_size=args.batch_size)
 
+        if args.supernet_steps is None:
+            blockwise = cfg.supernet.sampling == "blockwise"
+            args.supernet_steps = SINGLE_PATH_STEPS // BLOCKWISE_STEP_COST if blockwise else SINGLE_PATH_STEPS
+        args.every = args.every or max(1, args.supernet_steps // 3)
         self.cfg = dataclasses.replace(
             cfg,
             step1=dataclasses.replace(cfg.step1, stages=[stage(cfg.step1.stages[0], args.supernet_steps)]),
@@ -452,8 +460,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--work", default=None, help="checkpoints and per-path results (default: runs/ranking)")
     p.add_argument("--paths", type=int, default=8, help="how many L/W paths to rank")
-    p.add_argument("--supernet-steps", type=int, default=300)
-    p.add_argument("--every", type=int, default=100, help="score every path every this many supernet steps")
+    p.add_argument(
+        "--supernet-steps",
+        type=int,
+        help=f"default: the compute of {SINGLE_PATH_STEPS} single-path steps ({SINGLE_PATH_STEPS} uniform or balanced, "
+        f"{SINGLE_PATH_STEPS // BLOCKWISE_STEP_COST} block-wise)",
+    )
+    p.add_argument("--every", type=int, help="score every path every this many supernet steps (default: a third)")
     p.add_argument("--alone-steps", type=int, default=300, help="distillation steps of each path alone")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--score-samples", type=int, default=None, help="the search scorer's samples (default: config)")

@@ -69,7 +69,6 @@ class Budget:
     repeats: int  # timing repeats (step time, latency)
 
 
-BLOCKWISE_STEP_COST = 2  # a block-wise supernet step against a single-path one (`Lab.supernet_steps`)
 WITHIN = 0.5  # issue 21: every seed's searched 2-F hybrid within this many mIoU points of the teacher
 
 BUDGETS = {
@@ -196,7 +195,9 @@ class Lab:
 
     def supernet_steps(self, steps: int) -> int:
         """A supernet phase's steps at the budget's compute: a block-wise step trains every candidate, about twice
-        a single path's time (1.85x measured by the ranking benchmark), so block-wise gets half the steps."""
+        a single path's time (`BLOCKWISE_STEP_COST`), so block-wise gets half the steps."""
+        from jetvit.search.supernet import BLOCKWISE_STEP_COST
+
         return max(1, steps // BLOCKWISE_STEP_COST) if self.sampling == "blockwise" else steps
 
     def stage(self, demo, steps: int):

@@ -124,7 +124,7 @@ def test_plan_counts_the_models_the_run_trains(tiny_teacher_dir, tiny_model):
     fine-tuned student of `jetvit distill`."""
     from jetvit.search.supernet import build_supernet
 
-    cfg = load_config("tiny", [f"teacher={tiny_teacher_dir}"])
+    cfg = load_config("tiny", [f"teacher={tiny_teacher_dir}", "supernet.sampling=uniform"])
     plan = plan_run(cfg, gpus=2, gpu_memory=GIB)
     assert [p.name for p in plan.phases] == ["step1", "step2", "finetune"]
     teacher = tiny_model().requires_grad_(False)
@@ -145,7 +145,7 @@ def test_plan_counts_the_models_the_run_trains(tiny_teacher_dir, tiny_model):
             assert 0 < st.activations_checkpointed < st.activations
     assert plan.phases[1].parameters > plan.phases[2].parameters  # two candidates per block against one
     # Block-wise, both supernets hold every candidate's activations at once; the fine-tuning is unchanged.
-    bw = plan_run(load_config("tiny", [f"teacher={tiny_teacher_dir}", "supernet.sampling=blockwise"]), gpus=2)
+    bw = plan_run(load_config("tiny", [f"teacher={tiny_teacher_dir}"]), gpus=2)  # the default
     assert "block-wise" in bw.phases[0].model and "block-wise" in bw.phases[1].model
     for a, b in zip(bw.phases[:2], plan.phases[:2]):
         assert all(x.activations > y.activations for x, y in zip(a.stages, b.stages))

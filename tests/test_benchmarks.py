@@ -123,7 +123,8 @@ def test_ranking_tiny_end_to_end(tmp_path):
     ranking.main(["--tiny", "--out", str(tmp_path)])
     assert before == {p: p.stat().st_mtime for p in (tmp_path / "ranking-work").rglob("result.json")}
     # The other ways of training the supernet: their own supernet folder, the same alone runs (the ground truth).
-    for sampling in ("balanced", "blockwise"):
+    assert res["sampling"] == "blockwise"  # the default
+    for sampling in ("balanced", "uniform"):
         name = f"ranking-{sampling}"
         argv = ["--tiny", "--out", str(tmp_path), "--set", f"supernet.sampling={sampling}", "--name", name]
         assert ranking.main(argv) == 0
@@ -136,10 +137,10 @@ def test_ranking_tiny_end_to_end(tmp_path):
     assert ranking.main(argv) == 0
     seed1 = json.loads((tmp_path / "ranking-seed1.json").read_text())
     assert seed1["paths"] == res["paths"] and seed1["alone"] == res["alone"] and seed1["truth_seed"] == 0
-    assert seed1["args"]["seed"] == 1 and (tmp_path / "ranking-work" / "supernet-uniform-4-2-4p-seed1").is_dir()
+    assert seed1["args"]["seed"] == 1 and (tmp_path / "ranking-work" / "supernet-blockwise-4-2-4p-seed1").is_dir()
     assert before == {p: p.stat().st_mtime for p in (tmp_path / "ranking-work").rglob("result.json")}
-    # The table over seeds: two uniform seeds, one balanced, one blockwise; 4 paths cannot meet the goal.
-    names = ["ranking", "ranking-seed1", "ranking-balanced", "ranking-blockwise"]
+    # The table over seeds: two blockwise seeds, one balanced, one uniform; 4 paths cannot meet the goal.
+    names = ["ranking", "ranking-seed1", "ranking-balanced", "ranking-uniform"]
     assert ranking.main(["--out", str(tmp_path), "--combine", *names, "--name", "ranking-seeds"]) == 0
     combined = json.loads((tmp_path / "ranking-seeds.json").read_text())
     assert [r["seed"] for r in combined["runs"]] == [0, 1, 0, 0]

@@ -36,8 +36,10 @@ class SupernetConfig:
     # uniform: one path per step, each block's kind drawn independently (the paper's single-path sampling);
     # balanced: one path per step, each block's kinds in a shuffled turn, so every kind of every block gets the same
     # number of steps; blockwise: every candidate of every block learns, at every step, to reproduce its teacher block
-    # from the teacher's own input (DNA), no path sampled.
-    sampling: Literal["uniform", "balanced", "blockwise"] = "uniform"
+    # from the teacher's own input (DNA), no path sampled. A block-wise step costs about two single-path ones, so a
+    # block-wise supernet gets half the steps of the paper's schedule; it ranked paths better and every seed's
+    # searched hybrid kept the teacher at equal compute, where single paths did not (docs/DESIGN.md).
+    sampling: Literal["uniform", "balanced", "blockwise"] = "blockwise"
 
 
 @dataclass

@@ -142,6 +142,9 @@ def set_arch(supernet: HybridViT, arch: str) -> None:
 
 
 SAMPLINGS = ("uniform", "balanced")  # the single-path ways; `blockwise` trains without a path
+# A block-wise step trains every candidate of every block: about two single-path steps' time (1.85x measured by
+# benchmarks/ranking.py on the built-in teacher), so at equal compute a block-wise supernet gets half the steps.
+BLOCKWISE_STEP_COST = 2
 
 
 def sample_path(choices: list[str], *, seed: int, phase: str, step: int, sampling: str = "uniform") -> str:
