@@ -42,6 +42,7 @@ import torch
 from jetvit.config import Config
 from jetvit.io import atomic_write_json, atomic_write_text
 from jetvit.model import LinearAttnConfig
+from jetvit.search.supernet import BLOCKWISE_STEP_COST
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_SCORE_OFFSET = 256  # the search scores on val samples 256.. ; final numbers use val samples 0..eval_samples-1
@@ -196,8 +197,6 @@ class Lab:
     def supernet_steps(self, steps: int) -> int:
         """A supernet phase's steps at the budget's compute: a block-wise step trains every candidate, about twice
         a single path's time (`BLOCKWISE_STEP_COST`), so block-wise gets half the steps."""
-        from jetvit.search.supernet import BLOCKWISE_STEP_COST
-
         return max(1, steps // BLOCKWISE_STEP_COST) if self.sampling == "blockwise" else steps
 
     def stage(self, demo, steps: int):
