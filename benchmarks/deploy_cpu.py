@@ -28,7 +28,7 @@ How the runtimes run (each choice applies to teacher and hybrid alike):
   arena holds one largest run's memory, 19 GB. The earlier way, `shrink` (the arena given back after every run),
   fits too but allocates and faults the scores again in every run: a fixed cost of about 3 s per run that a served
   model does not pay, and that weighs on the 3.6x faster hybrid far more than on the teacher (at 2048x2048: teacher
-  40.1 s, hybrid 14.8 s, 74% of the FLOP-ideal speedup; shared, 98%).
+  40.1 s, hybrid 14.8 s, 74% of the FLOP-ideal speedup; shared, 39.9 s and 11.5 s, 95%).
 - glibc's malloc asks for transparent huge pages (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`; the script restarts
   itself with it on Linux unless `--no-hugepages`): faulting a full-attention block's 6 GiB of scores in 4 KiB pages
   cost seconds. With huge pages and `shrink`, at 2048x2048 in onnxruntime, the hybrid's run went from 21.4 s to
