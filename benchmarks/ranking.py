@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from jetvit.io import atomic_write_json, atomic_write_text
-from jetvit.search.supernet import BLOCKWISE_STEP_COST
+from jetvit.search.supernet import equal_compute_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 EVAL_OFFSET = 512  # val samples [512, 512 + n): disjoint from the search scorer's (256..) and the demo's (0..)
@@ -147,8 +147,7 @@ class Ranking:
             return s.for_steps(steps, resolution=native, batch_size=args.batch_size)
 
         if args.supernet_steps is None:
-            blockwise = cfg.supernet.sampling == "blockwise"
-            args.supernet_steps = SINGLE_PATH_STEPS // BLOCKWISE_STEP_COST if blockwise else SINGLE_PATH_STEPS
+            args.supernet_steps = equal_compute_steps(SINGLE_PATH_STEPS, cfg.supernet.sampling)
         args.every = args.every or max(1, args.supernet_steps // 3)
         self.cfg = dataclasses.replace(
             cfg,
@@ -464,7 +463,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--supernet-steps",
         type=int,
         help=f"default: the compute of {SINGLE_PATH_STEPS} single-path steps ({SINGLE_PATH_STEPS} uniform or balanced, "
-        f"{SINGLE_PATH_STEPS // BLOCKWISE_STEP_COST} block-wise)",
+        f"{equal_compute_steps(SINGLE_PATH_STEPS, 'blockwise')} block-wise)",
     )
     p.add_argument("--every", type=int, help="score every path every this many supernet steps (default: a third)")
     p.add_argument("--alone-steps", type=int, default=300, help="distillation steps of each path alone")

@@ -42,7 +42,7 @@ import torch
 from jetvit.config import Config
 from jetvit.io import atomic_write_json, atomic_write_text
 from jetvit.model import LinearAttnConfig
-from jetvit.search.supernet import BLOCKWISE_STEP_COST
+from jetvit.search.supernet import SAMPLINGS, equal_compute_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 SEARCH_SCORE_OFFSET = 256  # the search scores on val samples 256.. ; final numbers use val samples 0..eval_samples-1
@@ -197,7 +197,7 @@ class Lab:
     def supernet_steps(self, steps: int) -> int:
         """A supernet phase's steps at the budget's compute: a block-wise step trains every candidate, about twice
         a single path's time (`BLOCKWISE_STEP_COST`), so block-wise gets half the steps."""
-        return max(1, steps // BLOCKWISE_STEP_COST) if self.sampling == "blockwise" else steps
+        return equal_compute_steps(steps, self.sampling)
 
     def stage(self, demo, steps: int):
         """The demo config's stage `demo` at this budget: the native resolution, the budget's steps, batch and lr,
@@ -540,9 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--sampling",
-        choices=["uniform", "balanced", "blockwise"],
+        choices=[*SAMPLINGS, "blockwise"],
         default="uniform",
-        help="how the supernets train (supernet.sampling); block-wise gets half the steps, equal compute",
+        help="how the supernets train (supernet.sampling; default the paper's uniform, which this reproduces); "
+        "block-wise gets half the steps, equal compute",
     )
     p.add_argument(
         "--search-only",

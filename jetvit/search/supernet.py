@@ -147,6 +147,11 @@ SAMPLINGS = ("uniform", "balanced")  # the single-path ways; `blockwise` trains 
 BLOCKWISE_STEP_COST = 2
 
 
+def equal_compute_steps(single_path_steps: int, sampling: str) -> int:
+    """A supernet phase's steps under `sampling` at the compute of `single_path_steps` single-path steps."""
+    return max(1, single_path_steps // BLOCKWISE_STEP_COST) if sampling == "blockwise" else single_path_steps
+
+
 def sample_path(choices: list[str], *, seed: int, phase: str, step: int, sampling: str = "uniform") -> str:
     """The single path trained at optimizer step `step` of a phase (counted over its stages).
 
