@@ -68,9 +68,11 @@ def main(argv: list[str] | None = None) -> int:
     picks = {"latency pick": pick, "paper pick": paper} if paper != pick else {"latency pick": pick}
     if paper == pick:
         print(f"the two criteria picked the same architecture, {pick}: no comparison to make", flush=True)
+    tuned = []  # the picks this invocation fine-tuned (the others were kept by an earlier one)
     for name, arch in picks.items():
         done = work / arch
         if not (done / "config.json").is_file():
+            tuned.append(name)
             from jetvit.io import save
 
             # Both from the teacher's conversion, fine-tuned by the run's own fine-tuning: the same start and
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "resolution": side,
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "command": "python benchmarks/latency_pick.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "fine_tuned_here": tuned,
         "seconds": time.perf_counter() - start,
     }
     if "paper pick" in speedup:
@@ -133,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "met" if res["goal_met"] else "NOT met"
         side = f"{100 * res['drop']:.2f} mIoU points below" if res["drop"] >= 0 else f"{-100 * res['drop']:.2f} above"
         md += ["", f"Latency pick against the paper's: {res['speedup_ratio']:.2f}x the speedup, {side} it; goal "
-               f"(>= 1.15x, at most 0.3 below): {verdict}. Fine-tuning the two picks took earlier invocations of "
-               f"this script (models kept in the work folder); this one evaluated and timed them."]  # fmt: skip
+               f"(>= 1.15x, at most 0.3 below): {verdict}."]  # fmt: skip
+    kept = [n for n in picks if n not in tuned]
+    md += [
+        "",
+        (f"This invocation fine-tuned the {' and the '.join(tuned)}" if tuned else "This invocation fine-tuned nothing")
+        + (f"; the {' and the '.join(kept)} came from an earlier one (kept in `{work}`)." if kept else ".")
+        + " Its time below includes that fine-tuning." * bool(tuned),
+    ]
     md += ["", f"Command: `{res['command']}` on {res['machine']}; {res['seconds'] / 60:.1f} min.", ""]
     atomic_write_text(out / f"{args.name}.md", "\n".join(md))
     print("\n".join(md))

@@ -187,10 +187,11 @@ class Ranking:
         paths = f"{len(self.paths)}p{self.truth_seed}" if self.truth_seed else f"{len(self.paths)}p"
         return self.work / f"supernet-{self.cfg.supernet.sampling}-{steps}-{self.samples}-{paths}-seed{self.args.seed}"
 
-    @property
-    def alone_dir(self) -> Path:
-        """The alone runs' folder: one per seed (seed 0's is `alone`)."""
-        return self.work / ("alone" if self.truth_seed == 0 else f"alone-seed{self.truth_seed}")
+    def alone_dir(self, seed: int) -> Path:
+        """The folder of the alone runs distilled with `seed`: one per set of paths (seed 0's is `alone`, seed s's
+        `alone-seed{s}`), and within a set one per distillation seed (the set's own seed: no suffix)."""
+        base = "alone" if self.truth_seed == 0 else f"alone-seed{self.truth_seed}"
+        return self.work / (base if seed == self.truth_seed else f"{base}-distil{seed}")
 
     def supernet(self) -> dict[str, dict[str, float]]:
         """Train the Step-1 supernet as `supernet.sampling` says (`Experiment.supernet_phase`, the search's own),
@@ -240,14 +241,15 @@ class Ranking:
         self.supernet_eval = json.loads(final.read_text())
         return {k: scores[k] for k in sorted(scores, key=int)}
 
-    def alone(self, path: str) -> dict[str, Any]:
-        """Distil `path` alone; cached in the work folder, with the distilled model (`model/`), so that a scorer with
-        another number of samples can score it again for its own noise ceiling (`rescored`)."""
-        out = self.alone_dir / path
+    def alone(self, path: str, seed: int) -> dict[str, Any]:
+        """Distil `path` alone with torch seeded by `seed`; cached in the work folder, with the distilled model
+        (`model/`), so that a scorer with another number of samples can score it again for its own noise ceiling
+        (`rescored`)."""
+        out = self.alone_dir(seed) / path
         done = out / "result.json"
         if done.is_file():
             return self.rescored(json.loads(done.read_text()), out)
-        exp = self.experiment(self.truth_seed)
+        exp = self.experiment(seed)
         student = exp.student(path)
         summary = exp.distill(student, ckpt_path=out / "ckpt.pt")
         student.eval()
@@ -283,6 +285,46 @@ class Ranking:
         return {**result, "search_score": result[key], "search_samples": self.samples}
 
 
+def ground_truth(runs: dict[int, dict[str, dict[str, Any]]]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """The ground truth from alone runs {seed: {path: result}}: per path the mean over seeds of the eval and search
+    scores (with the seeds' own results under `by_seed`), and, with two seeds or more, the truth's own noise:
+
+    - `between_seeds`: the agreement of one seed's alone runs (eval) with another's: how reproducibly distilling a
+      path alone ranks the paths (the mean over ordered pairs of seeds);
+    - `cross_ceiling`: the search scorer's scores of one seed's alone runs against another seed's eval: what a
+      perfect supernet, one whose paths are alone runs of their own, could reach, with the scorer's sampling noise
+      and the training noise both in it (the noise ceiling of the search scorer alone leaves out the latter)."""
+    seeds = list(runs)
+    paths = list(runs[seeds[0]])
+    alone = {
+        p: {
+            "eval": float(np.mean([runs[s][p]["eval"] for s in seeds])),
+            "search_score": float(np.mean([runs[s][p]["search_score"] for s in seeds])),
+            "search_samples": runs[seeds[0]][p].get("search_samples", 32),
+            "train_seconds": sum(runs[s][p]["train_seconds"] for s in seeds),
+            "by_seed": {str(s): runs[s][p] for s in seeds},
+        }
+        for p in paths
+    }
+    if len(seeds) < 2:
+        return alone, {}
+    pairs = [(a, b) for a in seeds for b in seeds if a != b]
+
+    def mean_agreement(key: str) -> dict[str, Any]:
+        each = [
+            agreement({p: runs[b][p][key] for p in paths}, {p: runs[a][p]["eval"] for p in paths}) for a, b in pairs
+        ]
+        taus = [e["kendall_tau"] for e in each if e["kendall_tau"] is not None]
+        rhos = [e["spearman_rho"] for e in each if e["spearman_rho"] is not None]
+        return {
+            "kendall_tau": float(np.mean(taus)) if taus else None,
+            "spearman_rho": float(np.mean(rhos)) if rhos else None,
+            "pairs": [{"truth_seed": a, "scored_seed": b, **e} for (a, b), e in zip(pairs, each)],
+        }
+
+    return alone, {"between_seeds": mean_agreement("eval"), "cross_ceiling": mean_agreement("search_score")}
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Report
 
@@ -294,6 +336,12 @@ def correlation(value: float | None) -> str:
 def report(res: dict[str, Any], out: Path, name: str = "ranking") -> None:
     atomic_write_json(out / f"{name}.json", res)
     a = res["args"]
+    seeds = res.get("alone_seeds", [res.get("truth_seed", a["seed"])])
+    truth_runs = (
+        f", the mean over {len(seeds)} alone distillations (seeds {', '.join(map(str, seeds))})"
+        if len(seeds) > 1
+        else f", distilled with seed {seeds[0]}"
+    )
     md = [
         "# Supernet ranking quality on the built-in teacher",
         "",
@@ -302,8 +350,8 @@ def report(res: dict[str, Any], out: Path, name: str = "ranking") -> None:
         f"batch {a['batch_size']}; "
         f"{len(res['paths'])} paths, each also distilled alone for {a['alone_steps']} steps. Supernet scores: the "
         f"search's scorer ({res['score_samples']} keyshapes val samples). Ground truth: each alone-distilled path's "
-        f"mIoU on {a['eval_samples']} other val samples (from {EVAL_OFFSET}). Supernet seed {a['seed']}; "
-        f"paths drawn and distilled alone with seed {res.get('truth_seed', a['seed'])}.",
+        f"mIoU on {a['eval_samples']} other val samples (from {EVAL_OFFSET}){truth_runs}. Supernet seed {a['seed']}; "
+        f"paths drawn with seed {res.get('truth_seed', a['seed'])}.",
         "",
         f"Command: `{res['command']}` on {res['machine']}; {res['seconds'] / 60:.1f} min for this invocation; "
         f"training in the runs it reports (earlier invocations' included): supernet {res['supernet_seconds'] / 60:.1f} "
@@ -330,18 +378,31 @@ def report(res: dict[str, Any], out: Path, name: str = "ranking") -> None:
             f"| {label} | {correlation(c['kendall_tau'])} | {correlation(c['spearman_rho'])} | `{c['pick']}` | "
             f"{'yes' if c['pick_is_best'] else 'no'} | {100 * c['regret']:.2f} |"
         )
+    noise = res.get("truth_noise") or {}
+    for key, label in (
+        ("between_seeds", "the ground truth's own noise: one seed's alone runs against another's (eval slice)"),
+        ("cross_ceiling", "cross-seed ceiling: one seed's alone runs, search scorer, against another's eval"),
+    ):
+        if key in noise:
+            c = noise[key]
+            md.append(f"| {label} | {correlation(c['kendall_tau'])} | {correlation(c['spearman_rho'])} | - | - | - |")
+    per_seed = len(seeds) > 1
     md += [
         "",
-        "| path | alone, eval mIoU (%) | alone, search-scorer mIoU (%) | "
+        "| path | alone, eval mIoU (%) | "
+        + ("".join(f"seed {s} | " for s in seeds) if per_seed else "")
+        + "alone, search-scorer mIoU (%) | "
         + " | ".join(f"supernet @{s}" for s in res["by_step"])
         + f" | supernet @{last}, eval slice |",
-        "|---|---|---|" + "---|" * (len(res["by_step"]) + 1),
+        "|---|---|---|" + "---|" * (len(res["by_step"]) + 1 + (len(seeds) if per_seed else 0)),
     ]
     for p in sorted(res["paths"], key=lambda p: -res["alone"][p]["eval"]):
         r = res["alone"][p]
-        cells = [f"{100 * res['supernet'][s][p]:.2f}" for s in res["by_step"]]
+        cells = [f"{100 * r['by_seed'][str(s)]['eval']:.2f}" for s in seeds] if per_seed else []
+        cells += [f"{100 * r['search_score']:.2f}"]
+        cells += [f"{100 * res['supernet'][s][p]:.2f}" for s in res["by_step"]]
         cells.append(f"{100 * res['supernet_eval'][p]:.2f}")
-        md.append(f"| `{p}` | {100 * r['eval']:.2f} | {100 * r['search_score']:.2f} | " + " | ".join(cells) + " |")
+        md.append(f"| `{p}` | {100 * r['eval']:.2f} | " + " | ".join(cells) + " |")
     md.append("")
     atomic_write_text(out / f"{name}.md", "\n".join(md))
     plot(res, out / f"{name}.png")
@@ -477,6 +538,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the seed that draws the paths and distils them alone (default: --seed); other supernet seeds can be "
         "ranked against the same ground truth",
     )
+    p.add_argument(
+        "--alone-seeds",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="distil each path alone once per seed (default: the truth seed alone); the ground truth is the mean over "
+        "seeds, and the seeds' agreement with each other is the ground truth's own noise",
+    )
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override of the demo config (e.g. supernet.share=true)")  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="a tiny teacher, 4 paths, a few steps (for tests)")
@@ -523,14 +592,17 @@ def main(argv: list[str] | None = None) -> int:
     i, n = (int(x) for x in args.shard.split("/"))
     if not 1 <= i <= n:
         raise ValueError(f"--shard {args.shard!r} is not i/n with 1 <= i <= n")
-    alone = {}
-    for k, p in enumerate(lab.paths):
+    seeds = args.alone_seeds or [lab.truth_seed]
+    runs: dict[int, dict[str, dict[str, Any]]] = {s: {} for s in seeds}
+    jobs = [(s, p) for s in seeds for p in lab.paths]
+    for k, (s, p) in enumerate(jobs):
         if args.only == "alone" and k % n != i - 1:
             continue
-        log(f"path {k + 1}/{len(lab.paths)} {p} alone, {args.alone_steps} steps")
-        alone[p] = lab.alone(p)
+        log(f"run {k + 1}/{len(jobs)}: {p} alone, seed {s}, {args.alone_steps} steps")
+        runs[s][p] = lab.alone(p, s)
     if args.only == "alone":
         return 0
+    alone, truth_noise = ground_truth(runs)
     truth = {p: r["eval"] for p, r in alone.items()}
     res = {
         "args": {k: v for k, v in vars(args).items() if k not in ("out", "work")},
@@ -544,7 +616,9 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling": agreement({p: r["search_score"] for p, r in alone.items()}, truth),
         # the alone runs were scored once, by the search scorer of their invocation (results written before this
         # field existed: the config's 32 samples)
-        "ceiling_samples": sorted({r.get("search_samples", 32) for r in alone.values()}),
+        "ceiling_samples": sorted({r.get("search_samples", 32) for rs in runs.values() for r in rs.values()}),
+        "alone_seeds": seeds,
+        "truth_noise": truth_noise,
         "supernet_eval": lab.supernet_eval,
         "supernet_seconds": lab.supernet_seconds,
         "sampling": lab.cfg.supernet.sampling,

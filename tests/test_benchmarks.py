@@ -67,6 +67,25 @@ def test_rank_statistics_against_scipy():
     assert a["pick"] == "A" and not a["pick_is_best"] and abs(a["regret"] - 0.2) < 1e-12
 
 
+def test_ranking_ground_truth_averages_alone_seeds_and_measures_their_noise():
+    """Several alone seeds: the truth is each path's mean; `between_seeds` is the seeds' own agreement (a swapped
+    pair of 3 paths: tau 1/3 both ways) and `cross_ceiling` scores one seed's runs against the other's eval."""
+    import ranking
+
+    def run(evals, scores):
+        return {p: {"eval": e, "search_score": s, "train_seconds": 1.0} for p, e, s in zip("ABC", evals, scores)}
+
+    runs = {0: run([0.5, 0.4, 0.3], [0.5, 0.4, 0.3]), 1: run([0.7, 0.2, 0.3], [0.1, 0.2, 0.3])}
+    alone, noise = ranking.ground_truth(runs)
+    assert alone["A"]["eval"] == pytest.approx(0.6) and alone["B"]["search_score"] == pytest.approx(0.3)
+    assert alone["C"]["train_seconds"] == 2.0 and alone["A"]["by_seed"]["1"]["eval"] == 0.7
+    assert noise["between_seeds"]["kendall_tau"] == pytest.approx(1 / 3)
+    # seed 1's scores (increasing C > B > A) against seed 0's eval (A > B > C): -1; seed 0's against seed 1's: 1/3
+    assert noise["cross_ceiling"]["kendall_tau"] == pytest.approx((-1 + 1 / 3) / 2)
+    one, none = ranking.ground_truth({0: runs[0]})
+    assert none == {} and one["A"]["eval"] == 0.5 and one["A"]["search_score"] == 0.5
+
+
 def test_ranking_combine_checks_every_seed_against_its_ceiling(tmp_path):
     """`--combine`: the goal holds for a way of training only when every seed (two or more) over 16 or more paths
     reaches 90% of its noise ceiling; a missing result is named."""
@@ -153,6 +172,22 @@ def test_ranking_tiny_end_to_end(tmp_path):
     for p in res["paths"]:
         kept = json.loads((tmp_path / "ranking-work" / "alone" / p / "result.json").read_text())
         assert kept["search_samples"] == 2 and s3["alone"][p]["search_score"] == kept["search_score_3"]
+    # A second alone seed: the same paths distilled again in their own folder; the truth is the mean over the seeds,
+    # and the seeds' agreement with each other is reported as the truth's own noise.
+    argv = ["--tiny", "--out", str(tmp_path), "--alone-seeds", "0", "1", "--name", "ranking-2seeds"]
+    assert ranking.main(argv) == 0
+    two = json.loads((tmp_path / "ranking-2seeds.json").read_text())
+    again = {
+        p: json.loads((tmp_path / "ranking-work" / "alone-distil1" / p / "result.json").read_text())
+        for p in res["paths"]
+    }
+    for p in res["paths"]:
+        assert two["alone"][p]["eval"] == pytest.approx((res["alone"][p]["eval"] + again[p]["eval"]) / 2)
+        assert two["alone"][p]["by_seed"]["1"]["eval"] == again[p]["eval"]
+    assert two["alone_seeds"] == [0, 1] and set(two["truth_noise"]) == {"between_seeds", "cross_ceiling"}
+    assert len(two["truth_noise"]["between_seeds"]["pairs"]) == 2
+    assert "the ground truth's own noise" in (tmp_path / "ranking-2seeds.md").read_text()
+    assert before == {p: p.stat().st_mtime for p in (tmp_path / "ranking-work" / "alone").rglob("result.json")}
 
 
 @pytest.mark.slow  # two exports and both runtimes: about a minute

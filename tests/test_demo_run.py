@@ -56,3 +56,12 @@ def test_demo_runner_end_to_end_on_a_tiny_teacher(tmp_path):
     )
     assert all(0.0 <= v <= 1.0 for v in res["scores"].values()) and res["ms"]["teacher"] > 0
     assert "| teacher |" in (bench_dir / "latency_pick.md").read_text()
+    tuned = [n for n in ("latency pick", "paper pick") if n in res["speedup"]]
+    assert (
+        res["fine_tuned_here"] == tuned
+        and "This invocation fine-tuned the latency pick" in (bench_dir / "latency_pick.md").read_text()
+    )
+    # a rerun reuses the kept picks, and says so
+    subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
+    assert json.loads((bench_dir / "latency_pick.json").read_text())["fine_tuned_here"] == []
+    assert "This invocation fine-tuned nothing; the latency pick" in (bench_dir / "latency_pick.md").read_text()
