@@ -274,16 +274,20 @@ def plan_run(
         teacher_bytes += held * _count(_meta_model(teacher_config(cfg.distill.depth_teacher)))[0]
 
     def phase(
-        name: str, what: str, model: HybridViT, path: HybridViT, kinds: list[str], stages, blockwise: bool = False
+        name: str,
+        what: str,
+        model: HybridViT,
+        path: HybridViT,
+        options: list[list[str]],
+        stages,
+        blockwise: bool = False,
     ) -> PhasePlan:
+        """`options`: the per-block kinds the phase may train, one list per possibility; the heaviest is planned."""
         total, trainable = _count(model)
         stage_plans = []
         for st in stages:
             micro = st.micro_batch_size or max(1, st.batch_size // gpus)
             kw = dict(targets=targets, batch=micro, size=st.size, autocast=autocast, blockwise=blockwise)
-            # Block-wise, a Step-2 block holds two candidates, Step 1's kind (L or W, the heavier counts) and F.
-            step2_blockwise = blockwise and name == "step2"
-            options = [[ks.replace("LW", k) for ks in kinds] for k in "LW"] if step2_blockwise else [kinds]
             stage_plans.append(
                 StagePlan(
                     resolution=st.size,
@@ -319,15 +323,18 @@ def plan_run(
             how += ", block-wise: every candidate at every step"
         step1_what, step2_what = f"supernet L/W per block ({how})", f"supernet (L|W)/F per block ({how})"
         searched = "the searched architecture (any kinds)"
+        # Block-wise, a Step-2 block holds two candidates, Step 1's kind (L or W: the heavier is planned) and F;
+        # a single path runs one kind per block, any of the three.
+        step2_options = [["LF"] * depth, ["WF"] * depth] if blockwise else [["LWF"] * depth]
         phases += [
-            phase("step1", step1_what, step1, base2, ["LW"] * depth, cfg.step1.stages, blockwise),
-            phase("step2", step2_what, step2, base2, ["LWF"] * depth, cfg.step2.stages, blockwise),
-            phase("finetune", searched, base2, base2, ["LWF"] * depth, cfg.finetune.stages),
+            phase("step1", step1_what, step1, base2, [["LW"] * depth], cfg.step1.stages, blockwise),
+            phase("step2", step2_what, step2, base2, step2_options, cfg.step2.stages, blockwise),
+            phase("finetune", searched, base2, base2, [["LWF"] * depth], cfg.finetune.stages),
         ]
     else:
         arch = validate_arch(arch, depth)
         student = _meta_model(dataclasses.replace(tcfg, arch=arch))
-        phases.append(phase("finetune", f"architecture {arch}", student, student, list(arch), cfg.finetune.stages))
+        phases.append(phase("finetune", f"architecture {arch}", student, student, [list(arch)], cfg.finetune.stages))
     return RunPlan(
         teacher=cfg.teacher,
         teacher_parameters=_count(teacher)[0],
