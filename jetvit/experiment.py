@@ -197,9 +197,13 @@ class Experiment:
     ) -> Phase:
         """The training phase of a supernet with candidates `choices`, trained as `supernet.sampling` says: one
         sampled path per step (`PathSampler`: uniform or balanced), or every candidate block by block."""
-        sampling = self.cfg.supernet.sampling
+        sampling, inputs = self.cfg.supernet.sampling, self.cfg.supernet.blockwise_input
         if sampling == "blockwise":
-            return Phase(name, stages, blockwise=True, global_offset=global_offset)
+            # On the student's inputs, the path that feeds each block is drawn as a uniform single path would be.
+            sampler = PathSampler(choices, seed=self.cfg.run.seed, phase=name) if inputs == "student" else None
+            return Phase(
+                name, stages, choose_path=sampler, blockwise=True, blockwise_input=inputs, global_offset=global_offset
+            )
         sampler = PathSampler(choices, seed=self.cfg.run.seed, phase=name, sampling=sampling)
         return Phase(name, stages, choose_path=sampler, global_offset=global_offset)
 

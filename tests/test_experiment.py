@@ -97,3 +97,29 @@ def test_search_distill_and_plan_report_the_models_flops(tiny_teacher_dir, tmp_p
     assert plan["flops"] == summary["flops"] and plan["teacher_flops"] == summary["teacher_flops"]
     proc = cli("plan", "--config", "tiny", *sets(tiny_teacher_dir), "--arch", arch)
     assert f"architecture {summary['flops'] / 1e9:.4g} G" in proc.stdout
+
+
+def test_supernet_phase_follows_the_sampling_and_the_block_wise_input(tiny_teacher_dir):
+    """`supernet.sampling` and `supernet.blockwise_input` decide the phase: a drawn path per step for the single-path
+    ways and for block-wise on the student's inputs (the path that feeds each block, drawn as a uniform one), none
+    for block-wise on the teacher's."""
+    from jetvit.search.supernet import sample_path
+
+    def phase(*extra):
+        cfg = load_config("tiny", [f"teacher={tiny_teacher_dir}", *FAST, *extra])
+        return Experiment.build(cfg).supernet_phase("step1", ["LW"] * 4, cfg.step1.stages)
+
+    teacher_inputs = phase("supernet.sampling=blockwise")
+    assert teacher_inputs.blockwise and teacher_inputs.choose_path is None
+    assert teacher_inputs.blockwise_input == "teacher"
+    student = phase("supernet.sampling=blockwise", "supernet.blockwise_input=student")
+    assert student.blockwise and student.blockwise_input == "student"
+    net = Experiment.build(load_config("tiny", [f"teacher={tiny_teacher_dir}", *FAST])).supernet(
+        jetvit.load(tiny_teacher_dir), ["LW"] * 4
+    )
+    seed = load_config("tiny", [f"teacher={tiny_teacher_dir}"]).run.seed
+    assert [student.choose_path(net, s) for s in range(5)] == [
+        sample_path(["LW"] * 4, seed=seed, phase="step1", step=s) for s in range(5)
+    ]
+    uniform = phase("supernet.sampling=uniform")
+    assert not uniform.blockwise and uniform.choose_path is not None

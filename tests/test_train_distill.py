@@ -194,3 +194,51 @@ def test_blockwise_training_trains_every_candidate_each_step(tiny, tmp_path):
     assert _changed(before, supernet) == {f"{i}.{k}" for i, k in enumerate(path)}
     with pytest.raises(ValueError, match="trains a supernet"):
         BlockwiseStudent(convert(teacher, "LLLL"))
+
+
+def test_blockwise_on_the_students_inputs(tiny, tmp_path):
+    """`blockwise_input: student`: block i's candidates take block i - 1's active candidate's output (the step's
+    drawn path), detached, and learn the teacher block's output; block 0 takes the embedded image as on the teacher's
+    inputs. Every candidate still trains at every step; without a drawn path the phase is refused."""
+    import torch.nn.functional as F
+
+    from jetvit.search.supernet import PathSampler, set_arch
+    from jetvit.train.distill import BlockwiseStudent
+
+    teacher, supernet, setup = _supernet_setup(tiny)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    set_arch(supernet, "LWWL")
+    with torch.no_grad():
+        states, layout = teacher.residual_states(x)
+        loss = BlockwiseStudent(supernet, "student")(states, layout)
+        # by hand: the path's own running state feeds every candidate of the next block
+        m, h, losses = supernet, states[0], []
+        for i, blk in enumerate(m.blocks):
+            target = m.norm(states[i + 1])
+            outs = {k: m.run_block(i, c, h, layout) for k, c in blk.candidates.items()}
+            losses += [F.mse_loss(m.norm(o), target) for o in outs.values()]
+            h = outs["LWWL"[i]]
+        assert torch.allclose(loss, torch.stack(losses).mean(), rtol=1e-5)
+        assert not torch.allclose(loss, BlockwiseStudent(supernet, "teacher")(states, layout))
+    # the gradient of a block's loss stops at its input: block 0's candidates learn from block 0's loss alone
+    m = supernet
+    full = BlockwiseStudent(m, "student")
+    states = [s.detach() for s in states]
+    full(states, layout).backward()  # every block's loss
+    g_all = m.blocks[0].candidates["L"].attn.qkv.weight.grad.clone()
+    m.zero_grad()
+    out0 = m.run_block(0, m.blocks[0].candidates["L"], states[0], layout)
+    (F.mse_loss(m.norm(out0), m.norm(states[1])) / (2 * len(m.blocks))).backward()
+    assert torch.allclose(g_all, m.blocks[0].candidates["L"].attn.qkv.weight.grad, rtol=1e-4, atol=1e-8)
+
+    stages = [StageConfig(resolution=32, steps=1, batch_size=2, lr=1e-3)]
+    before = {k: v.clone() for k, v in supernet.state_dict().items()}
+    sampler = PathSampler(["LW"] * 4, seed=0, phase="step1")
+    phase = Phase("step1", stages, choose_path=sampler, blockwise=True, blockwise_input="student")
+    train_phase(phase, supernet, setup, ckpt_path=tmp_path / "s.pt")
+    assert _changed(before, supernet) == {f"{i}.{k}" for i in range(4) for k in "LW"}
+    with pytest.raises(ValueError, match="needs a path drawn per step"):
+        train_phase(Phase("step1", stages, blockwise=True, blockwise_input="student"), supernet, setup,
+                    ckpt_path=tmp_path / "n.pt")  # fmt: skip
+    with pytest.raises(ValueError, match="block-wise input 'x' is not one of teacher, student"):
+        BlockwiseStudent(supernet, "x")

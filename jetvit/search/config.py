@@ -40,6 +40,12 @@ class SupernetConfig:
     # block-wise supernet gets half the steps of the paper's schedule; it ranked paths better and every seed's
     # searched hybrid kept the teacher at equal compute, where single paths did not (docs/DESIGN.md).
     sampling: Literal["uniform", "balanced", "blockwise"] = "blockwise"
+    # What a candidate block learns from under `sampling: blockwise`: teacher: the teacher's tokens entering the block
+    # (DNA); student: the tokens a path of the supernet drawn for the step (uniformly, seeded by the step, the same on
+    # every process) feeds the block, detached, so that each candidate also learns to correct the errors of the
+    # student's blocks before it. Both learn the teacher block's output, every candidate at every step, at the same
+    # cost. docs/DESIGN.md has the measurement.
+    blockwise_input: Literal["teacher", "student"] = "teacher"
 
 
 @dataclass

@@ -101,6 +101,9 @@ class DistillStudent(nn.Module):
         return out, depth
 
 
+BLOCKWISE_INPUTS = ("teacher", "student")
+
+
 class BlockwiseStudent(nn.Module):
     """What DDP wraps and FSDP shards for block-wise distillation of a supernet (`supernet.sampling: blockwise`, after
     DNA, CVPR 2020): every candidate of every block takes the teacher's tokens entering that block and learns to give
@@ -109,22 +112,32 @@ class BlockwiseStudent(nn.Module):
 
     forward(teacher residual states [entry of block 0, output of block 0, ...] each (B, N, D), layout) -> the loss:
     the MSE of the final-norm features (as the feature loss compares them) of each candidate's output against its
-    teacher block's, averaged over blocks and candidates."""
+    teacher block's, averaged over blocks and candidates.
 
-    def __init__(self, model: nn.Module) -> None:
+    `inputs`: "teacher" (above), or "student": block i's candidates take the output of block i - 1's active candidate
+    (the path the phase drew for the step; block 0 takes the embedded image as both do), detached, so that each
+    candidate learns to give the teacher's output from what the student's blocks actually feed it."""
+
+    def __init__(self, model: nn.Module, inputs: str = "teacher") -> None:
         super().__init__()
         if not all(hasattr(blk, "candidates") for blk in model.blocks):
             raise ValueError("block-wise distillation trains a supernet (blocks with candidates), not a fixed model")
-        self.model = model
+        if inputs not in BLOCKWISE_INPUTS:
+            raise ValueError(f"block-wise input {inputs!r} is not one of {', '.join(BLOCKWISE_INPUTS)}")
+        self.model, self.inputs = model, inputs
 
     def forward(self, states: list[Tensor], layout: Any) -> Tensor:
         m = self.model
         losses = []
+        x = states[0]
         for i, blk in enumerate(m.blocks):
             target = m.norm(states[i + 1]).float()
-            for cand in blk.candidates.values():
-                out = m.run_block(i, cand, states[i], layout)
+            for kind, cand in blk.candidates.items():
+                out = m.run_block(i, cand, x, layout)
                 losses.append(F.mse_loss(m.norm(out).float(), target))
+                if kind == blk.active:
+                    active = out
+            x = states[i + 1] if self.inputs == "teacher" else active.detach()
         return torch.stack(losses).mean()
 
 
@@ -179,6 +192,7 @@ class Phase:
     stages: list[StageConfig]
     choose_path: Callable[[nn.Module, int], str] | None = None
     blockwise: bool = False  # a supernet trained block by block (`BlockwiseStudent`) instead of by sampled paths
+    blockwise_input: str = "teacher"  # what its candidates take (`BlockwiseStudent`); "student" needs `choose_path`
     depth_weight: float = 0.0
     global_offset: int = 0  # optimizer steps of the run before this phase (for continuous curves)
     evaluate: Callable[[nn.Module], float] | None = field(default=None, repr=False)
@@ -232,7 +246,9 @@ class Trainer:
         self.depth_loss = depth_loss_fn(setup.distill.depth_loss, gradient_weight=setup.distill.gradient_weight)
         model.set_grad_checkpointing(setup.run.activation_checkpointing)  # the student's blocks, never the teacher's
         if phase.blockwise:
-            student = BlockwiseStudent(model)
+            if phase.blockwise_input == "student" and phase.choose_path is None:
+                raise ValueError("block-wise training on the student's inputs needs a path drawn per step")
+            student = BlockwiseStudent(model, phase.blockwise_input)
         else:
             student = DistillStudent(model, setup.targets, with_depth=self.with_depth)
         self.trainee = wrap_student(student, rt, setup.run.strategy)
