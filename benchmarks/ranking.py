@@ -506,7 +506,7 @@ def combine(names: list[str], out: Path, name: str) -> str:
     ]
     for way, rs in ways.items():
         for r in rs:
-            frac = "-" if r["of_ceiling"] is None else f"{r['of_ceiling']:.0%}"
+            frac = "-" if r["of_ceiling"] is None else f"{r['of_ceiling']:.1%}"
             md.append(
                 f"| {way} | {r['seed']} | {r['paths']} ({r['truth_seed']}) | {r['supernet_minutes']:.1f} | "
                 f"{correlation(r['tau'])} | {correlation(r['ceiling'])} | {frac} | "
@@ -526,7 +526,7 @@ def combine(names: list[str], out: Path, name: str) -> str:
         taus = [r["tau"] for r in rs if r["tau"] is not None]
         mean_frac = [f for f in fracs if f is not None]
         md.append(
-            f"| {way} | {len(rs)} | {np.mean(taus):.2f} | {np.mean(mean_frac):.0%} | {'met' if ok else 'NOT met'} |"
+            f"| {way} | {len(rs)} | {np.mean(taus):.2f} | {np.mean(mean_frac):.1%} | {'met' if ok else 'NOT met'} |"
         )
     atomic_write_json(out / f"{name}.json", {"runs": runs, "goal_met": verdicts})
     text = "\n".join(md) + "\n"

@@ -99,16 +99,20 @@ def test_ranking_combine_checks_every_seed_against_its_ceiling(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps(res))
 
     result("a0", "blockwise", 0, 0.60, 0.64)
-    result("a1", "blockwise", 1, 0.58, 0.64)  # 91%
+    result("a1", "blockwise", 1, 0.58, 0.64)  # 90.6%
     result("b0", "uniform", 0, 0.64, 0.64)
     result("b1", "uniform", 1, 0.50, 0.64)  # 78%
+    result("d0", "blockwise-student", 0, 0.60, 0.64)
+    result("d1", "blockwise-student", 1, 0.5744, 0.64)  # 89.75%: shown as such, not rounded up to a passing 90%
     result("c0", "balanced", 0, 0.64, 0.64, paths=8)
     result("c1", "balanced", 1, 0.64, 0.64, paths=8)
-    text = ranking.combine(["a0", "a1", "b0", "b1", "c0", "c1"], tmp_path, "seeds")
+    text = ranking.combine(["a0", "a1", "b0", "b1", "c0", "c1", "d0", "d1"], tmp_path, "seeds")
     met = json.loads((tmp_path / "seeds.json").read_text())["goal_met"]
     assert met == {"blockwise, 150 steps, 32 samples": True, "uniform, 150 steps, 32 samples": False,
-                   "balanced, 150 steps, 32 samples": False}  # fmt: skip
-    assert "| blockwise, 150 steps, 32 samples | 1 | 16 (1) | 1.0 | 0.58 | 0.64 | 91% |" in text
+                   "balanced, 150 steps, 32 samples": False,
+                   "blockwise-student, 150 steps, 32 samples": False}  # fmt: skip
+    assert "| blockwise, 150 steps, 32 samples | 1 | 16 (1) | 1.0 | 0.58 | 0.64 | 90.6% |" in text
+    assert "| 89.8% |" in text
     with pytest.raises(FileNotFoundError, match="no ranking result .*zz.json"):
         ranking.combine(["a0", "zz"], tmp_path, "seeds")
 
