@@ -183,7 +183,8 @@ class Phase:
 
     choose_path(model, phase_step) -> path: activates the single path trained at that optimizer step of the phase
     (a pure function of the step, so every process trains the same path and a resumed run the same sequence) and
-    returns it; None for a fixed architecture.
+    returns it; block-wise on the student's inputs, the path whose outputs feed each block's candidates; None for a
+    fixed architecture and for block-wise on the teacher's inputs.
     evaluate(model) -> score: run every `run.eval_every` steps (and at the end) when given; the scores are
     logged and kept in the summary's `curve` as [phase step, score] pairs.
     """
