@@ -27,6 +27,7 @@ from torch import nn
 from jetvit.io import atomic_write_json, read_json
 from jetvit.search.latency import LatencyTable, pareto_front, pick_fastest, points_to_measure
 from jetvit.search.supernet import extract
+from jetvit.train.config import StageConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,7 @@ def measure_front(ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: 
         if rt.main:
             atomic_write_json(path, result)
         return result
-    ft0 = cfg.finetune.stages[0]
-    stage = ft0.for_steps(cfg.front.steps, batch_size=cfg.front.batch_size or ft0.batch_size)
+    stage = front_stage(cfg)
     picks = [chosen["paper"]["arch"], chosen["latency"]["arch"]]
     todo = points_to_measure(front, picks, chosen["latency"]["arch"], cfg.front.max_points)
     from tqdm import tqdm
@@ -115,7 +115,7 @@ def measure_front(ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: 
         if arch in measured:
             continue
         model = extract(supernet2, arch)
-        ckpt = ctx.out / "ckpt" / f"front-{arch}.pt"
+        ckpt = ctx.ckpt(point_phase(arch))
         exp.distill(model, ckpt_path=ckpt, stages=[stage], logger=None)
         score = ctx.score(model)
         timing = None
@@ -128,7 +128,8 @@ def measure_front(ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: 
         log.info("front %s: score %.5g, %.3g ms (%.2fx the teacher)", arch, score, timing["ms"], timing["speedup"])
         if rt.main:
             atomic_write_json(path, result)
-            Path(ckpt).unlink(missing_ok=True)  # the point's weights are not kept, only its numbers
+            if not cfg.front.reuse:
+                Path(ckpt).unlink(missing_ok=True)  # the point's weights are not kept, only its numbers
         del model
     if rt.main:
         atomic_write_json(path, result)
@@ -156,6 +157,58 @@ def final_pick(
 
 def _steps(measured: dict[str, Any]) -> int:
     return next(iter(measured.values()))["steps"]
+
+
+def point_phase(arch: str) -> str:
+    """The name of a front point's distillation: its checkpoint is `ckpt/front-<arch>.pt` (`RunContext.ckpt`)."""
+    return f"front-{arch}"
+
+
+def front_stage(cfg: Any) -> StageConfig:
+    """The one stage each front point is distilled for: the fine-tuning's first, run `front.steps` steps."""
+    ft0 = cfg.finetune.stages[0]
+    return ft0.for_steps(cfg.front.steps, batch_size=cfg.front.batch_size or ft0.batch_size)
+
+
+def finetune_stages(cfg: Any, state: Any) -> list[StageConfig]:
+    """The fine-tuning's stages in the run whose state is `state` (`jetvit.rundir.RunState`): `finetune.stages`, the
+    first one `front.steps` shorter when the run records that its fine-tuning continues the pick's front point."""
+    stages = list(cfg.finetune.stages)
+    reused = state.done("front_reuse")
+    if reused is not None:
+        stages[0] = stages[0].for_steps(stages[0].steps - reused["steps"])
+    return stages
+
+
+def warm_start(ctx: Any, model: nn.Module, arch: str, front: dict[str, Any] | None) -> list[StageConfig]:
+    """The stages the run fine-tunes `model` (architecture `arch`, the supernet's weights) for, and its starting
+    weights: with `front.reuse`, when `arch` is a distilled front point and the fine-tuning's first stage is longer
+    than `front.steps`, `model` takes the point's weights (its finished checkpoint) and the first stage is
+    `front.steps` shorter. The choice is recorded in `state.json` (`front_reuse`), so a resumed run fine-tunes the
+    same stages whatever checkpoints are left. A fine-tuning already started resumes from its own checkpoint."""
+    cfg, state = ctx.cfg, ctx.state
+    if state.done("front_reuse") is None:
+        measured = (front or {}).get("measured") or {}
+        reusable = (
+            cfg.front.reuse
+            and arch in measured
+            and cfg.finetune.stages[0].steps > cfg.front.steps
+            and ctx.ckpt(point_phase(arch)).is_file()
+        )
+        if not reusable:
+            return list(cfg.finetune.stages)
+        state.finish("front_reuse", arch=arch, steps=cfg.front.steps)
+    if state.done("finetune") is None and not ctx.ckpt("finetune").is_file():
+        # The point's checkpoint is marked done: this loads its weights and trains nothing (retrains it if removed).
+        ctx.exp.distill(model, ckpt_path=ctx.ckpt(point_phase(arch)), stages=[front_stage(cfg)], logger=None)
+        log.info("fine-tuning %s from its front distillation (%d steps)", arch, cfg.front.steps)
+    return finetune_stages(cfg, state)
+
+
+def drop_points(ctx: Any, front: dict[str, Any] | None) -> None:
+    """Remove the front points' checkpoints once the fine-tuning has finished (`run.keep_checkpoints: last`)."""
+    for arch in (front or {}).get("measured") or {}:
+        ctx.drop_checkpoint(point_phase(arch))
 
 
 def front_rows(front: dict[str, Any], teacher_score: float) -> list[dict[str, Any]]:

@@ -47,6 +47,7 @@ from jetvit.search.budget import full_attention_budget
 from jetvit.search.driver import run_beam
 from jetvit.search.latency import LatencyTable, all_of
 from jetvit.search.supernet import extract
+from jetvit.train.config import StageConfig
 from jetvit.train.data import describe
 from jetvit.train.distill import Phase
 from jetvit.train.metrics import MetricLogger
@@ -99,9 +100,11 @@ class RunContext:
         finite(result["final_loss"], f"the final training loss of {phase.name}")
         return result
 
-    def finetune(self, model: nn.Module, *, global_offset: int = 0) -> dict[str, Any]:
-        """The final fine-tuning of a fixed architecture (in place, `Experiment.distill`), with the learning curve
-        the config asks for; recorded in `state.json`."""
+    def finetune(
+        self, model: nn.Module, *, stages: list[StageConfig] | None = None, global_offset: int = 0
+    ) -> dict[str, Any]:
+        """The final fine-tuning of a fixed architecture (in place, `Experiment.distill`; `stages` default
+        `finetune.stages`), with the learning curve the config asks for; recorded in `state.json`."""
         if self.finetune_done_from_export(model):
             return self.state.done("finetune")["result"]
         result = timed(
@@ -110,6 +113,7 @@ class RunContext:
             self.exp.distill,
             model,
             ckpt_path=self.ckpt("finetune"),
+            stages=stages,
             evaluate=self.exp.scorer if self.cfg.run.eval_every else None,
             global_offset=global_offset,
             logger=self.logger,
@@ -190,6 +194,7 @@ def prepare(cfg: Config, out: Path, rt: Runtime, *, search: bool, arch: str | No
     start_run_dir(out, cfg, rt)
     state = RunState(out / "state.json", rt)
     stage_steps = {n: [s.steps for s in getattr(cfg, n).stages] for n in TRAINING_PHASES}
+    stage_steps["finetune"] = [s.steps for s in front_lib.finetune_stages(cfg, state)]
     phases = [(n, sum(steps), steps) for n, steps in stage_steps.items()]
     done = [n for n in TRAINING_PHASES if state.done(n) is not None]
     logger = MetricLogger(out, enabled=rt.main, resume_step=resume_step(out, phases, done=done))
@@ -305,8 +310,10 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
             # Final fine-tuning of the chosen architecture.
             model = extract(supernet2, arch2)
             del supernet2
-            ft = ctx.finetune(model, global_offset=n1 + n2)
+            stages = front_lib.warm_start(ctx, model, arch2, front)
+            ft = ctx.finetune(model, stages=stages, global_offset=n1 + n2)
             ctx.drop_checkpoint("step2")
+            front_lib.drop_points(ctx, front)
             summary = {
                 "teacher": cfg.teacher,
                 "teacher_arch": teacher.arch,

@@ -165,16 +165,14 @@ def _front_section(summary: dict[str, Any], cfg: Config) -> list[str]:
             f"| {name} | {'yes' if r['pareto'] else 'no'} | {r['supernet_score']:.4g} | {r['predicted_ms']:.3g} "
             f"| {measured} |"
         )
-    steps = cfg.front.steps
-    lines += [
-        "",
-        (f"Distilled points: {steps} steps each from the supernet's weights, scored on the held-out images, timed "
-         f"against the teacher (teacher score {teacher:.4g})." if steps else
-         "No point was distilled (front.steps: 0): the scores are the supernet's."),
-        "",
-        "![accuracy against latency](front.png)",
-        "",
-    ]  # fmt: skip
+    steps, reused = cfg.front.steps, (summary.get("phases") or {}).get("front_reuse")
+    note = "No point was distilled (front.steps: 0): the scores are the supernet's."
+    if steps:
+        note = (f"Distilled points: {steps} steps each from the supernet's weights, scored on the held-out images, "
+                f"timed against the teacher (teacher score {teacher:.4g}).")  # fmt: skip
+    if steps and reused:
+        note += f" The pick's fine-tuning continued from its point ({reused['steps']} of its steps were done here)."
+    lines += ["", note, "", "![accuracy against latency](front.png)", ""]
     return lines
 
 

@@ -10,7 +10,10 @@ import pytest
 import torch
 
 from jetvit.bench import latency as bench_latency
-from jetvit.front import final_pick, picks, step1_pick
+from jetvit.config import load_config
+from jetvit.front import drop_points, final_pick, finetune_stages, picks, point_phase, step1_pick, warm_start
+from jetvit.rundir import RunState
+from jetvit.runtime import Runtime
 from jetvit.search.latency import (
     LatencyBudget,
     LatencyTable,
@@ -112,6 +115,62 @@ def test_final_pick_reads_the_measured_front():
     arch, _ = final_pick(front, chosen, criterion="latency", teacher_score=62.3, tolerance=1.0)
     assert arch == "LFWW"
     assert final_pick({"measured": {}}, chosen, criterion="latency", teacher_score=62.3, tolerance=0.5)[0] == "LFWW"
+
+
+class _Ctx:
+    """What `jetvit.front.warm_start` reads of a `jetvit.pipeline.RunContext`, with a recording `exp.distill`."""
+
+    def __init__(self, out, overrides):
+        self.cfg = load_config("tiny", ["front.steps=2", *overrides])  # tiny: finetune.stages[0] runs 6 steps
+        self.out, self.distilled = out, []
+        self.state = RunState(out / "state.json", Runtime(torch.device("cpu")))
+        self.exp = self
+
+    def ckpt(self, phase):
+        return self.out / "ckpt" / f"{phase}.pt"
+
+    def distill(self, model, *, ckpt_path, stages, logger):
+        self.distilled.append((ckpt_path.name, [s.steps for s in stages]))
+
+    def drop_checkpoint(self, phase):
+        if self.cfg.run.keep_checkpoints == "last":
+            self.ckpt(phase).unlink(missing_ok=True)
+
+
+def test_fine_tuning_continues_the_picks_front_point(tmp_path):
+    front = {"measured": {"LFWW": {"steps": 2}, "FFWW": {"steps": 2}}}
+    (tmp_path / "ckpt").mkdir()
+    for arch in front["measured"]:
+        (tmp_path / "ckpt" / f"{point_phase(arch)}.pt").write_bytes(b"a finished point")
+    ctx = _Ctx(tmp_path, [])
+    stages = warm_start(ctx, torch.nn.Identity(), "LFWW", front)
+    assert [s.steps for s in stages] == [4]  # 6 - front.steps
+    assert (
+        stages[0].lr == ctx.cfg.finetune.stages[0].lr and stages[0].resolution == ctx.cfg.finetune.stages[0].resolution
+    )
+    assert ctx.distilled == [("front-LFWW.pt", [2])]  # the point's own (finished) distillation: its weights
+    assert json.loads((tmp_path / "state.json").read_text())["phases"]["front_reuse"] == {"arch": "LFWW", "steps": 2}
+    # resumed after the fine-tuning started: the same stages, its own checkpoint and not the point's weights
+    ctx.ckpt("finetune").write_bytes(b"started")
+    for arch in front["measured"]:
+        ctx.ckpt(point_phase(arch)).unlink()
+    again = _Ctx(tmp_path, [])
+    assert [s.steps for s in warm_start(again, torch.nn.Identity(), "LFWW", front)] == [4] and again.distilled == []
+    assert [s.steps for s in finetune_stages(again.cfg, again.state)] == [4]  # what the run-wide step counts
+    # not continued: a pick never distilled, no point checkpoint, front.reuse off, a first stage as short as the front
+    (tmp_path / "ckpt" / "front-FFWW.pt").write_bytes(b"a finished point")
+    for arch, overrides in [("LLWW", []), ("LFWW", []), ("FFWW", ["front.reuse=false"]), ("FFWW", ["front.steps=6"])]:
+        for f in ("state.json", "ckpt/finetune.pt"):
+            (tmp_path / f).unlink(missing_ok=True)
+        ctx = _Ctx(tmp_path, overrides)
+        assert [s.steps for s in warm_start(ctx, torch.nn.Identity(), arch, front)] == [6], (arch, overrides)
+        assert ctx.distilled == [] and ctx.state.done("front_reuse") is None
+        assert [s.steps for s in finetune_stages(ctx.cfg, ctx.state)] == [6]
+    # the points' checkpoints go with the fine-tuning's end (run.keep_checkpoints: last), kept with `all`
+    drop_points(_Ctx(tmp_path, ["run.keep_checkpoints=all"]), front)
+    assert (tmp_path / "ckpt" / "front-FFWW.pt").is_file()
+    drop_points(_Ctx(tmp_path, []), front)
+    assert not list((tmp_path / "ckpt").glob("front-*"))
 
 
 def test_balanced_sampling_gives_every_kind_its_turn():

@@ -277,7 +277,11 @@ def test_latency_criterion_measures_the_front_and_picks_on_it(teacher, tmp_path)
     report = (out / "report.md").read_text()
     assert "## Accuracy against latency" in report and "front.png" in report and "Criterion: **latency**" in report
     assert (out / "front.png").stat().st_size > 0
-    assert not list((out / "ckpt").glob("front-*"))  # the points' weights are not kept
+    assert not list((out / "ckpt").glob("front-*"))  # the points' weights go once the fine-tuning has finished
+    # the pick (always a measured point) was fine-tuned on from its front distillation: 6 steps less the front's 2
+    state = json.loads((out / "state.json").read_text())["phases"]
+    assert state["front_reuse"] == {"arch": summary["arch"], "steps": 2} and summary["finetune"]["steps"] == 4
+    assert "The pick's fine-tuning continued from its point (2 of its steps were done here)." in report
     before = (out / "front.json").read_text()
     again = cli(*search_args(teacher, out, *extra))
     assert again.returncode == 0, again.stdout + again.stderr

@@ -99,3 +99,6 @@ class FrontConfig:
     steps: int = 0
     max_points: int = 4  # the most candidates distilled (the picks of both criteria always among them)
     batch_size: int | None = None  # default: the fine-tuning's first stage's
+    # The fine-tuning of the pick starts from its front distillation rather than from the supernet's weights, and its
+    # first stage runs `steps` fewer steps (its learning rate warms up again): as many steps, none of them spent twice.
+    reuse: bool = True
