@@ -181,7 +181,7 @@ class Lab:
             objective=dataclasses.replace(cfg.objective, criterion="paper"),
             latency=dataclasses.replace(cfg.latency, source="none"),
             front=dataclasses.replace(cfg.front, steps=0),
-            supernet=dataclasses.replace(cfg.supernet, sampling=self.sampling),
+            supernet=dataclasses.replace(cfg.supernet, sampling=self.way, blockwise_input=self.blockwise_input),
             run=dataclasses.replace(
                 cfg.run,
                 seed=seed,
@@ -197,7 +197,18 @@ class Lab:
     def supernet_steps(self, steps: int) -> int:
         """A supernet phase's steps at the budget's compute: a block-wise step trains every candidate, about twice
         a single path's time (`BLOCKWISE_STEP_COST`), so block-wise gets half the steps."""
-        return equal_compute_steps(steps, self.sampling)
+        return equal_compute_steps(steps, self.way)
+
+    @property
+    def way(self) -> str:
+        """`supernet.sampling` of `--sampling` (`blockwise-student` is `blockwise`)."""
+        return self.sampling.removesuffix("-student")
+
+    @property
+    def blockwise_input(self) -> str:
+        """`supernet.blockwise_input`: the student's for `blockwise-student`, else the teacher's (as the committed
+        `replication-search-blockwise` ran, before the student's became jetvit's default)."""
+        return "student" if self.sampling.endswith("-student") else "teacher"
 
     def stage(self, demo, steps: int):
         """The demo config's stage `demo` at this budget: the native resolution, the budget's steps, batch and lr,
@@ -540,10 +551,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--sampling",
-        choices=[*SAMPLINGS, "blockwise"],
+        choices=[*SAMPLINGS, "blockwise", "blockwise-student"],
         default="uniform",
         help="how the supernets train (supernet.sampling; default the paper's uniform, which this reproduces); "
-        "block-wise gets half the steps, equal compute",
+        "block-wise gets half the steps, equal compute; blockwise: on the teacher's inputs, blockwise-student: on "
+        "the student's (supernet.blockwise_input)",
     )
     p.add_argument(
         "--search-only",

@@ -109,11 +109,11 @@ def test_supernet_phase_follows_the_sampling_and_the_block_wise_input(tiny_teach
         cfg = load_config("tiny", [f"teacher={tiny_teacher_dir}", *FAST, *extra])
         return Experiment.build(cfg).supernet_phase("step1", ["LW"] * 4, cfg.step1.stages)
 
-    teacher_inputs = phase("supernet.sampling=blockwise")
+    teacher_inputs = phase("supernet.sampling=blockwise", "supernet.blockwise_input=teacher")
     assert teacher_inputs.blockwise and teacher_inputs.choose_path is None
     assert teacher_inputs.blockwise_input == "teacher"
-    student = phase("supernet.sampling=blockwise", "supernet.blockwise_input=student")
-    assert student.blockwise and student.blockwise_input == "student"
+    student = phase("supernet.sampling=blockwise")  # the default input
+    assert student.blockwise and student.blockwise_input == "student" and student.choose_path is not None
     net = Experiment.build(load_config("tiny", [f"teacher={tiny_teacher_dir}", *FAST])).supernet(
         jetvit.load(tiny_teacher_dir), ["LW"] * 4
     )
