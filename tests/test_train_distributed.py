@@ -76,15 +76,19 @@ def test_two_process_distill_gives_identical_weights(tiny_teacher_dir, tmp_path)
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("sampling", ["uniform", "blockwise"])
-def test_two_process_search_samples_the_same_paths_and_shares_the_scoring(tiny_teacher_dir, tmp_path, sampling):
-    """Single paths (every process draws the same one) and block-wise supernets (the default) under DDP."""
+@pytest.mark.parametrize(
+    ("sampling", "inputs"), [("uniform", "student"), ("blockwise", "student"), ("blockwise", "teacher")]
+)
+def test_two_process_search_samples_the_same_paths_and_shares_the_scoring(tiny_teacher_dir, tmp_path, sampling, inputs):
+    """Single paths (every process draws the same one) and block-wise supernets under DDP: on the student's inputs
+    (the default; the path that feeds each block is drawn, the same on every process) and on the teacher's."""
     teacher = tiny_teacher_dir
     out = tmp_path / "search"
     log = tmp_path / "scored.txt"
     proc = torchrun("search", "--config", "tiny", "--set", f"teacher={teacher}", "--set", STEP1,
                     "--set", "score.scorer=test_search_plugin_scorer:factory", "--out", str(out),
-                    "--set", f"supernet.sampling={sampling}", env={"JETVIT_TEST_SCORE_LOG": str(log)})  # fmt: skip
+                    "--set", f"supernet.sampling={sampling}", "--set", f"supernet.blockwise_input={inputs}",
+                    env={"JETVIT_TEST_SCORE_LOG": str(log)})  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
@@ -93,10 +97,10 @@ def test_two_process_search_samples_the_same_paths_and_shares_the_scoring(tiny_t
     # Every process asserted each step that all processes drew the same path; rank 0 logged them.
     records = [json.loads(line) for line in Path(out / "metrics.jsonl").read_text().splitlines()]
     paths = [r["path"] for r in records if r.get("phase") == "step1" and "path" in r]
-    if sampling == "uniform":
+    if sampling == "uniform" or inputs == "student":
         assert len(paths) > 5 and len(set(paths)) > 1
     else:
-        assert paths == []  # block-wise: no path, every candidate trains
+        assert paths == []  # block-wise on the teacher's inputs: no path, every candidate trains
     assert jetvit.load(out / "model").arch == summary["arch"]
     # The beam searches scored their candidates in shares: each once overall, both processes at work.
     traj = json.loads((out / "trajectory.json").read_text())
