@@ -18,7 +18,6 @@ point is written to `front.json` as soon as it is known; a resumed run measures 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -129,7 +128,7 @@ def measure_front(ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: 
         if rt.main:
             atomic_write_json(path, result)
             if not cfg.front.reuse:
-                Path(ckpt).unlink(missing_ok=True)  # the point's weights are not kept, only its numbers
+                ckpt.unlink(missing_ok=True)  # the point's weights are not kept, only its numbers
         del model
     if rt.main:
         atomic_write_json(path, result)
