@@ -10,7 +10,8 @@ learning curves, ranking) share:
     data          the image source split into training images and the held-out images the scorer reads
     targets       the distilled blocks
     budget        the FLOP budget (`jetvit.search.budget`), counted on `student_cfg`
-    scorer        the search's scorer (optional: the benchmarks score with their own)
+    scorer        the search's scorer (optional: the benchmarks score with their own), and the front's when
+                  `front.score_options` sets other options for it
 
 The latency table (`latency_table`) is not built here: it times the students on the device, which a run does once its
 directory exists (and keeps there, so that a resumed run reads the same numbers).
@@ -88,6 +89,7 @@ class Experiment:
     holdout: Tensor  # the held-out images, centre-cropped at score.resolution and normalised: (n, 3, H, W)
     budget: FlopBudget
     scorer: Scorer | None
+    front_scorer: Scorer | None = None  # `front.score_options` set: the front's (else the search's scorer scores it)
 
     @classmethod
     def build(
@@ -136,18 +138,14 @@ class Experiment:
             budget.check_start("L" * len(teacher.blocks), letters="LW")
         held = ImageSet(source, held_idx, role="held-out")
         images, skipped = holdout_images(held, sizes["score.resolution"], teacher.cfg.mean, teacher.cfg.std)
-        run_scorer = None
+        run_scorer = front_scorer = None
         if scorer:
-            run_scorer = build_scorer(
-                cfg.score.scorer,
-                teacher=teacher,
-                images=images,
-                targets=targets,
-                batch_size=cfg.score.batch_size,
-                device=rt.device,
-                autocast=rt.autocast,
-                options=cfg.score.options,
-            )
+            kw = dict(teacher=teacher, images=images, targets=targets, batch_size=cfg.score.batch_size,
+                      device=rt.device, autocast=rt.autocast)  # fmt: skip
+            run_scorer = build_scorer(cfg.score.scorer, options=cfg.score.options, **kw)
+            if cfg.front.score_options:
+                options = {**cfg.score.options, **cfg.front.score_options}
+                front_scorer = build_scorer(cfg.score.scorer, options=options, key="front.score_options", **kw)
         return cls(
             cfg=cfg,
             rt=rt,
@@ -162,6 +160,7 @@ class Experiment:
             holdout=images,
             budget=budget,
             scorer=run_scorer,
+            front_scorer=front_scorer,
         )
 
     # --- students -------------------------------------------------------------------------------------------------

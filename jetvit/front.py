@@ -9,9 +9,11 @@ is Step 2's start and among them). Two picks are made on it:
 
 With `front.steps > 0`, up to `front.max_points` candidates of the front (both picks always among them, then the
 points just faster than the latency pick: `jetvit.search.latency.points_to_measure`) are each
-distilled `front.steps` steps from the supernet's weights (`Experiment.distill`), scored by the run's scorer and timed
-against the teacher on the run's device at the latency table's resolution (interleaved, `latency.repeats` pairs). The
-latency pick is then made again on those measurements, which the supernet's shared weights cannot bias. Each measured
+distilled `front.steps` steps from the supernet's weights (`Experiment.distill`), scored by the front's scorer (the
+run's, with `front.score_options` over its options: more samples for a few points) against the teacher's score by the
+same scorer, and timed against the teacher on the run's device at the latency table's resolution (interleaved,
+`latency.repeats` pairs). The latency pick is then made again on those measurements, which the supernet's shared
+weights cannot bias. Each measured
 point is written to `front.json` as soon as it is known; a resumed run measures only what is missing.
 """
 
@@ -85,10 +87,14 @@ def measure_latency(
     return {"teacher_ms": t, "ms": s, "speedup": t / s}
 
 
-def measure_front(ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: LatencyTable, chosen: dict) -> dict:
+def measure_front(
+    ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: LatencyTable, chosen: dict, *, teacher_score: float
+) -> dict:
     """The front of the run in `ctx` (a `jetvit.pipeline.RunContext`): its Pareto points, and with `front.steps` the
-    chosen points distilled, scored and timed (module docstring). Returns what `front.json` holds."""
+    chosen points distilled, scored and timed (module docstring). teacher_score: the teacher's by the search's scorer
+    (the front's reference unless `front.score_options` makes it another scorer). Returns what `front.json` holds."""
     exp, cfg, rt = ctx.exp, ctx.cfg, ctx.rt
+    scorer = exp.front_scorer if cfg.front.steps else None
     path = ctx.out / "front.json"
     points = candidates(traj2, table)
     front = pareto_front(points)
@@ -99,8 +105,15 @@ def measure_front(ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: 
         "points": [{"arch": a, "score": s, "ms": t} for a, s, t in points],
         "pareto": [a for a, _, _ in front],
         "picks": chosen,
+        "scorer": (scorer or exp.scorer).name,
+        "teacher_score": teacher_score,
         "measured": measured,
     }
+    if scorer is not None:  # the teacher again, by the front's scorer: once (a resumed run reads it back)
+        known = saved.get("teacher_score")
+        result["teacher_score"] = known if known is not None else ctx.score(exp.teacher, scorer)
+        if rt.main:
+            atomic_write_json(path, result)
     if cfg.front.steps == 0:
         if rt.main:
             atomic_write_json(path, result)
@@ -116,7 +129,7 @@ def measure_front(ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: 
         model = extract(supernet2, arch)
         ckpt = ctx.ckpt(point_phase(arch))
         exp.distill(model, ckpt_path=ckpt, stages=[stage], logger=None)
-        score = ctx.score(model)
+        score = ctx.score(model, scorer)
         timing = None
         if rt.main:
             timing = measure_latency(
@@ -136,18 +149,18 @@ def measure_front(ctx: Any, supernet2: nn.Module, traj2: dict[str, Any], table: 
 
 
 def final_pick(
-    front: dict[str, Any], chosen: dict[str, dict[str, Any]], *, criterion: str, teacher_score: float, tolerance: float
+    front: dict[str, Any], chosen: dict[str, dict[str, Any]], *, criterion: str, tolerance: float
 ) -> tuple[str, str]:
     """The architecture the run fine-tunes, and why. paper: the paper's pick. latency: on the measured front when
-    there is one (the fastest measured within `tolerance` of the teacher; else the best measured score), else the
-    latency pick on the supernet's scores."""
+    there is one (the fastest measured within `tolerance` of the teacher's score by the same scorer; else the best
+    measured score), else the latency pick on the supernet's scores."""
     if criterion == "paper":
         return chosen["paper"]["arch"], chosen["paper"]["why"]
     measured = front.get("measured") or {}
     if not measured:
         return chosen["latency"]["arch"], chosen["latency"]["why"]
     pts = [(a, m["score"], m["ms"]) for a, m in measured.items()]
-    fastest = pick_fastest(pts, teacher_score, tolerance)
+    fastest = pick_fastest(pts, front["teacher_score"], tolerance)
     if fastest is not None:
         return fastest, f"the fastest measured within {tolerance:g} of the teacher after {_steps(measured)} steps"
     best = max(pts, key=lambda p: (p[1], -p[2]))[0]
@@ -210,9 +223,10 @@ def drop_points(ctx: Any, front: dict[str, Any] | None) -> None:
         ctx.drop_checkpoint(point_phase(arch))
 
 
-def front_rows(front: dict[str, Any], teacher_score: float) -> list[dict[str, Any]]:
+def front_rows(front: dict[str, Any]) -> list[dict[str, Any]]:
     """The front as rows for the report: each Pareto point with its supernet score and predicted ms, and its measured
-    score, ms and speedup when it was measured."""
+    score, ms and speedup when it was measured (below the teacher: by the front's scorer)."""
+    teacher_score = front["teacher_score"]
     by_arch = {p["arch"]: p for p in front["points"]}
     rows = []
     archs = list(dict.fromkeys([*front["pareto"], *front["measured"]]))

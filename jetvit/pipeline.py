@@ -46,6 +46,7 @@ from jetvit.search.beam import switch_proposals
 from jetvit.search.budget import full_attention_budget
 from jetvit.search.driver import run_beam
 from jetvit.search.latency import LatencyTable, all_of
+from jetvit.search.scorers import Scorer
 from jetvit.search.supernet import extract
 from jetvit.train.config import StageConfig
 from jetvit.train.data import describe
@@ -76,9 +77,9 @@ class RunContext:
     def ckpt(self, phase: str) -> Path:
         return self.out / "ckpt" / f"{phase}.pt"
 
-    def score(self, model: nn.Module) -> float:
-        """The run's scorer on `model`, rank 0's value on every process."""
-        scorer = self.exp.scorer
+    def score(self, model: nn.Module, scorer: Scorer | None = None) -> float:
+        """The run's scorer (or `scorer`) on `model`, rank 0's value on every process."""
+        scorer = scorer or self.exp.scorer
         return finite(self.rt.broadcast_object(float(scorer(model))), f"the {scorer.name} score")
 
     def superseded(self, phase: str, after: str) -> bool:
@@ -297,14 +298,8 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
             arch2, why, front, chosen = traj2["best"]["arch"], "Step 2's best (the paper's criterion)", None, None
             if table is not None:
                 chosen = front_lib.picks(traj2, table, teacher_score=teacher_score["score"], tolerance=tolerance)
-                front = timed_front(ctx, supernet2, traj2, table, chosen)
-                arch2, why = front_lib.final_pick(
-                    front,
-                    chosen,
-                    criterion=cfg.objective.criterion,
-                    teacher_score=teacher_score["score"],
-                    tolerance=tolerance,
-                )
+                front = timed_front(ctx, supernet2, traj2, table, chosen, teacher_score=teacher_score["score"])
+                arch2, why = front_lib.final_pick(front, chosen, criterion=cfg.objective.criterion, tolerance=tolerance)
             log.info("the pick: %s (%s)", arch2, why)
 
             # Final fine-tuning of the chosen architecture.
@@ -328,7 +323,8 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 "pick_reason": why,
                 "picks": chosen,
                 **_latency_summary(table, teacher.arch, arch2),
-                "front": front_lib.front_rows(front, teacher_score["score"]) if front is not None else None,
+                "front": front_lib.front_rows(front) if front is not None else None,
+                "front_scorer": front and {k: front[k] for k in ("scorer", "teacher_score")},
                 "final_score": ctx.score(model),
                 **_cost_summary(ctx, arch2),
                 "step1_flops": exp.flops(arch1),
@@ -382,10 +378,12 @@ def run_distill(cfg: Config, out: str | Path, *, arch: str) -> dict[str, Any]:
             close(ctx)
 
 
-def timed_front(ctx: RunContext, supernet2: nn.Module, traj2: dict, table: LatencyTable, chosen: dict) -> dict:
+def timed_front(
+    ctx: RunContext, supernet2: nn.Module, traj2: dict, table: LatencyTable, chosen: dict, *, teacher_score: float
+) -> dict:
     """`jetvit.front.measure_front`, its wall time recorded in `state.json` the first time it completes."""
     t0 = time.perf_counter()
-    front = front_lib.measure_front(ctx, supernet2, traj2, table, chosen)
+    front = front_lib.measure_front(ctx, supernet2, traj2, table, chosen, teacher_score=teacher_score)
     if ctx.state.done("front") is None:
         result = {"pareto": len(front["pareto"]), "measured": len(front["measured"])}
         ctx.state.finish("front", result=result, seconds=round(time.perf_counter() - t0, 3))

@@ -140,7 +140,7 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
 def _front_section(summary: dict[str, Any], cfg: Config) -> list[str]:
     """The accuracy-latency front: the table of its points and the plot."""
     picks = summary["picks"]
-    teacher = summary["teacher_score"]
+    front_scorer = summary.get("front_scorer") or {k: summary[k] for k in ("scorer", "teacher_score")}
     lines = [
         "## Accuracy against latency",
         "",
@@ -168,12 +168,17 @@ def _front_section(summary: dict[str, Any], cfg: Config) -> list[str]:
     steps, reused = cfg.front.steps, (summary.get("phases") or {}).get("front_reuse")
     note = "No point was distilled (front.steps: 0): the scores are the supernet's."
     if steps:
-        note = (f"Distilled points: {steps} steps each from the supernet's weights, scored on the held-out images, "
-                f"timed against the teacher (teacher score {teacher:.4g}).")  # fmt: skip
+        note = (f"Distilled points: {steps} steps each from the supernet's weights, scored by "
+                f"{front_scorer['scorer']}{_options(cfg.front.score_options)} against the teacher's "
+                f"{front_scorer['teacher_score']:.4g} by the same, timed against the teacher.")  # fmt: skip
     if steps and reused:
         note += f" The pick's fine-tuning continued from its point ({reused['steps']} of its steps were done here)."
     lines += ["", note, "", "![accuracy against latency](front.png)", ""]
     return lines
+
+
+def _options(options: dict[str, Any]) -> str:
+    return f" (with `front.score_options` {options})" if options else ""
 
 
 def _curves_line(tensorboard: str | None) -> str:

@@ -123,3 +123,16 @@ def test_supernet_phase_follows_the_sampling_and_the_block_wise_input(tiny_teach
     ]
     uniform = phase("supernet.sampling=uniform")
     assert not uniform.blockwise and uniform.choose_path is not None
+
+
+def test_the_front_scores_with_its_own_options(tiny_teacher_dir, monkeypatch):
+    """`front.score_options`, set over `score.options`, make the front's scorer (the search's without them); options
+    a scorer does not take are refused under their own key."""
+    monkeypatch.syspath_prepend(str(TESTS))  # the plugin scorer
+    base = [f"teacher={tiny_teacher_dir}", "score.scorer=test_search_plugin_scorer:factory"]
+    assert Experiment.build(load_config("tiny", base)).front_scorer is None
+    exp = Experiment.build(load_config("tiny", [*base, "front.score_options={metric: cosine}"]))
+    assert (exp.scorer.name, exp.front_scorer.name) == ("plugin_neg_feature_mse", "plugin_feature_cosine")
+    assert exp.front_scorer(exp.teacher) == pytest.approx(1.0, abs=1e-6) and exp.scorer(exp.teacher) == 0.0
+    with pytest.raises(ValueError, match=r"front.score_options \['samples'\] are not used by the built-in"):
+        Experiment.build(load_config("tiny", [f"teacher={tiny_teacher_dir}", "front.score_options.samples=128"]))

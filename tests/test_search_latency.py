@@ -11,7 +11,16 @@ import torch
 
 from jetvit.bench import latency as bench_latency
 from jetvit.config import load_config
-from jetvit.front import drop_points, final_pick, finetune_stages, picks, point_phase, step1_pick, warm_start
+from jetvit.front import (
+    drop_points,
+    final_pick,
+    finetune_stages,
+    front_rows,
+    picks,
+    point_phase,
+    step1_pick,
+    warm_start,
+)
 from jetvit.rundir import RunState
 from jetvit.runtime import Runtime
 from jetvit.search.latency import (
@@ -107,14 +116,23 @@ def test_picks_paper_against_latency():
 
 def test_final_pick_reads_the_measured_front():
     chosen = picks(_traj({"LFWW": 61.8, "FFWW": 62.1}, "FFWW"), TABLE, teacher_score=62.3, tolerance=0.5)
-    front = {"measured": {"LFWW": {"score": 61.5, "ms": 15.0, "steps": 3}, "FFWW": {"score": 62.2, "ms": 20.0,
-                                                                                   "steps": 3}}}  # fmt: skip
-    assert final_pick(front, chosen, criterion="paper", teacher_score=62.3, tolerance=0.5)[0] == "FFWW"
-    arch, why = final_pick(front, chosen, criterion="latency", teacher_score=62.3, tolerance=0.5)
+    measured = {
+        "LFWW": {"score": 61.5, "ms": 15.0, "speedup": 2.0, "steps": 3},
+        "FFWW": {"score": 62.2, "ms": 20.0, "speedup": 1.5, "steps": 3},
+    }
+    front = {"measured": measured, "teacher_score": 62.3}
+    assert final_pick(front, chosen, criterion="paper", tolerance=0.5)[0] == "FFWW"
+    arch, why = final_pick(front, chosen, criterion="latency", tolerance=0.5)
     assert arch == "FFWW" and "measured" in why  # LFWW fell out of the tolerance once distilled
-    arch, _ = final_pick(front, chosen, criterion="latency", teacher_score=62.3, tolerance=1.0)
+    arch, _ = final_pick(front, chosen, criterion="latency", tolerance=1.0)
     assert arch == "LFWW"
-    assert final_pick({"measured": {}}, chosen, criterion="latency", teacher_score=62.3, tolerance=0.5)[0] == "LFWW"
+    assert final_pick({"measured": {}}, chosen, criterion="latency", tolerance=0.5)[0] == "LFWW"
+    # the tolerance is to the teacher's score by the front's own scorer (`front.score_options`), not the search's
+    by_front_scorer = {"measured": measured, "teacher_score": 61.9}
+    assert final_pick(by_front_scorer, chosen, criterion="latency", tolerance=0.5)[0] == "LFWW"
+    assert [r["below_teacher"] for r in front_rows({**by_front_scorer, "points": [], "pareto": []})] == pytest.approx(
+        [0.4, -0.3]
+    )
 
 
 class _Ctx:

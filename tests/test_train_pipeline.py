@@ -245,10 +245,12 @@ def test_distill_with_compiled_blocks_trains_as_eager(teacher, tmp_path):
 def test_latency_criterion_measures_the_front_and_picks_on_it(teacher, tmp_path):
     """`objective.criterion: latency` with a measured front: the latency table and the front are written, every
     measured point is on the front or a pick, the pick is the fastest measured point within the tolerance (else the
-    best), the report shows the front, and a second start measures nothing again."""
+    best), the report shows the front, and a second start measures nothing again. The front scores by its own
+    options (`front.score_options`: here the plugin's cosine where the search's is the MSE), the teacher too."""
     out = tmp_path / "latency"
     extra = ["objective.criterion=latency", "objective.tolerance=1.0", "front.steps=2", "front.max_points=3",
-             "latency.repeats=2", "budget.resolution=64"]  # fmt: skip
+             "latency.repeats=2", "budget.resolution=64", "score.scorer=test_search_plugin_scorer:factory",
+             "front.score_options.metric=cosine"]  # fmt: skip
     proc = cli(*search_args(teacher, out, *extra))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads((out / "summary.json").read_text())
@@ -262,7 +264,11 @@ def test_latency_criterion_measures_the_front_and_picks_on_it(teacher, tmp_path)
     picks = {summary["picks"]["paper"]["arch"], summary["picks"]["latency"]["arch"]}
     assert picks <= set(measured) and len(measured) == min(3, len(set(front["pareto"]) | picks))
     assert set(measured) <= set(front["pareto"]) | picks
-    teacher_score = summary["teacher_score"]
+    assert summary["teacher_score"] == 0.0 and summary["scorer"] == "plugin_neg_feature_mse"  # the search's
+    assert front["scorer"] == summary["front_scorer"]["scorer"] == "plugin_feature_cosine"
+    assert front["teacher_score"] == summary["front_scorer"]["teacher_score"] == pytest.approx(1.0, abs=1e-6)
+    assert all(0 < m["score"] <= 1 + 1e-6 for m in measured.values())  # cosines, not negated MSEs
+    teacher_score = front["teacher_score"]
     within = {a: m for a, m in measured.items() if m["score"] >= teacher_score - 1.0}
     if within:
         assert summary["arch"] == min(within, key=lambda a: (within[a]["ms"], -within[a]["score"]))
@@ -276,6 +282,7 @@ def test_latency_criterion_measures_the_front_and_picks_on_it(teacher, tmp_path)
     assert set(measured) <= set(rows)
     report = (out / "report.md").read_text()
     assert "## Accuracy against latency" in report and "front.png" in report and "Criterion: **latency**" in report
+    assert "scored by plugin_feature_cosine (with `front.score_options` {'metric': 'cosine'})" in report
     assert (out / "front.png").stat().st_size > 0
     assert not list((out / "ckpt").glob("front-*"))  # the points' weights go once the fine-tuning has finished
     # the pick (always a measured point) was fine-tuned on from its front distillation: 6 steps less the front's 2

@@ -148,8 +148,8 @@ def front_lines(summary: dict) -> list[str]:
     for r in rows:
         tags = [t for t, a in (("paper's pick", paper), ("the pick", summary["arch"])) if a == r["arch"]]
         out.append(
-            f"  {r['arch']}  search score {100 * r['score']:.2f}  {r['speedup']:.2f}x the teacher"
-            + (f"  <- {', '.join(tags)}" if tags else "")
+            f"  {r['arch']}  score {100 * r['score']:.2f} ({-100 * r['below_teacher']:+.2f} to the teacher)  "
+            f"{r['speedup']:.2f}x the teacher" + (f"  <- {', '.join(tags)}" if tags else "")
         )
     return out
 

@@ -103,3 +103,7 @@ class FrontConfig:
     # The fine-tuning of the pick starts from its front distillation rather than from the supernet's weights, and its
     # first stage runs `steps` fewer steps (its learning rate warms up again): as many steps, none of them spent twice.
     reuse: bool = True
+    # Set over `score.options` for the front's scorer, which scores its few points and, for them, the teacher again:
+    # the pick hinges on tenths of a point, finer than the search's many candidates need (the demo: 128 samples, not
+    # 32). Empty: the search's own scorer.
+    score_options: dict[str, Any] = field(default_factory=dict)

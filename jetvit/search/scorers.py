@@ -98,12 +98,14 @@ def build_scorer(
     device: torch.device,
     autocast: Callable[[], Any] | None = None,
     options: dict[str, Any] | None = None,
+    key: str = "score.options",
 ) -> Scorer:
-    """A scorer from its config name: "feature_mse", "feature_cosine" or "package.module:factory"."""
+    """A scorer from its config name: "feature_mse", "feature_cosine" or "package.module:factory". key: the config
+    key that `options` came from, for the errors."""
     options = dict(options or {})
     if spec in BUILTIN:
         if options:
-            raise ValueError(f"score.options {sorted(options)} are not used by the built-in scorer {spec!r}")
+            raise ValueError(f"{key} {sorted(options)} are not used by the built-in scorer {spec!r}")
         metric = spec.removeprefix("feature_")
         return FeatureScorer(
             teacher, images, targets, metric=metric, batch_size=batch_size, device=device, autocast=autocast
@@ -121,7 +123,7 @@ def build_scorer(
     unknown = sorted(k for k in options if k not in params and not takes_any)
     if unknown:
         accepted = sorted(k for k in params if k not in provided)
-        raise ValueError(f"score.options {unknown} are not options of {spec!r}; it takes: {', '.join(accepted)}")
+        raise ValueError(f"{key} {unknown} are not options of {spec!r}; it takes: {', '.join(accepted)}")
     kwargs = {k: v for k, v in provided.items() if k in params or takes_any}
     scorer = factory(**kwargs, **options)
     if not callable(scorer) or not hasattr(scorer, "name"):

@@ -137,9 +137,9 @@ def plot_front(
         for a, m in measured.items():
             ax.annotate(a, (m["ms"], m["score"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.scatter([teacher_ms], [teacher_score], marker="*", s=120, color="#D1495B", zorder=4, label="teacher (table)")
-    if teacher_measured_ms is not None:
-        ax.scatter([teacher_measured_ms], [teacher_score], marker="*", s=120, color="#4C9F70", zorder=4,
-                   label="teacher (measured with the front)")  # fmt: skip
+    if teacher_measured_ms is not None:  # scored by the front's scorer, as the measured points are
+        ax.scatter([teacher_measured_ms], [front.get("teacher_score", teacher_score)], marker="*", s=120,
+                   color="#4C9F70", zorder=4, label="teacher (measured with the front)")  # fmt: skip
     paper = front["picks"]["paper"]["arch"]
     for arch, label, color in ((paper, "paper's pick", "#E09F3E"), (pick, "this run's pick", "#000000")):
         p = measured.get(arch) or by_arch.get(arch)
