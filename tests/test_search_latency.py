@@ -96,6 +96,10 @@ def test_points_to_measure_probe_just_faster_than_the_pick():
     assert points_to_measure(front, ["a8", "a1"], "a1", 4) == ["a8", "a1", "a0", "a2"]
     assert points_to_measure(front[:2], ["a1"], "a1", 5) == ["a1", "a0"]
     assert points_to_measure(front, ["a7", "a5"], "a5", 1) == ["a7", "a5"]  # the picks always
+    # a point predicted within 1% of a chosen one's latency buys no speed: the next one is measured instead
+    close = [("b0", 50.0, 300.0), ("b1", 55.0, 386.0), ("b2", 57.0, 467.2), ("b3", 58.0, 467.4)]
+    assert points_to_measure(close, ["b3"], "b3", 2) == ["b3", "b1"]
+    assert points_to_measure(close, ["b3"], "b3", 4) == ["b3", "b1", "b0"]
 
 
 def _traj(scores: dict[str, float], best: str) -> dict:
