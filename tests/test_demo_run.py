@@ -65,3 +65,13 @@ def test_demo_runner_end_to_end_on_a_tiny_teacher(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=tmp_path)
     assert json.loads((bench_dir / "latency_pick.json").read_text())["fine_tuned_here"] == []
     assert "This invocation fine-tuned nothing; the latency pick" in (bench_dir / "latency_pick.md").read_text()
+    # another architecture in the latency pick's place: what a declined pick would have given
+    paper = res["archs"]["paper pick"]
+    other = next(a for a in ("LLLL", "WWWW", "LWLW") if a not in (paper, summary["arch"]))
+    subprocess.run([*cmd, "--candidate", other, "--name", "other"], check=True, capture_output=True, text=True,
+                   cwd=tmp_path)  # fmt: skip
+    res = json.loads((bench_dir / "other.json").read_text())
+    assert res["archs"]["candidate"] == other and res["latency_pick"] == summary["arch"]
+    assert set(res["speedup"]) == {"candidate", "paper pick"} and res["fine_tuned_here"] == ["candidate"]
+    md = (bench_dir / "other.md").read_text()
+    assert "Candidate against the paper pick" in md and f"`{other}` is not the run's pick" in md
