@@ -151,6 +151,17 @@ def test_plan_counts_the_models_the_run_trains(tiny_teacher_dir, tiny_model):
         assert all(x.activations > y.activations for x, y in zip(a.stages, b.stages))
     assert bw.phases[2].stages == plan.phases[2].stages
 
+    # a measured front distils its points alone, at `front.batch_size`: a phase of its own
+    front = plan_run(
+        load_config("tiny", [f"teacher={tiny_teacher_dir}", "supernet.sampling=uniform", "latency.source=measured",
+                             "front.steps=3", "front.batch_size=8"]), gpus=2, gpu_memory=GIB,
+    )  # fmt: skip
+    assert [p.name for p in front.phases] == ["step1", "step2", "front", "finetune"]
+    assert [s.micro_batch for s in front.phases[2].stages] == [4] and front.phases[2].parameters == plan.phases[
+        2
+    ].parameters
+    assert [s.resolution for s in front.phases[2].stages] == [cfg.finetune.stages[0].size]
+
     distill = plan_run(cfg, gpus=1, gpu_memory=GIB, arch="lwlf")
     (ft,) = distill.phases
     student = tiny_model("LWLF")

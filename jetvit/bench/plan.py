@@ -1,8 +1,8 @@
 """Memory plan of a run: what each training phase holds per process, from the models' own shapes, without weights.
 
-`plan_run(cfg, gpus=N, gpu_memory=M)` builds every model a run trains (the Step 1 and Step 2 supernets, the
-fine-tuned student) on the meta device from the teacher's config, the way the pipeline builds them, and counts per
-process and per stage of each phase:
+`plan_run(cfg, gpus=N, gpu_memory=M)` builds every model a run trains (the Step 1 and Step 2 supernets, the front's
+points when it measures them, the fine-tuned student) on the meta device from the teacher's config, the way the pipeline
+builds them, and counts per process and per stage of each phase:
 
 - parameters: every tensor of the model trained (fp32, as the run holds them; a supernet's shared tensors once);
 - gradients: one fp32 tensor per trainable parameter; with more than one process, DDP's gradient buckets as much again;
@@ -329,8 +329,13 @@ def plan_run(
         phases += [
             phase("step1", step1_what, step1, base2, [["LW"] * depth], cfg.step1.stages, blockwise),
             phase("step2", step2_what, step2, base2, step2_options, cfg.step2.stages, blockwise),
-            phase("finetune", searched, base2, base2, [["LWF"] * depth], cfg.finetune.stages),
         ]
+        if cfg.front.steps and cfg.latency.source != "none":  # each measured point of the front, distilled alone
+            from jetvit.front import front_stage
+
+            points = f"each front point (any kinds), {cfg.front.steps} steps"
+            phases.append(phase("front", points, base2, base2, [["LWF"] * depth], [front_stage(cfg)]))
+        phases.append(phase("finetune", searched, base2, base2, [["LWF"] * depth], cfg.finetune.stages))
     else:
         arch = validate_arch(arch, depth)
         student = _meta_model(dataclasses.replace(tcfg, arch=arch))
