@@ -5,7 +5,8 @@ After Step 2 every scored candidate has a supernet score and a latency predicted
 is Step 2's start and among them). Two picks are made on it:
 
     paper     the paper's criterion: Step 2's best within `step2.max_full` F blocks (or the first to reach the teacher)
-    latency   the fastest candidate within `objective.tolerance` of the teacher's score (the best score when none is)
+    latency   the fastest candidate within `objective.tolerance` of the teacher's score (the best score when none is);
+              on a measured front, of the reference `objective.reference` names
 
 With `front.steps > 0`, up to `front.max_points` candidates of the front (both picks always among them, then the
 points just faster than the latency pick: `jetvit.search.latency.points_to_measure`) are each
@@ -149,22 +150,31 @@ def measure_front(
 
 
 def final_pick(
-    front: dict[str, Any], chosen: dict[str, dict[str, Any]], *, criterion: str, tolerance: float
+    front: dict[str, Any],
+    chosen: dict[str, dict[str, Any]],
+    *,
+    criterion: str,
+    tolerance: float,
+    reference: str = "teacher",
 ) -> tuple[str, str]:
     """The architecture the run fine-tunes, and why. paper: the paper's pick. latency: on the measured front when
-    there is one (the fastest measured within `tolerance` of the teacher's score by the same scorer; else the best
-    measured score), else the latency pick on the supernet's scores."""
+    there is one, the fastest measured within `tolerance` of the reference (`reference` "teacher": the teacher's score
+    by the same scorer; "front": the best measured score where it is below the teacher's), else the best measured
+    score; without one, the latency pick on the supernet's scores."""
     if criterion == "paper":
         return chosen["paper"]["arch"], chosen["paper"]["why"]
     measured = front.get("measured") or {}
     if not measured:
         return chosen["latency"]["arch"], chosen["latency"]["why"]
     pts = [(a, m["score"], m["ms"]) for a, m in measured.items()]
-    fastest = pick_fastest(pts, front["teacher_score"], tolerance)
+    best = max(pts, key=lambda p: (p[1], -p[2]))
+    ref, of = front["teacher_score"], "the teacher"
+    if reference == "front" and best[1] < ref:
+        ref, of = best[1], f"the best measured point ({best[0]}, below the teacher)"
+    fastest = pick_fastest(pts, ref, tolerance)
     if fastest is not None:
-        return fastest, f"the fastest measured within {tolerance:g} of the teacher after {_steps(measured)} steps"
-    best = max(pts, key=lambda p: (p[1], -p[2]))[0]
-    return best, f"no measured point within {tolerance:g} of the teacher: the best measured score"
+        return fastest, f"the fastest measured within {tolerance:g} of {of} after {_steps(measured)} steps"
+    return best[0], f"no measured point within {tolerance:g} of the teacher: the best measured score"
 
 
 def _steps(measured: dict[str, Any]) -> int:

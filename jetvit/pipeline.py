@@ -299,7 +299,10 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
             if table is not None:
                 chosen = front_lib.picks(traj2, table, teacher_score=teacher_score["score"], tolerance=tolerance)
                 front = timed_front(ctx, supernet2, traj2, table, chosen, teacher_score=teacher_score["score"])
-                arch2, why = front_lib.final_pick(front, chosen, criterion=cfg.objective.criterion, tolerance=tolerance)
+                arch2, why = front_lib.final_pick(
+                    front, chosen, criterion=cfg.objective.criterion, tolerance=tolerance,
+                    reference=cfg.objective.reference,
+                )  # fmt: skip
             log.info("the pick: %s (%s)", arch2, why)
 
             # Final fine-tuning of the chosen architecture.

@@ -145,7 +145,8 @@ def _front_section(summary: dict[str, Any], cfg: Config) -> list[str]:
         "## Accuracy against latency",
         "",
         f"Latency table: {summary['latency_table']}. The teacher: {summary['teacher_predicted_ms']:.3g} ms predicted.",
-        f"Criterion: **{summary['criterion']}** (objective.tolerance {cfg.objective.tolerance:g}); the pick: "
+        f"Criterion: **{summary['criterion']}** (objective.tolerance {cfg.objective.tolerance:g}, reference "
+        f"{cfg.objective.reference}); the pick: "
         f"`{summary['arch']}`, {summary['pick_reason']}. The paper's criterion picks `{picks['paper']['arch']}`; "
         f"on the supernet's scores the latency criterion picks `{picks['latency']['arch']}` "
         f"({picks['latency']['why']}).",

@@ -131,6 +131,18 @@ def test_final_pick_reads_the_measured_front():
     arch, _ = final_pick(front, chosen, criterion="latency", tolerance=1.0)
     assert arch == "LFWW"
     assert final_pick({"measured": {}}, chosen, criterion="latency", tolerance=0.5)[0] == "LFWW"
+
+    # objective.reference front: held to the best measured point where it falls short of the teacher, never above it
+    def pick(teacher, lf, ff, reference):
+        pts = {"LFWW": {"score": lf, "ms": 15.0, "steps": 3}, "FFWW": {"score": ff, "ms": 20.0, "steps": 3}}
+        return final_pick({"measured": pts, "teacher_score": teacher}, chosen, criterion="latency", tolerance=0.5,
+                          reference=reference)  # fmt: skip
+
+    assert pick(62.9, 61.8, 62.2, "teacher")[0] == "FFWW"  # 1.1 below the teacher
+    arch, why = pick(62.9, 61.8, 62.2, "front")
+    assert arch == "LFWW" and "the best measured point (FFWW, below the teacher)" in why  # 0.4 below FFWW
+    assert pick(62.9, 61.6, 62.2, "front")[0] == "FFWW"  # 0.6 below FFWW
+    assert pick(62.0, 61.6, 62.6, "front")[0] == "LFWW"  # FFWW above the teacher: the teacher is the reference
     # the tolerance is to the teacher's score by the front's own scorer (`front.score_options`), not the search's
     by_front_scorer = {"measured": measured, "teacher_score": 61.9}
     assert final_pick(by_front_scorer, chosen, criterion="latency", tolerance=0.5)[0] == "LFWW"
