@@ -14,8 +14,8 @@ distilled `front.steps` steps from the supernet's weights (`Experiment.distill`)
 run's, with `front.score_options` over its options: more samples for a few points) against the teacher's score by the
 same scorer, and timed against the teacher on the run's device at the latency table's resolution (interleaved,
 `latency.repeats` pairs). The latency pick is then made again on those measurements, which the supernet's shared
-weights cannot bias. Each measured
-point is written to `front.json` as soon as it is known; a resumed run measures only what is missing.
+weights cannot bias. Each measured point is written to `front.json` as soon as it is known; a resumed run measures
+only what is missing.
 """
 
 from __future__ import annotations

@@ -299,10 +299,10 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
             if table is not None:
                 chosen = front_lib.picks(traj2, table, teacher_score=teacher_score["score"], tolerance=tolerance)
                 front = timed_front(ctx, supernet2, traj2, table, chosen, teacher_score=teacher_score["score"])
+                objective = cfg.objective
                 arch2, why = front_lib.final_pick(
-                    front, chosen, criterion=cfg.objective.criterion, tolerance=tolerance,
-                    reference=cfg.objective.reference,
-                )  # fmt: skip
+                    front, chosen, criterion=objective.criterion, tolerance=tolerance, reference=objective.reference
+                )
             log.info("the pick: %s (%s)", arch2, why)
 
             # Final fine-tuning of the chosen architecture.
@@ -327,7 +327,7 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 "picks": chosen,
                 **_latency_summary(table, teacher.arch, arch2),
                 "front": front_lib.front_rows(front) if front is not None else None,
-                "front_scorer": front and {k: front[k] for k in ("scorer", "teacher_score")},
+                "front_scorer": {k: front[k] for k in ("scorer", "teacher_score")} if front is not None else None,
                 "final_score": ctx.score(model),
                 **_cost_summary(ctx, arch2),
                 "step1_flops": exp.flops(arch1),

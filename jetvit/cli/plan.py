@@ -3,9 +3,9 @@
 For each training phase of the run (`jetvit search`: Step 1 supernet, Step 2 supernet, the measured front's points,
 fine-tuning; with `--arch` or the config's `arch`, the fine-tuning of `jetvit distill`): parameters, gradients,
 optimizer states, teacher and activations per process, per stage, without and with activation checkpointing, and
-whether it fits. Nothing is
-trained and no weights are needed: the models are built on the meta device from the teacher's config, and the
-teacher may be a preset name (`--set teacher=dinov3-7b`). What is counted: `jetvit.bench.plan`.
+whether it fits. Nothing is trained and no weights are needed: the models are built on the meta device from the
+teacher's config, and the teacher may be a preset name (`--set teacher=dinov3-7b`). What is counted:
+`jetvit.bench.plan`.
 """
 
 from __future__ import annotations
