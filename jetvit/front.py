@@ -233,6 +233,29 @@ def drop_points(ctx: Any, front: dict[str, Any] | None) -> None:
         ctx.drop_checkpoint(point_phase(arch))
 
 
+def compute(phases: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """What the latency-aware search cost against a paper-style one on the same supernets (no latency table, no
+    front, the fine-tuning's full stages), from the phases `state.json` records: training steps, exact, and wall
+    seconds, the paper-style's estimated (its searches and supernets are this run's; its fine-tuning is this run's
+    scaled to the full steps)."""
+    ft = phases["finetune"]
+    full = sum(st.steps for st in cfg.finetune.stages)
+    front_steps = phases["front"]["result"]["measured"] * cfg.front.steps
+    shared = ("step1", "search1", "step2", "search2")
+    shared_s = sum(phases[p]["seconds"] for p in shared if p in phases)
+    supernet_steps = sum(phases[p]["result"]["steps"] for p in ("step1", "step2") if p in phases)
+    seconds = {p: phases[p]["seconds"] for p in ("latency", "front") if p in phases}
+    return {
+        "steps": supernet_steps + front_steps + ft["result"]["steps"],
+        "paper_steps": supernet_steps + full,
+        "seconds": shared_s + sum(seconds.values()) + ft["seconds"],
+        "paper_seconds": shared_s + ft["seconds"] * full / max(ft["result"]["steps"], 1),
+        "latency_seconds": seconds.get("latency", 0.0),
+        "front_seconds": seconds.get("front", 0.0),
+        "front_steps": front_steps,
+    }
+
+
 def front_rows(front: dict[str, Any]) -> list[dict[str, Any]]:
     """The front as rows for the report: each Pareto point with its supernet score and predicted ms, and its measured
     score, ms and speedup when it was measured (below the teacher: by the front's scorer)."""

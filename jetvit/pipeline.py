@@ -129,11 +129,13 @@ class RunContext:
         saved = read_json(path, expect=dict)
         if saved is not None:
             return LatencyTable.from_dict(saved)
+        t0 = time.perf_counter()
         table = self.exp.latency_table()
         if table is not None:
             log.info("latency table: %s", table.describe())
             if self.rt.main:
                 atomic_write_json(path, table.to_dict())
+            self.state.finish("latency", seconds=round(time.perf_counter() - t0, 3))  # a cached table: about 0
         return table
 
     def drop_checkpoint(self, phase: str) -> None:
@@ -328,6 +330,7 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 **_latency_summary(table, teacher.arch, arch2),
                 "front": front_lib.front_rows(front) if front is not None else None,
                 "front_scorer": {k: front[k] for k in ("scorer", "teacher_score")} if front is not None else None,
+                "compute": front_lib.compute(state.data["phases"], cfg) if front is not None else None,
                 "final_score": ctx.score(model),
                 **_cost_summary(ctx, arch2),
                 "step1_flops": exp.flops(arch1),

@@ -107,6 +107,12 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
     for name in ("search1", "search2"):
         if name in phases:
             lines.append(f"| {name} (beam search) | - | - | {_seconds(phases[name]['seconds'])} |")
+    if "front" in phases:
+        n = phases["front"]["result"]["measured"]
+        lines.append(f"| front ({n} points distilled and timed) | {n * cfg.front.steps} | - | "
+                     f"{_seconds(phases['front']['seconds'])} |")  # fmt: skip
+    if "latency" in phases:
+        lines.append(f"| latency table | - | - | {_seconds(phases['latency']['seconds'])} |")
     lines += [
         "",
         f"Unreadable images skipped during training: {summary['skipped_training_images']}"
@@ -174,7 +180,19 @@ def _front_section(summary: dict[str, Any], cfg: Config) -> list[str]:
                 f"{front_scorer['teacher_score']:.4g} by the same, timed against the teacher.")  # fmt: skip
     if steps and reused:
         note += f" The pick's fine-tuning continued from its point ({reused['steps']} of its steps were done here)."
-    lines += ["", note, "", "![accuracy against latency](front.png)", ""]
+    lines += ["", note]
+    if summary.get("compute"):
+        c = summary["compute"]
+        lines += [
+            "",
+            f"Compute against a paper-style search on the same supernets (no latency table nor front, the fine-tuning "
+            f"in full): {c['steps']} training steps against {c['paper_steps']} "
+            f"({100 * (c['steps'] / c['paper_steps'] - 1):+.0f}%: the front's {c['front_steps']}, less what the "
+            f"fine-tuning continued), {_seconds(c['seconds'])} against an estimated {_seconds(c['paper_seconds'])} "
+            f"({100 * (c['seconds'] / c['paper_seconds'] - 1):+.0f}%; latency table {_seconds(c['latency_seconds'])}, "
+            f"front {_seconds(c['front_seconds'])}).",
+        ]
+    lines += ["", "![accuracy against latency](front.png)", ""]
     return lines
 
 

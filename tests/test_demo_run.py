@@ -40,6 +40,7 @@ def test_demo_runner_end_to_end_on_a_tiny_teacher(tmp_path):
     # the demo's search is latency-aware: the front is measured, printed and linked
     assert summary["criterion"] == "latency" and summary["picks"]["paper"]["arch"]
     assert "front (latency criterion" in proc.stdout and "search/front.png" in report
+    assert f"against a paper-style search: {summary['compute']['steps']} training steps for" in proc.stdout
     assert (out / "search" / "front.png").is_file() and "## Accuracy against latency" in (
         out / "search" / "report.md"
     ).read_text()

@@ -12,6 +12,7 @@ import torch
 from jetvit.bench import latency as bench_latency
 from jetvit.config import load_config
 from jetvit.front import (
+    compute,
     drop_points,
     final_pick,
     finetune_stages,
@@ -149,6 +150,22 @@ def test_final_pick_reads_the_measured_front():
     assert [r["below_teacher"] for r in front_rows({**by_front_scorer, "points": [], "pareto": []})] == pytest.approx(
         [0.4, -0.3]
     )
+
+
+def test_compute_counts_the_front_against_a_paper_style_search():
+    cfg = load_config("tiny", ["front.steps=2"])  # tiny: the fine-tuning runs 6 steps in full
+    phases = {
+        "step1": {"result": {"steps": 10}, "seconds": 10.0},
+        "search1": {"result": {}, "seconds": 2.0},
+        "step2": {"result": {"steps": 10}, "seconds": 12.0},
+        "search2": {"result": {}, "seconds": 1.0},
+        "latency": {"seconds": 3.0},
+        "front": {"result": {"pareto": 4, "measured": 3}, "seconds": 9.0},
+        "finetune": {"result": {"steps": 4}, "seconds": 8.0},  # continued from its point: 6 - 2
+    }
+    c = compute(phases, cfg)
+    assert (c["steps"], c["paper_steps"], c["front_steps"]) == (20 + 6 + 4, 20 + 6, 6)
+    assert c["seconds"] == 25.0 + 3.0 + 9.0 + 8.0 and c["paper_seconds"] == 25.0 + 8.0 * 6 / 4
 
 
 class _Ctx:

@@ -287,6 +287,13 @@ def test_latency_criterion_measures_the_front_and_picks_on_it(teacher, tmp_path)
     state = json.loads((out / "state.json").read_text())["phases"]
     assert state["front_reuse"] == {"arch": summary["arch"], "steps": 2} and summary["finetune"]["steps"] == 4
     assert "The pick's fine-tuning continued from its point (2 of its steps were done here)." in report
+    # the compute against a paper-style search: the front's steps in, the steps the fine-tuning continued out
+    supernets = state["step1"]["result"]["steps"] + state["step2"]["result"]["steps"]
+    c = summary["compute"]
+    assert (c["steps"], c["paper_steps"]) == (supernets + 2 * len(measured) + 4, supernets + 6)
+    assert c["front_seconds"] == state["front"]["seconds"] and c["latency_seconds"] == state["latency"]["seconds"] > 0
+    assert "Compute against a paper-style search on the same supernets" in report
+    assert f"| front ({len(measured)} points distilled and timed) | {2 * len(measured)} |" in report
     before = (out / "front.json").read_text()
     again = cli(*search_args(teacher, out, *extra))
     assert again.returncode == 0, again.stdout + again.stderr

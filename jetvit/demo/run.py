@@ -151,6 +151,12 @@ def front_lines(summary: dict) -> list[str]:
             f"  {r['arch']}  score {100 * r['score']:.2f} ({-100 * r['below_teacher']:+.2f} to the teacher)  "
             f"{r['speedup']:.2f}x the teacher" + (f"  <- {', '.join(tags)}" if tags else "")
         )
+    c = summary.get("compute")
+    if c:
+        out.append(
+            f"  against a paper-style search: {c['steps']} training steps for {c['paper_steps']}, "
+            f"{c['seconds'] / 60:.1f} min for an estimated {c['paper_seconds'] / 60:.1f}"
+        )
     return out
 
 
