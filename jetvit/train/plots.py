@@ -130,16 +130,19 @@ def plot_front(
     par = [by_arch[a] for a in front["pareto"] if a in by_arch]
     ax.plot([p["ms"] for p in par], [p["score"] for p in par], "-o", color="#3B75AF", ms=4, label="front (supernet)")
     measured = front.get("measured") or {}
+    front_teacher = front.get("teacher_score", teacher_score)
+    # `front.score_options`: the measured points and the teacher beside them are scored apart from the search
+    by_front = " (front's scorer)" if front_teacher != teacher_score else ""
     if measured:
         ms = [m["ms"] for m in measured.values()]
         ax.scatter(ms, [m["score"] for m in measured.values()], s=40, color="#4C9F70", zorder=3,
-                   label="front, distilled and measured")  # fmt: skip
+                   label="front, distilled and measured" + by_front)  # fmt: skip
         for a, m in measured.items():
             ax.annotate(a, (m["ms"], m["score"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.scatter([teacher_ms], [teacher_score], marker="*", s=120, color="#D1495B", zorder=4, label="teacher (table)")
     if teacher_measured_ms is not None:  # scored by the front's scorer, as the measured points are
-        ax.scatter([teacher_measured_ms], [front.get("teacher_score", teacher_score)], marker="*", s=120,
-                   color="#4C9F70", zorder=4, label="teacher (measured with the front)")  # fmt: skip
+        ax.scatter([teacher_measured_ms], [front_teacher], marker="*", s=120, color="#4C9F70", zorder=4,
+                   label="teacher (measured with the front)" + by_front)  # fmt: skip
     paper = front["picks"]["paper"]["arch"]
     for arch, label, color in ((paper, "paper's pick", "#E09F3E"), (pick, "this run's pick", "#000000")):
         p = measured.get(arch) or by_arch.get(arch)
