@@ -45,6 +45,12 @@ class Step2Config(PhaseConfig):
     # Stop putting F blocks back once a candidate scores as well as the teacher (the paper's "a few F blocks recover
     # the accuracy"); false: go on while the F budget and the beam's own criteria allow, to see the whole trajectory.
     stop_at_teacher: bool = True
+    # Under `objective.criterion: latency`: Step 2's supernet also holds, at each block, the efficient kind Step 1 did
+    # not choose (trained in Step 1's supernet), and after the beam one more round trades each F block of Step 2's
+    # best for that kind (an F on an L block of Step 1's path becomes W). The trades go on the front: where W costs
+    # what L does, a trade is as fast as dropping the F and may keep more of its accuracy (demo seed 2: docs/DESIGN.md).
+    # The supernet then trains three candidates a block rather than two. Ignored under the paper criterion.
+    trade: bool = True
 
 
 @dataclass

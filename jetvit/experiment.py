@@ -186,10 +186,12 @@ class Experiment:
             seed=self.cfg.run.seed,
         ).to(self.rt.device)
 
-    def supernet(self, base: HybridViT, choices: list[str]) -> HybridViT:
+    def supernet(self, base: HybridViT, choices: list[str], *, donor: HybridViT | None = None) -> HybridViT:
         """A supernet with candidate kinds `choices[i]` at block i, inherited from `base` (the teacher, or Step 1's
-        path), with the run's student config and `supernet.share`, on the run's device."""
-        return build_supernet(base, choices, share=self.cfg.supernet.share, cfg=self.student_cfg).to(self.rt.device)
+        path; the kinds `donor`, Step 1's supernet, holds and `base` is not, from it), with the run's student config
+        and `supernet.share`, on the run's device."""
+        share, cfg = self.cfg.supernet.share, self.student_cfg
+        return build_supernet(base, choices, share=share, cfg=cfg, donor=donor).to(self.rt.device)
 
     def supernet_phase(
         self, name: str, choices: list[str], stages: list[StageConfig], *, global_offset: int = 0

@@ -237,20 +237,25 @@ def compute(phases: dict[str, Any], cfg: Any) -> dict[str, Any]:
     """What the latency-aware search cost against a paper-style one on the same supernets (no latency table, no
     front, the fine-tuning's full stages), from the phases `state.json` records: training steps, exact, and wall
     seconds, the paper-style's estimated (its searches and supernets are this run's; its fine-tuning is this run's
-    scaled to the full steps)."""
+    scaled to the full steps). With `step2.trade` a block-wise Step 2 trained three candidates a block where the
+    paper's trains two: its paper-style seconds are this run's scaled by 2/3 (each candidate's share of a step)."""
     ft = phases["finetune"]
     full = sum(st.steps for st in cfg.finetune.stages)
     front_steps = phases["front"]["result"]["measured"] * cfg.front.steps
     shared = ("step1", "search1", "step2", "search2")
     shared_s = sum(phases[p]["seconds"] for p in shared if p in phases)
     supernet_steps = sum(phases[p]["result"]["steps"] for p in ("step1", "step2") if p in phases)
-    seconds = {p: phases[p]["seconds"] for p in ("latency", "front") if p in phases}
+    seconds = {p: phases[p]["seconds"] for p in ("latency", "trade", "front") if p in phases}
+    traded = "trade" in phases and cfg.supernet.sampling == "blockwise"
+    paper_step2 = phases["step2"]["seconds"] * 2 / 3 if traded and "step2" in phases else None
+    paper_shared = shared_s if paper_step2 is None else shared_s - phases["step2"]["seconds"] + paper_step2
     return {
         "steps": supernet_steps + front_steps + ft["result"]["steps"],
         "paper_steps": supernet_steps + full,
         "seconds": shared_s + sum(seconds.values()) + ft["seconds"],
-        "paper_seconds": shared_s + ft["seconds"] * full / max(ft["result"]["steps"], 1),
+        "paper_seconds": paper_shared + ft["seconds"] * full / max(ft["result"]["steps"], 1),
         "latency_seconds": seconds.get("latency", 0.0),
+        "trade_seconds": (shared_s - paper_shared) + seconds.get("trade", 0.0),
         "front_seconds": seconds.get("front", 0.0),
         "front_steps": front_steps,
     }

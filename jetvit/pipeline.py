@@ -42,12 +42,13 @@ from jetvit.experiment import TRAINING_PHASES, Experiment, runtime
 from jetvit.io import atomic_write_json, read_json, refuse_overwrite, remove_stale_temporaries, save
 from jetvit.rundir import RunState, check_out_dir, hold_run_dir, resume_step, start_run_dir
 from jetvit.runtime import Runtime, teardown_runtime
-from jetvit.search.beam import switch_proposals
+from jetvit.search.beam import switch_proposals, trade_proposals
 from jetvit.search.budget import full_attention_budget
+from jetvit.search.config import BeamConfig
 from jetvit.search.driver import run_beam
 from jetvit.search.latency import LatencyTable, all_of
 from jetvit.search.scorers import Scorer
-from jetvit.search.supernet import extract
+from jetvit.search.supernet import extract, step2_choices
 from jetvit.train.config import StageConfig
 from jetvit.train.data import describe
 from jetvit.train.distill import Phase
@@ -225,6 +226,10 @@ def _search_result(traj: dict[str, Any]) -> dict[str, Any]:
     return {"best": traj["best"], "stop_reason": traj["stop_reason"], "scored": len(traj["scores"])}
 
 
+# The latency-aware Step 2's last round: Step 2's best with each of its F blocks traded for the other efficient kind.
+TRADE_ROUND = BeamConfig(width=1, min_improvement=None, max_rounds=1)
+
+
 # --- the two commands ---------------------------------------------------------------------------------
 
 
@@ -270,11 +275,12 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
             if latency_criterion:
                 arch1 = front_lib.step1_pick(traj1, table, tolerance=tolerance)
 
-            # Step 2: where full attention goes back.
+            # Step 2: where full attention goes back (and, latency-aware, what an F can be traded for).
+            trade = latency_criterion and cfg.step2.trade
             base2 = extract(supernet1, arch1)
+            choices2 = step2_choices(arch1, trade=trade)
+            supernet2 = exp.supernet(base2, choices2, donor=supernet1 if trade else None)
             del supernet1
-            choices2 = [k + "F" for k in arch1]
-            supernet2 = exp.supernet(base2, choices2)
             phase2 = exp.supernet_phase("step2", choices2, cfg.step2.stages, global_offset=n1)
             s2 = ctx.train(phase2, supernet2, after="finetune")
             ctx.drop_checkpoint("step1")  # step2's checkpoint holds everything the run needs from here
@@ -297,10 +303,28 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 feasible=all_of(full_attention_budget(cfg.step2.max_full, exp.budget), lat_reason),
                 target=teacher_score["score"] if cfg.step2.stop_at_teacher else None,
             )
+            scored2, traded = traj2, None
+            if trade:
+                traded = timed(
+                    state,
+                    "trade",
+                    run_beam,
+                    "trade",
+                    supernet2,
+                    start=traj2["best"]["arch"],
+                    propose=trade_proposals(arch1),
+                    beam_cfg=TRADE_ROUND,
+                    scorer=exp.scorer,
+                    rt=rt,
+                    path=out / "search" / "trade.json",
+                    feasible=all_of(exp.budget.reason, lat_reason),
+                )
+                # Step 2's trajectory with the trades' scores: what the picks and the front choose among.
+                scored2 = dict(traj2, scores={**traded["scores"], **traj2["scores"]})
             arch2, why, front, chosen = traj2["best"]["arch"], "Step 2's best (the paper's criterion)", None, None
             if table is not None:
-                chosen = front_lib.picks(traj2, table, teacher_score=teacher_score["score"], tolerance=tolerance)
-                front = timed_front(ctx, supernet2, traj2, table, chosen, teacher_score=teacher_score["score"])
+                chosen = front_lib.picks(scored2, table, teacher_score=teacher_score["score"], tolerance=tolerance)
+                front = timed_front(ctx, supernet2, scored2, table, chosen, teacher_score=teacher_score["score"])
                 objective = cfg.objective
                 arch2, why = front_lib.final_pick(
                     front, chosen, criterion=objective.criterion, tolerance=tolerance, reference=objective.reference
@@ -323,7 +347,7 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 "scorer": exp.scorer.name,
                 "teacher_score": teacher_score["score"],
                 "step1_score": traj1["scores"][arch1],
-                "step2_score": traj2["scores"][arch2],
+                "step2_score": scored2["scores"][arch2],
                 "criterion": cfg.objective.criterion,
                 "pick_reason": why,
                 "picks": chosen,
@@ -343,7 +367,8 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 **_files_summary(ctx),
             }
             if rt.main:
-                export(out, model, summary, {"step1": traj1, "step2": traj2}, cfg, front=front, table=table)
+                trajectories = {"step1": traj1, "step2": traj2, **({"trade": traded} if traded else {})}
+                export(out, model, summary, trajectories, cfg, front=front, table=table)
             finish(ctx)
             return summary
         finally:

@@ -51,14 +51,16 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
         "",
     ]
     if trajectories:
-        t1, t2 = trajectories["step1"], trajectories["step2"]
+        t1, t2, tt = trajectories["step1"], trajectories["step2"], trajectories.get("trade")
         lines += [
             "## Search",
             "",
             "| step | start | result | score | rounds | scored | stopped because |",
             "|---|---|---|---|---|---|---|",
         ]
-        for name, t in (("1: linear vs window", t1), ("2: full attention back", t2)):
+        steps = [("1: linear vs window", t1), ("2: full attention back", t2)]
+        steps += [("2, traded: an F for the other efficient kind", tt)] if tt else []
+        for name, t in steps:
             lines.append(
                 f"| {name} | `{t['start']}` | `{t['best']['arch']}` | {t['best']['score']:.6g} | "
                 f"{len(t['rounds']) - 1} | {len(t['scores'])} | {t['stop_reason']} |"
@@ -75,6 +77,14 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
             lines += [
                 f"Step 1's best score was `{best1}`; the latency criterion took the faster `{summary['step1_arch']}`, "
                 f"within {cfg.objective.tolerance:g} of it.",
+                "",
+            ]
+        if tt:
+            lines += [
+                f"The latency criterion traded each F block of `{tt['start']}` for the efficient kind Step 1 did not "
+                "choose there (`step2.trade`): "
+                + ", ".join(f"`{c['arch']}` {c['score']:.6g}" for r in tt["rounds"][1:] for c in r["candidates"])
+                + ". The trades are on the front below.",
                 "",
             ]
         for name, t in (("Step 1", t1), ("Step 2", t2)):
@@ -104,7 +114,7 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
         if p is not None:
             r = p["result"]
             lines.append(f"| {name} | {r['steps']} | {r['final_loss']:.6g} | {_seconds(p['seconds'])} |")
-    for name in ("search1", "search2"):
+    for name in ("search1", "search2", "trade"):
         if name in phases:
             lines.append(f"| {name} (beam search) | - | - | {_seconds(phases[name]['seconds'])} |")
     if "front" in phases:
@@ -190,7 +200,8 @@ def _front_section(summary: dict[str, Any], cfg: Config) -> list[str]:
             f"({100 * (c['steps'] / c['paper_steps'] - 1):+.0f}%: the front's {c['front_steps']}, less what the "
             f"fine-tuning continued), {_seconds(c['seconds'])} against an estimated {_seconds(c['paper_seconds'])} "
             f"({100 * (c['seconds'] / c['paper_seconds'] - 1):+.0f}%; latency table {_seconds(c['latency_seconds'])}, "
-            f"front {_seconds(c['front_seconds'])}).",
+            + (f"trades {_seconds(c['trade_seconds'])} (estimated), " if c.get("trade_seconds") else "")
+            + f"front {_seconds(c['front_seconds'])}).",
         ]
     lines += ["", "![accuracy against latency](front.png)", ""]
     return lines

@@ -161,6 +161,14 @@ def test_plan_counts_the_models_the_run_trains(tiny_teacher_dir, tiny_model):
         2
     ].parameters
     assert [s.resolution for s in front.phases[2].stages] == [cfg.finetune.stages[0].size]
+    # the latency criterion's Step 2 (`step2.trade`) holds all three kinds a block: more weights, and block-wise
+    # every one's activations; `step2.trade: false` plans the paper's two
+    lat = [f"teacher={tiny_teacher_dir}", "latency.source=measured", "objective.criterion=latency"]
+    traded = plan_run(load_config("tiny", lat), gpus=2).phases[1]
+    paper = plan_run(load_config("tiny", [*lat, "step2.trade=false"]), gpus=2).phases[1]
+    assert traded.model.startswith("supernet L/W/F") and paper.model.startswith("supernet (L|W)/F")
+    assert traded.parameters > paper.parameters == bw.phases[1].parameters
+    assert all(x.activations > y.activations for x, y in zip(traded.stages, paper.stages))
 
     distill = plan_run(cfg, gpus=1, gpu_memory=GIB, arch="lwlf")
     (ft,) = distill.phases

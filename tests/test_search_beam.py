@@ -13,7 +13,7 @@ import torch
 
 from jetvit.model import validate_arch
 from jetvit.runtime import Runtime
-from jetvit.search.beam import beam_search, switch_proposals
+from jetvit.search.beam import beam_search, switch_proposals, trade_proposals
 
 
 def _hamming_scorer(target: str, calls: Counter):
@@ -213,3 +213,12 @@ def test_shared_scoring_resumes_from_a_one_process_cache(tiny_model, tmp_path):
     trajs = _search(tiny_model, 2, tmp_path / "resumed.json", calls)
     assert all(t == one for t in trajs)
     assert sorted(a for _, a in calls) == sorted(a for a in one["scores"] if a not in partial["scores"])
+
+
+def test_trade_proposals_put_the_other_efficient_kind_in_each_f():
+    """The latency-aware Step 2's trade round: each F of the architecture becomes the efficient kind Step 1's path
+    (`base`) does not have at that block, one F at a time; the other blocks are left as they are."""
+    trade = trade_proposals("LWLL")
+    assert trade("FWLF") == ["WWLF", "FWLW"]
+    assert trade("LFLL") == ["LLLL"]  # an F on Step 1's W becomes L
+    assert trade("LWLL") == []  # no F: nothing to trade

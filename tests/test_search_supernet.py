@@ -13,6 +13,7 @@ from jetvit.search.supernet import (
     path_state_dict,
     sample_path,
     set_arch,
+    step2_choices,
 )
 
 
@@ -80,6 +81,36 @@ def test_step2_supernet_from_extracted_model_and_errors(tiny_model):
         set_arch(net, "LF")
     with pytest.raises(ValueError, match="candidate set"):
         build_supernet(teacher, ["LL"] * 4)
+
+
+def test_trading_step2_supernet_takes_the_other_kind_from_step1(tiny_model):
+    """`step2.trade`: Step 2's supernet also holds the efficient kind Step 1 did not choose, with Step 1's trained
+    weights for it (the donor), and Step 1's path and F inherited from Step 1's path as in the paper's."""
+    assert step2_choices("LWWL") == ["LF", "WF", "WF", "LF"]
+    assert step2_choices("LWWL", trade=True) == ["LWF", "WLF", "WLF", "LWF"]
+    teacher = tiny_model()
+    step1 = build_supernet(teacher, ["LW"] * 4)
+    with torch.no_grad():  # Step 1's training, as far as this test needs: every candidate moved apart
+        for i, p in enumerate(step1.parameters()):
+            p.add_(0.01 * (i + 1))
+    base = extract(step1, "LWWL")
+    net = build_supernet(base, step2_choices("LWWL", trade=True), donor=step1)
+    assert net.arch == "LWWL"
+    for i, k in enumerate("LWWL"):
+        cands = net.blocks[i].candidates
+        for kind, source in ((k, base.blocks[i]), ("F", base.blocks[i])):
+            torch.testing.assert_close(cands[kind].mlp.fc1.weight, source.mlp.fc1.weight, rtol=0, atol=0)
+        other = "W" if k == "L" else "L"
+        donor = step1.blocks[i].candidates[other]
+        assert set(cands[other].state_dict()) == set(donor.state_dict())  # an L's convolution too
+        for name, t in cands[other].state_dict().items():
+            torch.testing.assert_close(t, donor.state_dict()[name], rtol=0, atol=0)
+            assert t.data_ptr() != donor.state_dict()[name].data_ptr()  # copies
+    # the traded path is Step 1's W or L block where the F was: it runs as the plain model with those weights
+    set_arch(net, "LWWW")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), extract(net, "LWWW").eval()(x))
 
 
 def test_sample_path_is_seeded_and_covers_candidates():

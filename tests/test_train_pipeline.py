@@ -259,7 +259,13 @@ def test_latency_criterion_measures_the_front_and_picks_on_it(teacher, tmp_path)
     assert set(table["blocks"]) == set("FWL")
     front = json.loads((out / "front.json").read_text())
     traj = json.loads((out / "trajectory.json").read_text())
-    assert {p["arch"] for p in front["points"]} == set(traj["step2"]["scores"])
+    # the latency criterion trades each F of Step 2's best for the efficient kind Step 1 did not choose there
+    # (`step2.trade`, on by default), and the trades go on the front with Step 2's candidates
+    step1, best2, trades = summary["step1_arch"], traj["step2"]["best"]["arch"], traj["trade"]
+    other = {"L": "W", "W": "L"}
+    expect = {best2[:i] + other[step1[i]] + best2[i + 1 :] for i, k in enumerate(best2) if k == "F"}
+    assert trades["start"] == best2 and {c["arch"] for c in trades["rounds"][1]["candidates"]} == expect
+    assert {p["arch"] for p in front["points"]} == set(traj["step2"]["scores"]) | set(trades["scores"])
     measured = front["measured"]
     picks = {summary["picks"]["paper"]["arch"], summary["picks"]["latency"]["arch"]}
     assert picks <= set(measured) and len(measured) == min(3, len(set(front["pareto"]) | picks))
@@ -292,6 +298,8 @@ def test_latency_criterion_measures_the_front_and_picks_on_it(teacher, tmp_path)
     c = summary["compute"]
     assert (c["steps"], c["paper_steps"]) == (supernets + 2 * len(measured) + 4, supernets + 6)
     assert c["front_seconds"] == state["front"]["seconds"] and c["latency_seconds"] == state["latency"]["seconds"] > 0
+    # a block-wise Step 2 with trades trained three candidates a block: a paper-style one's is estimated at 2/3
+    assert c["trade_seconds"] == pytest.approx(state["step2"]["seconds"] / 3 + state["trade"]["seconds"])
     assert "Compute against a paper-style search on the same supernets" in report
     assert f"| front ({len(measured)} points distilled and timed) | {2 * len(measured)} |" in report
     before = (out / "front.json").read_text()
@@ -299,3 +307,33 @@ def test_latency_criterion_measures_the_front_and_picks_on_it(teacher, tmp_path)
     assert again.returncode == 0, again.stdout + again.stderr
     assert (out / "front.json").read_text() == before  # resumed from what was measured
     assert json.loads((out / "summary.json").read_text())["arch"] == summary["arch"]
+
+
+def test_a_traded_pick_is_fine_tuned_and_reported(teacher, tmp_path, monkeypatch):
+    """A pick from the latency criterion's trade round (not one of Step 2's beam candidates) goes through the rest of
+    the run: extracted from Step 2's supernet, fine-tuned, its supernet score in the summary, the trades in the report
+    and `trajectory.json`. (Which point a real front picks is the measurement's; here the pick is forced.)"""
+    from jetvit import front as front_lib
+
+    def pick_a_trade(front, chosen, **kw):
+        trades = [p["arch"] for p in front["points"] if p["arch"] not in traj2_archs()]
+        return trades[0], "a trade, for this test"
+
+    out = tmp_path / "traded"
+    traj2_archs = lambda: set(json.loads((out / "search" / "step2.json").read_text())["scores"])  # noqa: E731
+    monkeypatch.setattr(front_lib, "final_pick", pick_a_trade)
+    extra = ["objective.criterion=latency", "latency.repeats=1", "budget.resolution=64", "step2.stop_at_teacher=false"]
+    assert main(search_args(teacher, out, *extra)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    traj = json.loads((out / "trajectory.json").read_text())
+    arch = summary["arch"]
+    assert arch in traj["trade"]["scores"] and arch not in traj["step2"]["scores"]
+    assert summary["step2_score"] == traj["trade"]["scores"][arch] and summary["pick_reason"] == "a trade, for this test"
+    assert jetvit.load(out / "model").arch == arch
+    report = (out / "report.md").read_text()
+    assert "| 2, traded: an F for the other efficient kind |" in report and f"`{arch}`" in report
+    # under the paper criterion there is no trade round and Step 2's supernet holds the paper's two kinds a block
+    paper = tmp_path / "paper"
+    assert main(search_args(teacher, paper, "latency.repeats=1", "budget.resolution=64")) == 0
+    assert "trade" not in json.loads((paper / "trajectory.json").read_text())
+    assert not (paper / "search" / "trade.json").exists()

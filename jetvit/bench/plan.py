@@ -250,7 +250,7 @@ def plan_run(
     each: `jetvit distill` when `arch` (or `cfg.arch`) is given, else `jetvit search`. `teacher_cfg`: the teacher's
     config when already known (default: read from `cfg.teacher`)."""
     from jetvit.search.budget import FlopBudget
-    from jetvit.search.supernet import build_supernet, student_config
+    from jetvit.search.supernet import build_supernet, step2_choices, student_config
     from jetvit.train.distill import resolve_targets
 
     if gpus < 1:
@@ -313,19 +313,22 @@ def plan_run(
     phases = []
     if arch is None:
         # Step 2's kinds come from Step 1 and the final architecture from the search: the most expensive stand in.
+        # The latency-aware Step 2 (`step2.trade`) holds all three kinds a block.
+        trade = cfg.objective.criterion == "latency" and cfg.step2.trade
         with torch.device("meta"):
             step1 = build_supernet(teacher, ["LW"] * depth, share=share)
             base2 = HybridViT(dataclasses.replace(tcfg, arch="L" * depth))
-            step2 = build_supernet(base2, ["LF"] * depth, share=share)
+            step2 = build_supernet(base2, step2_choices("L" * depth, trade=trade), share=share)
         how = "shared" if share else "separate"
         blockwise = cfg.supernet.sampling == "blockwise"
         if blockwise:
             how += ", block-wise: every candidate at every step"
-        step1_what, step2_what = f"supernet L/W per block ({how})", f"supernet (L|W)/F per block ({how})"
+        step1_what = f"supernet L/W per block ({how})"
+        step2_what = f"supernet {'L/W/F' if trade else '(L|W)/F'} per block ({how})"
         searched = "the searched architecture (any kinds)"
-        # Block-wise, a Step-2 block holds two candidates, Step 1's kind (L or W: the heavier is planned) and F;
-        # a single path runs one kind per block, any of the three.
-        step2_options = [["LF"] * depth, ["WF"] * depth] if blockwise else [["LWF"] * depth]
+        # Block-wise, a Step-2 block holds two candidates, Step 1's kind (L or W: the heavier is planned) and F, or
+        # with trades all three; a single path runs one kind per block, any of the three.
+        step2_options = [["LF"] * depth, ["WF"] * depth] if blockwise and not trade else [["LWF"] * depth]
         phases += [
             phase("step1", step1_what, step1, base2, [["LW"] * depth], cfg.step1.stages, blockwise),
             phase("step2", step2_what, step2, base2, step2_options, cfg.step2.stages, blockwise),

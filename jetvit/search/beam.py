@@ -31,6 +31,30 @@ def switch_proposals(src: str, dst: str) -> Callable[[str], list[str]]:
     return propose
 
 
+EFFICIENT = "LW"  # the two kinds Step 1 chooses between
+
+
+def other_efficient(kind: str) -> str:
+    """The efficient kind that is not `kind` (W for L, L for W)."""
+    return EFFICIENT.replace(kind, "")
+
+
+def trade_proposals(base: str) -> Callable[[str], list[str]]:
+    """Proposals that trade one F block of an architecture for the efficient kind `base` (Step 1's path) does not
+    have there: an F put back on an L block of `base` becomes W, on a W block L (the latency-aware Step 2's last
+    round, `jetvit.pipeline`). Where W costs what L does, such a trade buys the same speed as removing the F, and
+    may keep more of its accuracy."""
+
+    def propose(arch: str) -> list[str]:
+        return [
+            arch[:i] + other_efficient(base[i]) + arch[i + 1 :]
+            for i, c in enumerate(arch)
+            if c == "F" and base[i] in EFFICIENT
+        ]
+
+    return propose
+
+
 def changed_blocks(parent: str, child: str) -> list[int]:
     return [i for i, (a, b) in enumerate(zip(parent, child)) if a != b]
 

@@ -2,7 +2,8 @@
 
 `build_supernet(base, choices)` copies `base` (a teacher, or the Step 1 result) and replaces block i by a
 `SwitchableBlock` holding one candidate `Block` per kind in `choices[i]`, e.g. "LW" in Step 1 and
-"<Step 1 kind>F" in Step 2. Every candidate inherits block i of `base`: the attention projections `qkv`,
+"<Step 1 kind>F" in Step 2 (`step2_choices`; the latency-aware Step 2 also holds the other efficient kind, from
+Step 1's supernet). Every candidate inherits block i of `base`: the attention projections `qkv`,
 `proj`, the norms, LayerScales and MLP (and a kind's extras, such as the `L` block's convolution, when
 block i of `base` already is that kind; otherwise the extras start from their documented init).
 
@@ -41,6 +42,7 @@ from torch import nn
 
 from jetvit.conversion import inherit_block
 from jetvit.model import ARCH_LETTERS, Block, HybridViT, ViTConfig, validate_arch
+from jetvit.search.beam import other_efficient
 from jetvit.search.config import SupernetConfig
 
 # Submodules of a Block (and of its attention) that every candidate inherits, and shares when share=True.
@@ -93,12 +95,16 @@ def build_supernet(
     *,
     share: bool = False,
     cfg: ViTConfig | None = None,
+    donor: HybridViT | None = None,
 ) -> HybridViT:
     """A supernet with candidate kinds `choices[i]` (e.g. "LW") at block i, initialised from `base`.
 
     `cfg`: the students' config (`student_config`: the W window and L-block options of the run; its `arch` is
-    replaced), default `base.cfg`. `base` is left untouched. The returned model's `cfg.arch` is the first choice of
-    every block (the config is only used for shapes and options; the active path lives in the blocks).
+    replaced), default `base.cfg`. `donor`: an earlier supernet (Step 1's) whose block i initialises the candidate
+    of a kind it holds and `base`'s block i is not, with that kind's own trained weights (the latency-aware Step 2's
+    other efficient kind); every other candidate inherits `base`'s block i. `base` and `donor` are left untouched.
+    The returned model's `cfg.arch` is the first choice of every block (the config is only used for shapes and
+    options; the active path lives in the blocks).
     """
     depth = len(base.blocks)
     if len(choices) != depth:
@@ -115,10 +121,11 @@ def build_supernet(
     net.cfg = cfg
     for i, kinds in enumerate(choices):
         src = base.blocks[i]
+        given = getattr(donor.blocks[i], "candidates", {}) if donor is not None else {}
         candidates = {}
         for k in kinds:
             blk = Block(cfg, k).to(device=param.device, dtype=param.dtype)
-            inherit_block(src, blk)
+            inherit_block(given[k] if k in given and k != src.kind else src, blk)
             candidates[k] = blk
         if share:
             first = candidates[kinds[0]]
@@ -129,6 +136,13 @@ def build_supernet(
                     setattr(blk.attn, part, getattr(first.attn, part))
         net.blocks[i] = SwitchableBlock(candidates, kinds[0])
     return net.train(base.training)
+
+
+def step2_choices(arch1: str, *, trade: bool = False) -> list[str]:
+    """Step 2's candidate kinds per block on Step 1's path `arch1`: its kind and F (the paper's); with `trade`, also
+    the efficient kind Step 1 did not choose there, which the trade round (`jetvit.search.beam.trade_proposals`)
+    puts in an F's place. The first of each block is `arch1`'s kind."""
+    return [k + (other_efficient(k) if trade else "") + "F" for k in arch1]
 
 
 def set_arch(supernet: HybridViT, arch: str) -> None:
