@@ -69,7 +69,8 @@ def write_report(out: Path, summary: dict[str, Any], trajectories: dict[str, dic
             "",
             f"Step 1 found `{summary['step1_arch']}` ({_kinds(summary['step1_arch'])}, "
             f"{_gflops(summary['step1_flops'])} GFLOPs); Step 2 put full attention back at blocks "
-            f"{[i for i, k in enumerate(arch) if k == 'F'] or 'none'} (budget: {cfg.step2.max_full}).",
+            f"{_full_blocks(t2['best']['arch'])} (budget: {cfg.step2.max_full})"
+            + (f"; the pick `{arch}` has it at blocks {_full_blocks(arch)}." if arch != t2["best"]["arch"] else "."),
             "",
         ]
         best1 = summary.get("step1_best", summary["step1_arch"])
@@ -205,6 +206,10 @@ def _front_section(summary: dict[str, Any], cfg: Config) -> list[str]:
         ]
     lines += ["", "![accuracy against latency](front.png)", ""]
     return lines
+
+
+def _full_blocks(arch: str) -> list[int] | str:
+    return [i for i, k in enumerate(arch) if k == "F"] or "none"
 
 
 def _options(options: dict[str, Any]) -> str:

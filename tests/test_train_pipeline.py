@@ -331,7 +331,8 @@ def test_a_traded_pick_is_fine_tuned_and_reported(teacher, tmp_path, monkeypatch
     assert summary["step2_score"] == traj["trade"]["scores"][arch] and summary["pick_reason"] == "a trade, for this test"
     assert jetvit.load(out / "model").arch == arch
     report = (out / "report.md").read_text()
-    assert "| 2, traded: an F for the other efficient kind |" in report and f"`{arch}`" in report
+    assert "| 2, traded: an F for the other efficient kind |" in report
+    assert f"; the pick `{arch}` has it at blocks {[i for i, k in enumerate(arch) if k == 'F'] or 'none'}." in report
     # under the paper criterion there is no trade round and Step 2's supernet holds the paper's two kinds a block
     paper = tmp_path / "paper"
     assert main(search_args(teacher, paper, "latency.repeats=1", "budget.resolution=64")) == 0
