@@ -84,6 +84,12 @@ class Config:
         ft = self.finetune.depth_weight
         return ft if ft is not None else self.distill.depth_weight
 
+    @property
+    def step2_trades(self) -> bool:
+        """Whether Step 2 holds the other efficient kind and trades F for it: `step2.trade` under the latency
+        criterion (the paper criterion keeps the paper's Step 2)."""
+        return self.objective.criterion == "latency" and self.step2.trade
+
 
 # --- building from plain data -------------------------------------------------------------------------
 

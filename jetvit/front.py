@@ -246,16 +246,15 @@ def compute(phases: dict[str, Any], cfg: Any) -> dict[str, Any]:
     shared_s = sum(phases[p]["seconds"] for p in shared if p in phases)
     supernet_steps = sum(phases[p]["result"]["steps"] for p in ("step1", "step2") if p in phases)
     seconds = {p: phases[p]["seconds"] for p in ("latency", "trade", "front") if p in phases}
-    traded = "trade" in phases and cfg.supernet.sampling == "blockwise"
-    paper_step2 = phases["step2"]["seconds"] * 2 / 3 if traded and "step2" in phases else None
-    paper_shared = shared_s if paper_step2 is None else shared_s - phases["step2"]["seconds"] + paper_step2
+    traded = "trade" in phases and "step2" in phases and cfg.supernet.sampling == "blockwise"
+    third = phases["step2"]["seconds"] / 3 if traded else 0.0  # the third candidate's share of Step 2's supernet
     return {
         "steps": supernet_steps + front_steps + ft["result"]["steps"],
         "paper_steps": supernet_steps + full,
         "seconds": shared_s + sum(seconds.values()) + ft["seconds"],
-        "paper_seconds": paper_shared + ft["seconds"] * full / max(ft["result"]["steps"], 1),
+        "paper_seconds": shared_s - third + ft["seconds"] * full / max(ft["result"]["steps"], 1),
         "latency_seconds": seconds.get("latency", 0.0),
-        "trade_seconds": (shared_s - paper_shared) + seconds.get("trade", 0.0),
+        "trade_seconds": third + seconds.get("trade", 0.0),
         "front_seconds": seconds.get("front", 0.0),
         "front_steps": front_steps,
     }

@@ -276,7 +276,7 @@ def run_search(cfg: Config, out: str | Path) -> dict[str, Any]:
                 arch1 = front_lib.step1_pick(traj1, table, tolerance=tolerance)
 
             # Step 2: where full attention goes back (and, latency-aware, what an F can be traded for).
-            trade = latency_criterion and cfg.step2.trade
+            trade = cfg.step2_trades
             base2 = extract(supernet1, arch1)
             choices2 = step2_choices(arch1, trade=trade)
             supernet2 = exp.supernet(base2, choices2, donor=supernet1 if trade else None)

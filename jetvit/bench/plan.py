@@ -314,7 +314,7 @@ def plan_run(
     if arch is None:
         # Step 2's kinds come from Step 1 and the final architecture from the search: the most expensive stand in.
         # The latency-aware Step 2 (`step2.trade`) holds all three kinds a block.
-        trade = cfg.objective.criterion == "latency" and cfg.step2.trade
+        trade = cfg.step2_trades
         with torch.device("meta"):
             step1 = build_supernet(teacher, ["LW"] * depth, share=share)
             base2 = HybridViT(dataclasses.replace(tcfg, arch="L" * depth))
